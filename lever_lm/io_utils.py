@@ -1,0 +1,76 @@
+"""Atomic artifact writes: every file is written to a temp file in the same folder, then renamed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a json file; a malformed file raises ValueError naming the file and position."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: malformed json ({err.msg} at line {err.lineno}, column {err.colno})") from None
+
+
+def save_npy(path: str | os.PathLike, array: Any) -> None:
+    import numpy as np
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.asarray(array), allow_pickle=False)
+
+
+def write_parquet(path: str | os.PathLike, frame: Any) -> None:
+    with atomic_path(path, suffix=".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def append_jsonl(handle: Any, record: Any) -> None:
+    """Append one record as a line, then flush and fsync so a killed job loses at most this line."""
+    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Read complete json lines; a torn last line (a killed writer) is ignored, any other bad line raises."""
+    records = []
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            is_torn_tail = lineno == len(lines)  # no trailing newline: the writer died mid-line
+            if is_torn_tail:
+                break
+            raise ValueError(f"{path}:{lineno}: malformed json line") from None
+    return records

@@ -1,0 +1,71 @@
+"""The one interface every LVLM adapter implements, shared by beam search and ICL inference.
+
+A prompt is a sequence of in-context demonstrations (ICDs, in prompt order, left to right) followed by
+a query. ``score`` returns the per-token log-probabilities of the query's answer span (the label answer
+plus the end-of-chunk token), located by token positions in the assembled input. ``generate`` returns
+the model's answer text for queries without an answer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Example:
+    """One image + question (+ answer). ``image_path`` doubles as the key of the vision-feature cache."""
+
+    image_path: str
+    question: str
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """ICDs in prompt order (each with an answer), then the query (with its label answer when scoring)."""
+
+    demos: tuple[Example, ...]
+    query: Example
+
+
+class LVLMConfigError(ValueError):
+    """A configured model path is missing or incomplete; the message names the config key."""
+
+
+class LVLMAdapter(ABC):
+    """Base class of the OpenFlamingo and Qwen2.5-VL adapters."""
+
+    #: number of images pushed through the vision encoder so far (the benchmark reads it)
+    vision_encoder_calls: int = 0
+
+    @abstractmethod
+    def score(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:
+        """Fast path: per-token log-probs (float64 arrays) of each query's answer + end-of-chunk token.
+
+        Reuses cached vision features and key/value blocks across calls until ``clear_cache``.
+        """
+
+    @abstractmethod
+    def score_naive(self, prompts: Sequence[Prompt], batch_size: int = 32) -> list[np.ndarray]:
+        """Reference path: recomputes everything (vision included) per sequence, in batches.
+
+        Used only by tests (as the equality oracle) and by the benchmark (as the baseline).
+        """
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
+        """Answer text for each prompt's query (the query's ``answer`` is ignored)."""
+
+    def clear_cache(self) -> None:
+        """Drop cached vision features and key/value blocks (beam search calls this per anchor)."""
+
+
+def mean_token_probability(token_logprobs: np.ndarray) -> float:
+    """P̄(y|ctx): geometric mean token probability, exp(mean log p)."""
+    if token_logprobs.size == 0:
+        raise ValueError("empty answer span: cannot compute a mean token probability")
+    return float(np.exp(np.mean(token_logprobs)))

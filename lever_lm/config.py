@@ -1,0 +1,110 @@
+"""Pipeline config: JSON-schema validation (with defaults) plus the cross-key checks a schema cannot express.
+
+Snakemake validates with ``snakemake.utils.validate`` against ``schemas/config.schema.yaml``; ``check_config``
+then runs the semantic checks. Tests and scripts use ``load_config``, which does both. Every error names the key.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message starts with the dotted key."""
+
+
+def schema_path() -> Path:
+    return Path(str(resources.files("lever_lm") / "schemas" / SCHEMA_FILE))
+
+
+def _load_schema() -> dict:
+    import yaml
+
+    return yaml.safe_load(schema_path().read_text(encoding="utf-8"))
+
+
+def _dotted(path) -> str:
+    return ".".join(str(part) for part in path) or "<root>"
+
+
+def validate_schema(config: dict) -> dict:
+    """Validate against the JSON schema, filling defaults in place; the error names the offending key."""
+    import jsonschema
+
+    schema = _load_schema()
+    validator_cls = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        key = _dotted(first.absolute_path)
+        if first.validator == "additionalProperties":
+            unknown = sorted(set(first.instance) - set(first.schema.get("properties", {})))
+            prefix = f"{key}." if first.absolute_path else ""
+            raise ConfigError(f"unknown config key {', '.join(prefix + u for u in unknown)}")
+        raise ConfigError(f"config key {key}: {first.message}")
+    _fill_defaults(config, schema)
+    return config
+
+
+def _fill_defaults(instance: Any, schema: dict) -> None:
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = sub["default"]
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, extra)
+
+
+def check_config(config: dict) -> dict:
+    """Cross-key checks; call after schema validation."""
+    for role in ("sampler_encoder", "selector_encoder"):
+        if config[role] not in config["encoders"]:
+            raise ConfigError(
+                f"config key {role}: {config[role]!r} is not one of encoders ({', '.join(config['encoders'])})"
+            )
+    for name, encoder in config["encoders"].items():
+        needs = {"tiny": "tiny", "open_clip": "checkpoint", "hf_clip": "checkpoint"}[encoder["kind"]]
+        if needs not in encoder:
+            raise ConfigError(f"config key encoders.{name}.{needs} is required for kind {encoder['kind']!r}")
+        if encoder["kind"] == "open_clip" and "model_name" not in encoder:
+            raise ConfigError(f"config key encoders.{name}.model_name is required for kind 'open_clip'")
+    ratios = config["candidates"].get("mix_ratios")
+    if ratios and abs(sum(ratios.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"config key candidates.mix_ratios: ratios sum to {sum(ratios.values()):g}, not 1")
+    beam = config["beam_search"]
+    if config["candidates"]["cand_num"] < beam["beam_size"]:
+        raise ConfigError(
+            f"config key candidates.cand_num: {config['candidates']['cand_num']} is smaller than "
+            f"beam_search.beam_size {beam['beam_size']}"
+        )
+    if beam["shards"] > config["anchors"]["sample_num"]:
+        raise ConfigError(
+            f"config key beam_search.shards: {beam['shards']} shards for only {config['anchors']['sample_num']} anchors"
+        )
+    if "toy" in config["dataset"] and config["dataset"]["format"] != "okvqa":
+        raise ConfigError("config key dataset.toy: the toy dataset is generated in OK-VQA format; set dataset.format: okvqa")
+    return config
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read a YAML config, apply top-level ``overrides``, validate and check it."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed YAML ({err})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    config.update(overrides or {})
+    return check_config(validate_schema(config))

@@ -1,0 +1,82 @@
+# Config validation, wildcard constraints and path helpers shared by all rules.
+import re
+
+from snakemake.utils import validate
+
+from lever_lm import paths as P
+from lever_lm.config import check_config, schema_path
+from lever_lm.data import layout_paths
+
+
+validate(config, schema=str(schema_path()))
+check_config(config)
+
+DATASET = config["dataset"]["name"]
+TINY_BEAM_MODELS = [
+    name for name, entry in config["beam_models"].items() if entry["variant"] == "tiny"
+]
+CONDA_ENV = "../envs/lever.yaml"
+
+
+def _one_of(names):
+    return "|".join(re.escape(name) for name in names)
+
+
+wildcard_constraints:
+    dataset=re.escape(DATASET),
+    split="train|val",
+    encoder=_one_of(config["encoders"]),
+    sampler=_one_of(config["samplers"]),
+    beam_model=_one_of(config["beam_models"]),
+    ex_name=re.escape(P.ex_name(config)),
+    scatteritem=r"\d+-of-\d+",
+
+
+scattergather:
+    beam_shard=config["beam_search"]["shards"],
+
+
+def all_targets(config):
+    return P.all_targets(config)
+
+
+def path(template, **wildcards):
+    """A path template with the config-derived names filled in (other wildcards stay)."""
+    return P.fill(template, config, **wildcards)
+
+
+def split_files(split):
+    """The dataset files one split is read from: questions/annotations json and the image dir."""
+    dataset = config["dataset"]
+    return layout_paths(
+        dataset["format"], dataset["root"], split, dataset.get("caption_year")
+    )
+
+
+def raw_split_files(wildcards):
+    return split_files(wildcards.split)
+
+
+def encoder_weights(wildcards):
+    """Local weights of a real CLIP encoder, so a missing path is reported before any job runs."""
+    encoder = config["encoders"][wildcards.encoder]
+    return [] if encoder["kind"] == "tiny" else [encoder["checkpoint"]]
+
+
+LVLM_PATH_KEYS = {
+    "flamingo": (
+        "vision_encoder_path",
+        "lang_encoder_path",
+        "tokenizer_path",
+        "checkpoint_path",
+    ),
+    "qwen2_5_vl": ("model_path",),
+}
+
+
+def lvlm_weights(wildcards):
+    """The tiny model dir built by rule tiny_lvlm, or the configured local weights of a real LVLM."""
+    entry = config["beam_models"][wildcards.beam_model]
+    if entry["variant"] == "tiny":
+        return [path(P.TINY_LVLM, beam_model=wildcards.beam_model)]
+    return [entry[key] for key in LVLM_PATH_KEYS[entry["family"]] if key in entry]

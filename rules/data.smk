@@ -1,0 +1,43 @@
+# Stage 1: raw dataset (a generated toy one, or the user's local copy) -> normalised records per split.
+
+if "toy" in config["dataset"]:
+
+    rule toy_dataset:
+        output:
+            train=directory(config["dataset"]["root"] + "/train2014"),
+            val=directory(config["dataset"]["root"] + "/val2014"),
+            jsons=[
+                split_files(split)[key]
+                for split in P.SPLITS
+                for key in ("questions", "annotations")
+            ],
+        params:
+            root=config["dataset"]["root"],
+            toy=config["dataset"]["toy"],
+        log:
+            "logs/toy_dataset/" + DATASET + ".log",
+        benchmark:
+            "benchmarks/toy_dataset/" + DATASET + ".tsv"
+        conda:
+            CONDA_ENV
+        script:
+            "../workflow_scripts/toy_dataset.py"
+
+
+rule records:
+    input:
+        unpack(raw_split_files),
+    output:
+        records=P.RECORDS,
+    params:
+        format=config["dataset"]["format"],
+        root=config["dataset"]["root"],
+        caption_year=config["dataset"]["caption_year"],
+    log:
+        "logs/records/{dataset}_{split}.log",
+    benchmark:
+        "benchmarks/records/{dataset}_{split}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/records.py"

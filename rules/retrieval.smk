@@ -1,0 +1,108 @@
+# Stages 2-3: CLIP embeddings, faiss index, seeded anchors, candidate sets and test-time pools per sampler.
+
+
+rule embeddings:
+    input:
+        records=P.RECORDS,
+        weights=encoder_weights,
+    output:
+        image=P.EMBEDDING_IMAGE,
+        text=P.EMBEDDING_TEXT,
+        meta=P.EMBEDDING_META,
+    params:
+        encoder=lambda wildcards: config["encoders"][wildcards.encoder],
+    threads: config["threads"]["embeddings"]
+    resources:
+        gpu=1,
+    log:
+        "logs/embeddings/{dataset}_{encoder}_{split}.log",
+    benchmark:
+        "benchmarks/embeddings/{dataset}_{encoder}_{split}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/embeddings.py"
+
+
+rule faiss_index:
+    input:
+        image=path(P.EMBEDDING_IMAGE, split="train"),
+        text=path(P.EMBEDDING_TEXT, split="train"),
+        meta=path(P.EMBEDDING_META, split="train"),
+    output:
+        image=P.INDEX_IMAGE,
+        text=P.INDEX_TEXT,
+    log:
+        "logs/faiss_index/{dataset}_{encoder}.log",
+    benchmark:
+        "benchmarks/faiss_index/{dataset}_{encoder}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/faiss_index.py"
+
+
+rule anchors:
+    input:
+        records=path(P.RECORDS, split="train"),
+    output:
+        anchors=path(P.ANCHORS),
+    params:
+        anchors=config["anchors"],
+    log:
+        "logs/anchors/{dataset}.log",
+    benchmark:
+        "benchmarks/anchors/{dataset}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/anchors.py"
+
+
+SAMPLER_INPUTS = dict(
+    train_records=path(P.RECORDS, split="train"),
+    train_image=path(P.EMBEDDING_IMAGE, split="train", encoder=config["sampler_encoder"]),
+    train_text=path(P.EMBEDDING_TEXT, split="train", encoder=config["sampler_encoder"]),
+    index_image=path(P.INDEX_IMAGE, encoder=config["sampler_encoder"]),
+    index_text=path(P.INDEX_TEXT, encoder=config["sampler_encoder"]),
+)
+
+
+rule candidates:
+    input:
+        **SAMPLER_INPUTS,
+        anchors=path(P.ANCHORS),
+    output:
+        candidates=path(P.CANDIDATES),
+    params:
+        candidates=config["candidates"],
+    threads: config["threads"]["sampling"]
+    log:
+        "logs/candidates/{dataset}_{sampler}.log",
+    benchmark:
+        "benchmarks/candidates/{dataset}_{sampler}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/candidates.py"
+
+
+rule test_pool:
+    input:
+        **SAMPLER_INPUTS,
+        query_records=path(P.RECORDS, split="val"),
+        query_image=path(P.EMBEDDING_IMAGE, split="val", encoder=config["sampler_encoder"]),
+        query_text=path(P.EMBEDDING_TEXT, split="val", encoder=config["sampler_encoder"]),
+    output:
+        pool=path(P.TEST_POOL),
+    params:
+        candidates=config["candidates"],
+    threads: config["threads"]["sampling"]
+    log:
+        "logs/test_pool/{dataset}_{sampler}.log",
+    benchmark:
+        "benchmarks/test_pool/{dataset}_{sampler}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/test_pool.py"

@@ -4,12 +4,13 @@ import re
 from snakemake.utils import validate
 
 from lever_lm import paths as P
-from lever_lm.config import check_config, schema_path
+from lever_lm.config import check_config, schema_path, validate_schema
 from lever_lm.data import layout_paths
 
 
+# lever_lm's check first: its message is one line naming the key; snakemake's validate then fills defaults.
+check_config(validate_schema(config))
 validate(config, schema=str(schema_path()))
-check_config(config)
 
 DATASET = config["dataset"]["name"]
 TINY_BEAM_MODELS = [
@@ -41,16 +42,15 @@ def all_targets(config):
 
 
 def path(template, **wildcards):
-    """A path template with the config-derived names filled in (other wildcards stay)."""
-    return P.fill(template, config, **wildcards)
+    """A path template with the config-derived names filled in ({dataset} and others stay wildcards)."""
+    return P.fill(template, config, **{"dataset": "{dataset}", **wildcards})
 
 
 def split_files(split):
     """The dataset files one split is read from: questions/annotations json and the image dir."""
     dataset = config["dataset"]
-    return layout_paths(
-        dataset["format"], dataset["root"], split, dataset.get("caption_year")
-    )
+    files = layout_paths(dataset["format"], dataset["root"], split, dataset["caption_year"])
+    return {key: str(value) for key, value in files.items()}
 
 
 def raw_split_files(wildcards):

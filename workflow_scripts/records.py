@@ -1,0 +1,11 @@
+"""Rule records: raw dataset files of one split -> normalised records (parquet)."""
+
+from lever_lm.runlog import script_logging
+
+with script_logging(snakemake.log[0], "records") as log:
+    from lever_lm.data import build_records, write_records
+
+    params = snakemake.params
+    records = build_records(params.format, params.root, snakemake.wildcards.split, params.caption_year)
+    write_records(snakemake.output.records, records)
+    log.info("%d %s records", len(records), snakemake.wildcards.split)

@@ -1,0 +1,65 @@
+"""Stage 2b: exact inner-product search (faiss ``IndexFlatIP``) over L2-normalised embeddings.
+
+Public API
+----------
+- ``build_flat_ip_index(embeddings) -> faiss.IndexFlatIP``
+- ``write_index(path, index)`` (atomic) / ``read_index(path) -> faiss.Index``
+- ``search(index, queries, k) -> (scores float32 [nq, k], ids int64 [nq, k])``, best first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lever_lm.io_utils import atomic_path
+
+
+def as_float32_matrix(array: Any, what: str) -> np.ndarray:
+    """faiss needs C-contiguous float32 [n, d]; anything else is converted or rejected with a clear error."""
+    matrix = np.ascontiguousarray(np.asarray(array), dtype=np.float32)
+    if matrix.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-d array [n, dim], got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        bad_rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        raise ValueError(f"{what}: non-finite values in rows {bad_rows[:5].tolist()}")
+    return matrix
+
+
+def build_flat_ip_index(embeddings: Any) -> Any:
+    import faiss
+
+    matrix = as_float32_matrix(embeddings, "index embeddings")
+    index = faiss.IndexFlatIP(matrix.shape[1])
+    index.add(matrix)
+    return index
+
+
+def write_index(path: str | os.PathLike, index: Any) -> None:
+    import faiss
+
+    with atomic_path(path, suffix=".faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def read_index(path: str | os.PathLike) -> Any:
+    import faiss
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: faiss index file not found")
+    return faiss.read_index(str(path))
+
+
+def search(index: Any, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product, best first. ``k`` is capped at the index size."""
+    matrix = as_float32_matrix(queries, "search queries")
+    if matrix.shape[1] != index.d:
+        raise ValueError(f"search queries: dim {matrix.shape[1]} != index dim {index.d}")
+    if k < 1:
+        raise ValueError(f"search: k must be >= 1, got {k}")
+    k = min(int(k), int(index.ntotal))
+    scores, ids = index.search(matrix, k)
+    return scores, ids.astype(np.int64, copy=False)

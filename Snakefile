@@ -2,7 +2,10 @@
 # Stages live in rules/*.smk, the logic in the lever_lm package. Plan with `snakemake -n`.
 
 
-configfile: "config.yaml"
+# The embedded default, unless --configfile names another config (Snakemake would deep-merge the two).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"
@@ -12,6 +15,6 @@ include: "rules/beam_search.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(config),
-    default_target: True

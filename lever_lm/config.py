@@ -108,3 +108,45 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
         raise ConfigError(f"{path}: the config must be a mapping")
     config.update(overrides or {})
     return check_config(validate_schema(config))
+
+
+# Local weights each LVLM family reads (variant "local"); the tiny variant is built by the pipeline instead.
+LVLM_PATH_KEYS = {
+    "flamingo": ("vision_encoder_path", "lang_encoder_path", "tokenizer_path", "checkpoint_path"),
+    "qwen2_5_vl": ("model_path",),
+}
+
+
+def external_paths(config: dict) -> list[tuple[str, str]]:
+    """(config key, path) of every input the pipeline reads but does not produce: data files and weights."""
+    from lever_lm.data import layout_paths
+    from lever_lm.paths import SPLITS
+
+    found: list[tuple[str, str]] = []
+    dataset = config["dataset"]
+    if "toy" not in dataset:
+        for split in SPLITS:
+            files = layout_paths(dataset["format"], dataset["root"], split, dataset.get("caption_year", 2014))
+            found += [(f"dataset.root ({split} {kind})", str(path)) for kind, path in files.items()]
+    for name, encoder in config["encoders"].items():
+        if encoder["kind"] != "tiny":
+            found.append((f"encoders.{name}.checkpoint", encoder["checkpoint"]))
+    for name, entry in config["beam_models"].items():
+        if entry["variant"] == "local":
+            for key in LVLM_PATH_KEYS[entry["family"]]:
+                if key not in entry:
+                    raise ConfigError(f"config key beam_models.{name}.{key} is required for variant 'local'")
+                found.append((f"beam_models.{name}.{key}", entry[key]))
+    return found
+
+
+def check_external_paths(config: dict) -> None:
+    """Fail before planning when configured data or weights paths do not exist, naming every one of them."""
+    import os
+
+    missing = [(key, path) for key, path in external_paths(config) if not os.path.exists(path)]
+    if missing:
+        lines = "\n".join(f"  {key}: {path}" for key, path in missing)
+        raise ConfigError(
+            f"{len(missing)} configured input path(s) do not exist (set them in your config):\n{lines}"
+        )

@@ -8,16 +8,16 @@ if TINY_BEAM_MODELS:
             val=path(P.RECORDS, split="val"),
         output:
             model_dir=directory(P.TINY_LVLM),
-        params:
-            entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
-        wildcard_constraints:
-            beam_model=_one_of(TINY_BEAM_MODELS),
         log:
             "logs/tiny_lvlm/{dataset}_{beam_model}.log",
         benchmark:
             "benchmarks/tiny_lvlm/{dataset}_{beam_model}.tsv"
+        wildcard_constraints:
+            beam_model=_one_of(TINY_BEAM_MODELS),
         conda:
             CONDA_ENV
+        params:
+            entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
         script:
             "../workflow_scripts/tiny_lvlm.py"
 
@@ -30,20 +30,20 @@ rule beam_shard:
         weights=lvlm_weights,
     output:
         shard=P.BEAM_SHARD,
-    params:
-        entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
-        beam_search=config["beam_search"],
-        cand_num=config["candidates"]["cand_num"],
-        sample_num=config["anchors"]["sample_num"],
-    threads: config["beam_search"]["threads"]
-    resources:
-        gpu=1,
     log:
         "logs/beam_shard/{dataset}_{beam_model}_{sampler}_{ex_name}_{scatteritem}.log",
     benchmark:
         "benchmarks/beam_shard/{dataset}_{beam_model}_{sampler}_{ex_name}_{scatteritem}.tsv"
     conda:
         CONDA_ENV
+    threads: config["beam_search"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
+        beam_search=config["beam_search"],
+        cand_num=config["candidates"]["cand_num"],
+        sample_num=config["anchors"]["sample_num"],
     script:
         "../workflow_scripts/beam_shard.py"
 

@@ -4,13 +4,19 @@ import re
 from snakemake.utils import validate
 
 from lever_lm import paths as P
-from lever_lm.config import check_config, schema_path, validate_schema
+from lever_lm.config import (
+    LVLM_PATH_KEYS,
+    check_config,
+    check_external_paths,
+    schema_path,
+    validate_schema,
+)
 from lever_lm.data import layout_paths
-
 
 # lever_lm's check first: its message is one line naming the key; snakemake's validate then fills defaults.
 check_config(validate_schema(config))
 validate(config, schema=str(schema_path()))
+check_external_paths(config)
 
 DATASET = config["dataset"]["name"]
 TINY_BEAM_MODELS = [
@@ -49,7 +55,9 @@ def path(template, **wildcards):
 def split_files(split):
     """The dataset files one split is read from: questions/annotations json and the image dir."""
     dataset = config["dataset"]
-    files = layout_paths(dataset["format"], dataset["root"], split, dataset["caption_year"])
+    files = layout_paths(
+        dataset["format"], dataset["root"], split, dataset["caption_year"]
+    )
     return {key: str(value) for key, value in files.items()}
 
 
@@ -61,17 +69,6 @@ def encoder_weights(wildcards):
     """Local weights of a real CLIP encoder, so a missing path is reported before any job runs."""
     encoder = config["encoders"][wildcards.encoder]
     return [] if encoder["kind"] == "tiny" else [encoder["checkpoint"]]
-
-
-LVLM_PATH_KEYS = {
-    "flamingo": (
-        "vision_encoder_path",
-        "lang_encoder_path",
-        "tokenizer_path",
-        "checkpoint_path",
-    ),
-    "qwen2_5_vl": ("model_path",),
-}
 
 
 def lvlm_weights(wildcards):

@@ -11,15 +11,15 @@ if "toy" in config["dataset"]:
                 for split in P.SPLITS
                 for key in ("questions", "annotations")
             ],
-        params:
-            root=config["dataset"]["root"],
-            toy=config["dataset"]["toy"],
         log:
             "logs/toy_dataset/" + DATASET + ".log",
         benchmark:
             "benchmarks/toy_dataset/" + DATASET + ".tsv"
         conda:
             CONDA_ENV
+        params:
+            root=config["dataset"]["root"],
+            toy=config["dataset"]["toy"],
         script:
             "../workflow_scripts/toy_dataset.py"
 
@@ -29,15 +29,15 @@ rule records:
         unpack(raw_split_files),
     output:
         records=P.RECORDS,
-    params:
-        format=config["dataset"]["format"],
-        root=config["dataset"]["root"],
-        caption_year=config["dataset"]["caption_year"],
     log:
         "logs/records/{dataset}_{split}.log",
     benchmark:
         "benchmarks/records/{dataset}_{split}.tsv"
     conda:
         CONDA_ENV
+    params:
+        format=config["dataset"]["format"],
+        root=config["dataset"]["root"],
+        caption_year=config["dataset"]["caption_year"],
     script:
         "../workflow_scripts/records.py"

@@ -9,17 +9,17 @@ rule embeddings:
         image=P.EMBEDDING_IMAGE,
         text=P.EMBEDDING_TEXT,
         meta=P.EMBEDDING_META,
-    params:
-        encoder=lambda wildcards: config["encoders"][wildcards.encoder],
-    threads: config["threads"]["embeddings"]
-    resources:
-        gpu=1,
     log:
         "logs/embeddings/{dataset}_{encoder}_{split}.log",
     benchmark:
         "benchmarks/embeddings/{dataset}_{encoder}_{split}.tsv"
     conda:
         CONDA_ENV
+    threads: config["threads"]["embeddings"]
+    resources:
+        gpu=1,
+    params:
+        encoder=lambda wildcards: config["encoders"][wildcards.encoder],
     script:
         "../workflow_scripts/embeddings.py"
 
@@ -47,21 +47,23 @@ rule anchors:
         records=path(P.RECORDS, split="train"),
     output:
         anchors=path(P.ANCHORS),
-    params:
-        anchors=config["anchors"],
     log:
         "logs/anchors/{dataset}.log",
     benchmark:
         "benchmarks/anchors/{dataset}.tsv"
     conda:
         CONDA_ENV
+    params:
+        anchors=config["anchors"],
     script:
         "../workflow_scripts/anchors.py"
 
 
 SAMPLER_INPUTS = dict(
     train_records=path(P.RECORDS, split="train"),
-    train_image=path(P.EMBEDDING_IMAGE, split="train", encoder=config["sampler_encoder"]),
+    train_image=path(
+        P.EMBEDDING_IMAGE, split="train", encoder=config["sampler_encoder"]
+    ),
     train_text=path(P.EMBEDDING_TEXT, split="train", encoder=config["sampler_encoder"]),
     index_image=path(P.INDEX_IMAGE, encoder=config["sampler_encoder"]),
     index_text=path(P.INDEX_TEXT, encoder=config["sampler_encoder"]),
@@ -74,15 +76,15 @@ rule candidates:
         anchors=path(P.ANCHORS),
     output:
         candidates=path(P.CANDIDATES),
-    params:
-        candidates=config["candidates"],
-    threads: config["threads"]["sampling"]
     log:
         "logs/candidates/{dataset}_{sampler}.log",
     benchmark:
         "benchmarks/candidates/{dataset}_{sampler}.tsv"
     conda:
         CONDA_ENV
+    threads: config["threads"]["sampling"]
+    params:
+        candidates=config["candidates"],
     script:
         "../workflow_scripts/candidates.py"
 
@@ -91,18 +93,22 @@ rule test_pool:
     input:
         **SAMPLER_INPUTS,
         query_records=path(P.RECORDS, split="val"),
-        query_image=path(P.EMBEDDING_IMAGE, split="val", encoder=config["sampler_encoder"]),
-        query_text=path(P.EMBEDDING_TEXT, split="val", encoder=config["sampler_encoder"]),
+        query_image=path(
+            P.EMBEDDING_IMAGE, split="val", encoder=config["sampler_encoder"]
+        ),
+        query_text=path(
+            P.EMBEDDING_TEXT, split="val", encoder=config["sampler_encoder"]
+        ),
     output:
         pool=path(P.TEST_POOL),
-    params:
-        candidates=config["candidates"],
-    threads: config["threads"]["sampling"]
     log:
         "logs/test_pool/{dataset}_{sampler}.log",
     benchmark:
         "benchmarks/test_pool/{dataset}_{sampler}.tsv"
     conda:
         CONDA_ENV
+    threads: config["threads"]["sampling"]
+    params:
+        candidates=config["candidates"],
     script:
         "../workflow_scripts/test_pool.py"

@@ -1,0 +1,262 @@
+"""Beam search spread over shards: deterministic split, resumable jsonl shards, and a checked gather.
+
+Shard file (jsonl): line 1 is a header ``{"params": {...}}`` (ex_name, the generation parameters, plus the
+caller's ``run_params`` such as beam_model, sampler and the candidate file's params); then one
+``AnchorBeams.to_record()`` line per finished anchor, appended with fsync, so a killed job loses at most
+the line it was writing.
+
+Resume and Snakemake: Snakemake deletes the declared outputs of a failed job, so the workflow script runs
+``run_beam_shard`` on ``partial_path(output)`` (``<output>.partial``, NOT a declared output) and, when it
+returns, calls ``finalize_shard(partial, output)`` (an atomic rename). A rerun after a crash finds the
+``.partial`` file, cuts a torn last line, checks that the header params are identical (else ValueError
+naming the file and the differing keys), skips the anchors already done and appends the rest.
+
+Public API
+- ``parse_scatter_item("3-of-8") -> (2, 8)`` (0-based shard index, shard count).
+- ``shard_anchors(anchor_ids, n_shards, shard_index) -> list[int]``: strided, ``anchor_ids[shard_index::n_shards]``,
+  so every shard gets a spread of the anchors file (balanced even if cost drifts along it).
+- ``shard_params(cfg, run_params) -> dict``; ``partial_path(final)``; ``finalize_shard(partial, final)``.
+- ``run_beam_shard(anchor_ids, candidates, train_records, adapter, cfg, out_path, run_params=None, log=..., progress_interval_s=30)``.
+- ``read_beam_shard(path) -> (params, records)``.
+- ``gather_beam_shards(shard_paths, expected_anchor_ids, out_path)``: one json ``{"params", "anchors"}``, anchors in
+  the order of ``expected_anchor_ids``; every anchor exactly once across shards, params identical.
+- ``read_beams(path) -> dict``: the gathered file, checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from lever_lm.beam_search import BeamSearchConfig, ExampleTable, ex_name, search_anchor, validate_candidate_pool
+from lever_lm.io_utils import append_jsonl, read_json, read_jsonl, write_json
+from lever_lm.progress import ProgressReporter
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lever_lm.lvlm.base import LVLMAdapter
+
+logger = logging.getLogger(__name__)
+
+_SCATTER_ITEM = re.compile(r"^(\d+)-of-(\d+)$")
+_RECORD_KEYS = ("anchor_id", "question_id", "sequences", "step_scores", "scores")
+
+
+def _first(items: Sequence[Any], n: int = 5) -> str:
+    items = list(items)
+    return f"{items[:n]}" + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def parse_scatter_item(item: str) -> tuple[int, int]:
+    """Snakemake scattergather item ``"3-of-8"`` -> ``(2, 8)``: 0-based shard index and shard count."""
+    match = _SCATTER_ITEM.match(str(item).strip())
+    if not match:
+        raise ValueError(f"scatter item {item!r}: expected '<i>-of-<n>' such as '3-of-8'")
+    one_based, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= one_based <= count:
+        raise ValueError(f"scatter item {item!r}: index must be between 1 and {count}")
+    return one_based - 1, count
+
+
+def shard_anchors(anchor_ids: Sequence[int], n_shards: int, shard_index: int) -> list[int]:
+    """The anchors of one shard: strided over the anchors file, ``anchor_ids[shard_index::n_shards]``."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if not 0 <= shard_index < n_shards:
+        raise ValueError(f"shard_index {shard_index} out of range for {n_shards} shards")
+    return [int(a) for a in list(anchor_ids)[shard_index::n_shards]]
+
+
+def shard_params(cfg: BeamSearchConfig, run_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Header params of a shard: ex_name, the generation parameters, then the caller's run params."""
+    params: dict[str, Any] = {"ex_name": ex_name(cfg), **cfg.generation_params()}
+    for key, value in (run_params or {}).items():
+        if key in params and params[key] != value:
+            raise ValueError(f"run_params[{key!r}]={value!r} contradicts the beam search config ({params[key]!r})")
+        params[key] = value
+    return json.loads(json.dumps(params))  # normalise (tuples -> lists) so it compares equal to a re-read header
+
+
+def partial_path(final_path: str | os.PathLike) -> Path:
+    """In-progress sibling of a shard output: ``<final>.partial`` (never a declared Snakemake output)."""
+    final = Path(final_path)
+    return final.with_name(final.name + ".partial")
+
+
+def finalize_shard(partial: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Atomically publish a finished shard file under its final name."""
+    os.replace(partial, final)
+
+
+def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a partial last line (a killed writer) so the next append starts on a fresh line."""
+    with open(path, "r+b") as fh:
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            fh.truncate(keep)
+
+
+def read_beam_shard(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Header params and anchor records of a shard file (a torn last line is ignored)."""
+    lines = read_jsonl(path)
+    if not lines or not isinstance(lines[0], dict) or set(lines[0]) != {"params"}:
+        raise ValueError(f"{path}: first line must be a header {{'params': ...}}")
+    records = lines[1:]
+    for lineno, record in enumerate(records, start=2):
+        if not isinstance(record, dict) or any(k not in record for k in _RECORD_KEYS):
+            raise ValueError(f"{path}:{lineno}: not an anchor record (need keys {list(_RECORD_KEYS)})")
+    return lines[0]["params"], records
+
+
+def _validate_shard_inputs(
+    anchor_ids: Sequence[int], candidates: Mapping[int, Sequence[int]], examples: ExampleTable, cfg: BeamSearchConfig
+) -> None:
+    """Check every anchor of the shard up front, so bad input fails before anything is written."""
+    n_train = len(examples)
+    duplicated = sorted(a for a, n in Counter(anchor_ids).items() if n > 1)
+    if duplicated:
+        raise ValueError(f"anchors listed more than once: {_first(duplicated)}")
+    out_of_range = [a for a in anchor_ids if not 0 <= a < n_train]
+    if out_of_range:
+        raise ValueError(f"anchor ids outside the train split (0..{n_train - 1}): {_first(out_of_range)}")
+    no_candidates = [a for a in anchor_ids if a not in candidates]
+    if no_candidates:
+        raise ValueError(f"anchors without a candidate set: {_first(no_candidates)}")
+    wrong_size = [a for a in anchor_ids if len(candidates[a]) != cfg.cand_num]
+    if wrong_size:
+        sizes = [len(candidates[a]) for a in wrong_size[:5]]
+        raise ValueError(f"cand_num={cfg.cand_num} but anchors {_first(wrong_size)} have {sizes} candidates")
+    for anchor in anchor_ids:
+        question_id = examples.question_ids[anchor]
+        validate_candidate_pool(anchor, candidates[anchor], cfg, question_id)
+        bad_ids = [c for c in candidates[anchor] if not 0 <= c < n_train]
+        if bad_ids:
+            raise ValueError(f"anchor {anchor} (question_id {question_id}): candidate ids outside the train split {_first(bad_ids)}")
+    empty_anchors = examples.empty_label_ids(anchor_ids)
+    if empty_anchors:
+        named = [f"{a} (question_id {examples.question_ids[a]})" for a in empty_anchors[:5]]
+        raise ValueError(f"anchors with an empty label answer: {named}" + (" ..." if len(empty_anchors) > 5 else ""))
+    used = sorted({c for a in anchor_ids for c in candidates[a]})
+    empty_icds = examples.empty_label_ids(used)
+    if empty_icds:
+        raise ValueError(f"candidate ICDs with an empty label answer (train ids): {_first(empty_icds)}")
+
+
+def _resume_state(path: Path, params: Mapping[str, Any], anchor_ids: Sequence[int]) -> tuple[bool, set[int]]:
+    """(header already written, anchors already done) for an in-progress shard file."""
+    if not path.exists():
+        return False, set()
+    _cut_torn_tail(path)
+    if path.stat().st_size == 0:
+        return False, set()
+    old_params, records = read_beam_shard(path)
+    differing = _differing_keys(old_params, params)
+    if differing:
+        details = ", ".join(f"{k}: {old_params.get(k, '<missing>')!r} -> {params.get(k, '<missing>')!r}" for k in differing)
+        raise ValueError(
+            f"{path}: written with different params ({details}); delete it to start over, or restore the config"
+        )
+    done = [int(r["anchor_id"]) for r in records]
+    repeated = sorted(a for a, n in Counter(done).items() if n > 1)
+    if repeated:
+        raise ValueError(f"{path}: anchors recorded more than once: {_first(repeated)}")
+    foreign = sorted(set(done) - set(anchor_ids))
+    if foreign:
+        raise ValueError(f"{path}: holds anchors that are not in this shard: {_first(foreign)}")
+    return True, set(done)
+
+
+def run_beam_shard(
+    anchor_ids: Sequence[int],
+    candidates: Mapping[int, Sequence[int]],
+    train_records: "pd.DataFrame | ExampleTable",
+    adapter: "LVLMAdapter",
+    cfg: BeamSearchConfig,
+    out_path: str | os.PathLike,
+    run_params: Mapping[str, Any] | None = None,
+    log: logging.Logger = logger,
+    progress_interval_s: float = 30.0,
+) -> None:
+    """Beam-search ``anchor_ids`` into the jsonl ``out_path`` (the ``.partial`` file), resuming where it stopped."""
+    anchor_ids = [int(a) for a in anchor_ids]
+    candidates = {int(a): [int(c) for c in cands] for a, cands in candidates.items()}
+    examples = train_records if isinstance(train_records, ExampleTable) else ExampleTable.from_records(train_records)
+    _validate_shard_inputs(anchor_ids, candidates, examples, cfg)
+    params = shard_params(cfg, run_params)
+
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    has_header, done = _resume_state(path, params, anchor_ids)
+    remaining = [a for a in anchor_ids if a not in done]
+    log.info(
+        "beam shard %s: %s, %d anchors, %d done before, %d to go (%s path)",
+        path, params["ex_name"], len(anchor_ids), len(done), len(remaining), "fast" if cfg.use_fast_path else "naive",
+    )
+    progress = ProgressReporter(len(anchor_ids), "anchors", progress_interval_s, log, already_done=len(done))
+    with open(path, "a" if has_header else "w", encoding="utf-8") as handle:
+        if not has_header:
+            append_jsonl(handle, {"params": params})
+        for anchor in remaining:
+            beams = search_anchor(adapter, examples, anchor, candidates[anchor], cfg)
+            append_jsonl(handle, beams.to_record())
+            progress.advance()
+    progress.finish()
+
+
+def gather_beam_shards(
+    shard_paths: Sequence[str | os.PathLike], expected_anchor_ids: Sequence[int], out_path: str | os.PathLike
+) -> None:
+    """Merge shard files into one json, checking params agree and every expected anchor appears exactly once."""
+    if not shard_paths:
+        raise ValueError("gather: no shard files given")
+    expected = [int(a) for a in expected_anchor_ids]
+    first_params: dict[str, Any] | None = None
+    where: dict[int, list[str]] = {}
+    by_anchor: dict[int, dict[str, Any]] = {}
+    for shard in shard_paths:
+        params, records = read_beam_shard(shard)
+        if first_params is None:
+            first_params = params
+        elif params != first_params:
+            raise ValueError(
+                f"gather: {shard} has params differing from {shard_paths[0]} in {_differing_keys(first_params, params)}"
+            )
+        for record in records:
+            anchor = int(record["anchor_id"])
+            where.setdefault(anchor, []).append(str(shard))
+            by_anchor[anchor] = record
+    problems = []
+    missing = [a for a in expected if a not in where]
+    if missing:
+        problems.append(f"missing anchors {_first(missing)}")
+    duplicated = {a: files for a, files in where.items() if len(files) > 1}
+    if duplicated:
+        problems.append("anchors in more than one place " + "; ".join(f"{a}: {f}" for a, f in list(duplicated.items())[:5]))
+    unexpected = sorted(set(where) - set(expected))
+    if unexpected:
+        problems.append(f"anchors not in the anchors file {_first(unexpected)} (in {sorted({where[a][0] for a in unexpected})})")
+    if problems:
+        raise ValueError(f"gather over {[str(p) for p in shard_paths]}: " + " | ".join(problems))
+    write_json(out_path, {"params": first_params, "anchors": [by_anchor[a] for a in expected]}, indent=None)
+
+
+def read_beams(path: str | os.PathLike) -> dict[str, Any]:
+    """The gathered beam file ``{"params", "anchors"}``, with each anchor record's keys checked."""
+    data = read_json(path)
+    if not isinstance(data, dict) or set(data) != {"params", "anchors"}:
+        raise ValueError(f"{path}: expected a json object with keys 'params' and 'anchors'")
+    for position, record in enumerate(data["anchors"]):
+        if not isinstance(record, dict) or any(k not in record for k in _RECORD_KEYS):
+            raise ValueError(f"{path}: anchors[{position}] is not an anchor record (need keys {list(_RECORD_KEYS)})")
+    return data

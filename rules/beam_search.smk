@@ -48,10 +48,6 @@ rule beam_shard:
         "../workflow_scripts/beam_shard.py"
 
 
-def beam_shard_files(wildcards):
-    return gather.beam_shard(P.BEAM_SHARD, **dict(wildcards.items()))
-
-
 rule beam_gather:
     input:
         anchors=path(P.ANCHORS),

@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and path helpers shared by all rules.
 import re
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -77,3 +78,8 @@ def lvlm_weights(wildcards):
     if entry["variant"] == "tiny":
         return [path(P.TINY_LVLM, beam_model=wildcards.beam_model)]
     return [entry[key] for key in LVLM_PATH_KEYS[entry["family"]] if key in entry]
+
+
+def beam_shard_files(wildcards):
+    """The N shard files of one beam-search run (scattergather)."""
+    return gather.beam_shard(P.BEAM_SHARD, **dict(wildcards.items()))

@@ -4,21 +4,21 @@ if "toy" in config["dataset"]:
 
     rule toy_dataset:
         output:
-            train=directory(config["dataset"]["root"] + "/train2014"),
-            val=directory(config["dataset"]["root"] + "/val2014"),
+            train=directory(split_files("train")["image_dir"]),
+            val=directory(split_files("val")["image_dir"]),
             jsons=[
-                split_files(split)[key]
+                split_files(split)[kind]
                 for split in P.SPLITS
-                for key in ("questions", "annotations")
+                for kind in ("questions", "annotations")
             ],
         log:
-            "logs/toy_dataset/" + DATASET + ".log",
+            f"logs/toy_dataset/{DATASET}.log",
         benchmark:
-            "benchmarks/toy_dataset/" + DATASET + ".tsv"
+            f"benchmarks/toy_dataset/{DATASET}.tsv"
         conda:
             CONDA_ENV
         params:
-            root=config["dataset"]["root"],
+            root=lambda wildcards, output: Path(output.train).parent,
             toy=config["dataset"]["toy"],
         script:
             "../workflow_scripts/toy_dataset.py"

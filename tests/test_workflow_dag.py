@@ -1,0 +1,138 @@
+"""Snakemake DAG tier: `snakemake -n` plans the full matrix, for the default and for the real OK-VQA config."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    command = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--cores", "2", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = (result.stdout + result.stderr).split("Job stats:")[1]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+def write_okvqa_fixture(root: Path) -> None:
+    """A few records in the real OK-VQA v1.1 layout (file names, json keys, image names)."""
+    for split, image_ids in (("train", [9, 25, 30]), ("val", [42])):
+        questions, annotations = [], []
+        (root / f"{split}2014").mkdir(parents=True)
+        for image_id in image_ids:
+            (root / f"{split}2014" / f"COCO_{split}2014_{image_id:012d}.jpg").write_bytes(b"")
+            question_id = image_id * 10 + 5
+            questions.append({"image_id": image_id, "question": "What is this?", "question_id": question_id})
+            answers = [
+                {"answer_id": k + 1, "raw_answer": "cat", "answer_confidence": "yes", "answer": "cat"}
+                for k in range(10)
+            ]
+            annotations.append(
+                {"image_id": image_id, "question_id": question_id, "question_type": "other",
+                 "answer_type": "other", "confidence": 3, "answers": answers}
+            )
+        (root / f"OpenEnded_mscoco_{split}2014_questions.json").write_text(json.dumps({"questions": questions}))
+        (root / f"mscoco_{split}2014_annotations.json").write_text(json.dumps({"annotations": annotations}))
+
+
+def real_config(tmp_path: Path, with_files: bool) -> Path:
+    config = yaml.safe_load((REPO / "configs" / "okvqa_local.yaml").read_text())
+    data_root = tmp_path / "okvqa"
+    config["dataset"]["root"] = str(data_root)
+    models = tmp_path / "models"
+    for encoder in config["encoders"].values():
+        encoder["checkpoint"] = str(models / Path(encoder["checkpoint"]).name)
+    for entry in config["beam_models"].values():
+        for key in ("vision_encoder_path", "lang_encoder_path", "tokenizer_path", "checkpoint_path", "model_path"):
+            if key in entry:
+                entry[key] = str(models / Path(entry[key]).relative_to("models"))
+    if with_files:
+        write_okvqa_fixture(data_root)
+        for encoder in config["encoders"].values():
+            Path(encoder["checkpoint"]).mkdir(parents=True)
+        for entry in config["beam_models"].values():
+            for key in ("lang_encoder_path", "tokenizer_path", "model_path"):
+                if key in entry:
+                    Path(entry[key]).mkdir(parents=True, exist_ok=True)
+            for key in ("vision_encoder_path", "checkpoint_path"):
+                if key in entry:
+                    Path(entry[key]).parent.mkdir(parents=True, exist_ok=True)
+                    Path(entry[key]).write_bytes(b"")
+    path = tmp_path / "okvqa_local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_real_okvqa_config_plans_the_full_matrix(tmp_path):
+    config_path = real_config(tmp_path, with_files=True)
+    config = yaml.safe_load(config_path.read_text())
+    samplers, models = len(config["samplers"]), len(config["beam_models"])
+    shards = config["beam_search"]["shards"]
+    jobs = planned_jobs(snakemake("-n", "--configfile", str(config_path), cwd=tmp_path))
+    assert jobs == {
+        "records": 2,
+        "embeddings": 4,  # 2 encoders (sampler, selector) x 2 splits
+        "faiss_index": 1,  # the sampler encoder's train embeddings
+        "anchors": 1,
+        "candidates": samplers,
+        "test_pool": samplers,
+        "beam_shard": models * samplers * shards,
+        "beam_gather": models * samplers,
+        "all": 1,
+        "total": 2 + 4 + 1 + 1 + 2 * samplers + models * samplers * (shards + 1) + 1,
+    }
+    assert (samplers, models, shards) == (4, 2, 8)
+
+
+def test_real_config_with_missing_paths_names_them_without_traceback(tmp_path):
+    config_path = real_config(tmp_path, with_files=False)
+    result = snakemake("-n", "--configfile", str(config_path), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    assert "configured input path(s) do not exist" in output
+    for key in ("dataset.root (train questions)", "encoders.clip_vit_l14.checkpoint",
+                "beam_models.flamingo_3B.checkpoint_path", "beam_models.qwen2.5_vl_3B.model_path"):
+        assert key in output
+    assert str(tmp_path / "okvqa" / "mscoco_val2014_annotations.json") in output
+
+
+def test_default_config_plans_toy_matrix(tmp_path):
+    jobs = planned_jobs(snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml")))
+    assert jobs["toy_dataset"] == 1
+    assert jobs["tiny_lvlm"] == 2
+    assert jobs["beam_shard"] == 2 * 4 * 2
+    assert jobs["beam_gather"] == 8
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("beam_search={construct_order: left, beam_size: five, shot_num: 2, shards: 2}", "beam_search.beam_size"),
+        ("samplers=[rand_sampler, best_sampler]", "samplers.1"),
+        ("anchors={sample_num: 10, seed: 1, colour: red}", "anchors.colour"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, override, key):
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+                       "--config", override)
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr

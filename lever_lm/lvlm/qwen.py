@@ -1,0 +1,628 @@
+"""Qwen2.5-VL adapter: loader, tiny-model builder, prompt assembly, reference scoring and generation.
+
+Public API
+----------
+- ``QwenVLConfig`` (frozen), ``QwenTinyDims`` (frozen), ``config_from_dict(name, entry) -> QwenVLConfig``
+  (``entry`` is the YAML entry ``beam_models.<name>``; unknown fields are rejected).
+- ``load_qwen_adapter(config) -> QwenVLAdapter``: loads model, tokenizer and image processor from
+  ``config.model_path`` (local files only). ``variant: tiny`` loads a directory made by
+  ``build_tiny_model_dir`` through the very same code.
+- ``build_tiny_model_dir(out_dir, words, dims=QwenTinyDims(), seed=0)``: materialises a randomly initialised
+  ``Qwen2_5_VLForConditionalGeneration`` with a word-level tokenizer and the Qwen2.5-VL chat template.
+- ``make_tiny_adapter(words, dims=None, seed=0, **options) -> QwenVLAdapter`` for tests and benchmarks.
+- ``QwenVLAdapter``: ``score`` (fast path, see ``qwen_fast``), ``score_naive`` (reference), ``generate``,
+  ``clear_cache``, ``assemble`` (the one prompt assembly, also usable for pretraining the tiny model).
+- ``tiny_vocabulary_words()``: the chat-template words the tiny tokenizer needs besides the data's words.
+
+Prompt (spec stage 4). ``single_user_message`` (default): one user message interleaving, per ICD, its image
+and ``Question:{q} Short answer:{a}``, then the query image and ``Question:{q} Short answer:`` (+ ``{a}`` when
+scoring). ``multi_turn``: per ICD a user turn (image + ``Question:{q} Short answer:``) and an assistant turn
+``{a}``; the query is a user turn followed, when scoring, by an assistant turn with its answer. The model's own
+chat template renders the messages (generation prompt only for inference).
+
+Answer spans are located by construction: the rendered text is cut at each answer's boundaries and the pieces
+are tokenised separately, so an answer never merges with the ``:`` before it (with byte-level BPE ``:red``
+would otherwise be one token) and its token positions are known exactly. The scored span of the query is its
+answer tokens plus the ``<|im_end|>`` that closes it in the template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt
+
+PROMPT_STYLES = ("single_user_message", "multi_turn")
+PRECISIONS = ("auto", "fp32", "bf16")
+VARIANTS = ("local", "tiny")
+
+IMAGE_TOKEN = "<|image_pad|>"
+END_TOKEN = "<|im_end|>"
+REQUIRED_SPECIAL_TOKENS = ("<|im_start|>", END_TOKEN, "<|vision_start|>", "<|vision_end|>", IMAGE_TOKEN)
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+# Qwen2.5-VL-Instruct's chat template (the one shipped with the model); the tiny model gets the same.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# private-use characters marking answer boundaries in the rendered text; never tokenised
+_ANSWER_START = "\ue000"
+_ANSWER_END = "\ue001"
+
+
+@dataclass(frozen=True)
+class QwenTinyDims:
+    """Sizes of a tiny Qwen2.5-VL (defaults: ~0.8M parameters; a 56x56 image becomes 4 image tokens)."""
+
+    text_hidden: int = 128
+    text_intermediate: int = 256
+    text_layers: int = 3
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    mrope_section: tuple[int, int, int] = (4, 6, 6)
+    rope_theta: float = 1e4
+    max_position_embeddings: int = 4096
+    vision_depth: int = 2
+    vision_hidden: int = 64
+    vision_intermediate: int = 128
+    vision_heads: int = 4
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    image_min_pixels: int = 56 * 56
+    image_max_pixels: int = 56 * 56
+
+    def validate(self, where: str = "dims") -> None:
+        head_dim, remainder = divmod(self.text_hidden, self.text_heads)
+        if remainder or self.text_heads % self.text_kv_heads:
+            raise ValueError(f"{where}: text_hidden must divide by text_heads, text_heads by text_kv_heads")
+        if sum(self.mrope_section) * 2 != head_dim:
+            raise ValueError(
+                f"{where}.mrope_section: must sum to head_dim/2 = {head_dim // 2}, got {list(self.mrope_section)}"
+            )
+        if self.vision_hidden % self.vision_heads:
+            raise ValueError(f"{where}: vision_hidden must divide by vision_heads")
+
+
+@dataclass(frozen=True)
+class QwenVLConfig:
+    """One ``beam_models.<name>`` entry of family ``qwen2_5_vl``."""
+
+    name: str
+    variant: str = "local"
+    model_path: str | None = None
+    system_prompt: str | None = None
+    prompt_style: str = "single_user_message"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    precision: str = "auto"
+    score_batch_size: int = 32
+    seed: int = 0
+    tiny: QwenTinyDims = field(default_factory=QwenTinyDims)
+
+    def key(self, field_name: str) -> str:
+        return f"beam_models.{self.name}.{field_name}"
+
+
+def config_from_dict(name: str, entry: Mapping[str, Any]) -> QwenVLConfig:
+    """Build a ``QwenVLConfig`` from ``beam_models.<name>``; ``family`` (if present) must be ``qwen2_5_vl``."""
+    entry = dict(entry)
+    family = entry.pop("family", "qwen2_5_vl")
+    if family != "qwen2_5_vl":
+        raise ValueError(f"beam_models.{name}.family: expected 'qwen2_5_vl', got {family!r}")
+    known = {f.name for f in dataclasses.fields(QwenVLConfig)} - {"name"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ValueError(f"beam_models.{name}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+    tiny_entry = entry.pop("tiny", None) or {}
+    tiny_fields = {f.name for f in dataclasses.fields(QwenTinyDims)}
+    unknown_tiny = sorted(set(tiny_entry) - tiny_fields)
+    if unknown_tiny:
+        raise ValueError(f"beam_models.{name}.tiny: unknown field(s) {unknown_tiny}; allowed: {sorted(tiny_fields)}")
+    if "mrope_section" in tiny_entry:
+        tiny_entry["mrope_section"] = tuple(tiny_entry["mrope_section"])
+    dims = QwenTinyDims(**tiny_entry)
+    dims.validate(f"beam_models.{name}.tiny")
+    config = QwenVLConfig(name=name, tiny=dims, **entry)
+    _check_choice(config, "variant", VARIANTS)
+    _check_choice(config, "prompt_style", PROMPT_STYLES)
+    _check_choice(config, "precision", PRECISIONS)
+    if not isinstance(config.score_batch_size, int) or config.score_batch_size < 1:
+        raise ValueError(f"{config.key('score_batch_size')}: must be a positive integer, got {config.score_batch_size!r}")
+    for pixels in ("min_pixels", "max_pixels"):
+        value = getattr(config, pixels)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{config.key(pixels)}: must be a positive integer or null, got {value!r}")
+    return config
+
+
+def _check_choice(config: QwenVLConfig, field_name: str, choices: Sequence[str]) -> None:
+    value = getattr(config, field_name)
+    if value not in choices:
+        raise ValueError(f"{config.key(field_name)}: expected one of {list(choices)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tiny model
+
+
+def tiny_vocabulary_words() -> list[str]:
+    """Words of the chat template (roles, default system prompt) that the word-level tokenizer must know."""
+    from lever_lm.lvlm.tiny_tokenizer import split_words
+
+    return sorted(set(split_words(DEFAULT_SYSTEM_PROMPT)) | {"system", "user", "assistant"})
+
+
+def build_tiny_model_dir(
+    out_dir: str | os.PathLike, words: Sequence[str], dims: QwenTinyDims | None = None, seed: int = 0
+) -> None:
+    """Write a random-init tiny Qwen2.5-VL (model, tokenizer, processor) to ``out_dir`` atomically.
+
+    ``words`` is the data vocabulary (e.g. ``tiny_tokenizer.collect_vocabulary``); the chat-template words are
+    added. The result loads with ``load_qwen_adapter`` exactly like a real checkpoint directory.
+    """
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from lever_lm.lvlm.tiny_tokenizer import build_word_tokenizer
+
+    dims = dims or QwenTinyDims()
+    dims.validate()
+    out_dir = Path(out_dir)
+    vocabulary = sorted(set(words) | set(tiny_vocabulary_words()))
+    word_tokenizer = build_word_tokenizer(vocabulary, QWEN_SPECIAL_TOKENS)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=word_tokenizer,
+        unk_token="<unk>",
+        eos_token=END_TOKEN,
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+    )
+    token_id = tokenizer.convert_tokens_to_ids
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=dims.image_min_pixels,
+        max_pixels=dims.image_max_pixels,
+        patch_size=dims.patch_size,
+        temporal_patch_size=dims.temporal_patch_size,
+        merge_size=dims.spatial_merge_size,
+    )
+    video_processor = Qwen2VLVideoProcessor(
+        patch_size=dims.patch_size, temporal_patch_size=dims.temporal_patch_size, merge_size=dims.spatial_merge_size
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=dims.text_hidden,
+            intermediate_size=dims.text_intermediate,
+            num_hidden_layers=dims.text_layers,
+            num_attention_heads=dims.text_heads,
+            num_key_value_heads=dims.text_kv_heads,
+            max_position_embeddings=dims.max_position_embeddings,
+            max_window_layers=dims.text_layers,
+            rope_theta=dims.rope_theta,
+            rope_scaling={"type": "mrope", "mrope_section": list(dims.mrope_section)},
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=token_id(END_TOKEN),
+        ),
+        vision_config=dict(
+            depth=dims.vision_depth,
+            hidden_size=dims.vision_hidden,
+            intermediate_size=dims.vision_intermediate,
+            num_heads=dims.vision_heads,
+            patch_size=dims.patch_size,
+            spatial_merge_size=dims.spatial_merge_size,
+            temporal_patch_size=dims.temporal_patch_size,
+            window_size=dims.patch_size * dims.spatial_merge_size * 4,
+            out_hidden_size=dims.text_hidden,
+            fullatt_block_indexes=[dims.vision_depth - 1],
+        ),
+        image_token_id=token_id(IMAGE_TOKEN),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[token_id(END_TOKEN), token_id("<|endoftext|>")],
+        pad_token_id=token_id("<|endoftext|>"),
+        do_sample=False,
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def make_tiny_adapter(
+    words: Sequence[str], dims: QwenTinyDims | None = None, seed: int = 0, **options: Any
+) -> "QwenVLAdapter":
+    """Build a tiny model into a temporary directory and load it through ``load_qwen_adapter``.
+
+    ``options`` are further ``QwenVLConfig`` fields (prompt_style, system_prompt, precision, ...).
+    """
+    name = options.pop("name", "qwen_tiny")
+    model_dir = Path(tempfile.mkdtemp(prefix="qwen_tiny_")) / "model"
+    build_tiny_model_dir(model_dir, words, dims, seed)
+    entry = {"variant": "tiny", "model_path": str(model_dir), "seed": seed, **options}
+    if dims is not None:
+        entry["tiny"] = dataclasses.asdict(dims)
+    return load_qwen_adapter(config_from_dict(name, entry))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _check_model_dir(config: QwenVLConfig) -> Path:
+    key = config.key("model_path")
+    if not config.model_path:
+        raise LVLMConfigError(f"{key}: not set (a local model directory is required)")
+    path = Path(config.model_path)
+    if not path.is_dir():
+        raise LVLMConfigError(f"{key}: directory {path} does not exist")
+    required = {
+        "config.json": ["config.json"],
+        "weights": ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json"],
+        "tokenizer": ["tokenizer.json", "vocab.json"],
+        "image processor config": ["preprocessor_config.json"],
+    }
+    missing = [f"{what} ({' or '.join(names)})" for what, names in required.items()
+               if not any((path / n).is_file() for n in names)]
+    if missing:
+        raise LVLMConfigError(f"{key}: model directory {path} is incomplete, missing: {', '.join(missing)}")
+    return path
+
+
+def _device_and_dtype(config: QwenVLConfig):
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return device, torch.bfloat16
+    return device, torch.float32
+
+
+def load_qwen_adapter(config: QwenVLConfig) -> "QwenVLAdapter":
+    """Load model + processor from ``config.model_path`` (never the hub) and wrap them in an adapter."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    path = _check_model_dir(config)
+    device, dtype = _device_and_dtype(config)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True, use_fast=True)
+    tokenizer = processor.tokenizer
+    vocab = tokenizer.get_vocab()
+    for token in REQUIRED_SPECIAL_TOKENS:
+        if token not in vocab:
+            raise LVLMConfigError(
+                f"{config.key('model_path')}: tokenizer in {path} lacks the special token {token}"
+            )
+    if not (processor.chat_template or tokenizer.chat_template):
+        raise LVLMConfigError(f"{config.key('model_path')}: no chat template in {path}")
+    torch.manual_seed(config.seed)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+    ).to(device).eval()
+    if model.config.image_token_id != vocab[IMAGE_TOKEN]:
+        raise LVLMConfigError(
+            f"{config.key('model_path')}: config.json image_token_id {model.config.image_token_id} differs from "
+            f"the tokenizer's {IMAGE_TOKEN} id {vocab[IMAGE_TOKEN]} in {path}"
+        )
+    return QwenVLAdapter(config, model, processor)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prompt assembly
+
+
+@dataclass(frozen=True)
+class AssembledPrompt:
+    """Token ids of one prompt, its images in order, and where each answer sits.
+
+    ``answer_spans[i]`` is ``(start, end)``: the answer tokens of the i-th answered example (demos in order,
+    then the query when scoring) plus the one token after them. ``demo_ends[i]`` is the position just after
+    demo i's answer: the prompt up to there depends only on the template and demos 0..i (a reusable KV prefix).
+    """
+
+    input_ids: tuple[int, ...]
+    image_paths: tuple[str, ...]
+    answer_spans: tuple[tuple[int, int], ...]
+    demo_ends: tuple[int, ...]
+
+    @property
+    def query_span(self) -> tuple[int, int]:
+        return self.answer_spans[-1]
+
+
+def _describe(example: Example) -> str:
+    return f"image_path={example.image_path!r}, question={example.question!r}"
+
+
+def _checked_text(text: str | None, what: str, example: Example) -> str:
+    if text is None:
+        raise ValueError(f"{what} has no answer ({_describe(example)})")
+    text = text.strip()
+    if not text:
+        raise ValueError(f"{what} has an empty {'answer' if 'answer' in what else 'text'} ({_describe(example)})")
+    if _ANSWER_START in text or _ANSWER_END in text:
+        raise ValueError(f"{what} contains a reserved private-use character U+E000/U+E001 ({_describe(example)})")
+    return text
+
+
+def build_messages(prompt: Prompt, style: str, system_prompt: str | None, with_query_answer: bool) -> list[dict]:
+    """Chat messages of a prompt; answers are wrapped in boundary markers (see ``assemble_prompt``)."""
+    messages: list[dict] = []
+    if system_prompt is not None and system_prompt.strip():
+        messages.append({"role": "system", "content": system_prompt.strip()})
+    examples = [(demo, True) for demo in prompt.demos] + [(prompt.query, with_query_answer)]
+    user_content: list[dict] = []
+    for position, (example, answered) in enumerate(examples):
+        is_query = position == len(prompt.demos)
+        what = "query" if is_query else f"demo {position}"
+        question = _checked_text(example.question, f"{what} question", example)
+        answer = _checked_text(example.answer, f"{what} answer", example) if answered else None
+        marked_answer = f"{_ANSWER_START}{answer}{_ANSWER_END}" if answer is not None else ""
+        if style == "single_user_message":
+            user_content += [
+                {"type": "image"},
+                {"type": "text", "text": f"Question:{question} Short answer:{marked_answer}"},
+            ]
+        else:
+            messages.append({"role": "user", "content": [
+                {"type": "image"}, {"type": "text", "text": f"Question:{question} Short answer:"}]})
+            if answer is not None:
+                messages.append({"role": "assistant", "content": marked_answer})
+    if style == "single_user_message":
+        messages.append({"role": "user", "content": user_content})
+    return messages
+
+
+def assemble_prompt(
+    prompt: Prompt,
+    tokenizer,
+    chat_template: str,
+    style: str,
+    system_prompt: str | None,
+    image_token_counts: Mapping[str, int],
+    for_generation: bool,
+) -> AssembledPrompt:
+    """THE prompt assembly (scoring, reference scoring, generation and pretraining all use it).
+
+    Renders the chat template (with the generation prompt iff ``for_generation``), tokenises it piecewise at
+    the answer boundaries and expands each ``<|image_pad|>`` to the image's number of merged patches.
+    """
+    messages = build_messages(prompt, style, system_prompt, with_query_answer=not for_generation)
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=for_generation
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    image_paths = [demo.image_path for demo in prompt.demos] + [prompt.query.image_path]
+    input_ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    images_seen = 0
+    for piece_index, piece in enumerate(text.replace(_ANSWER_END, _ANSWER_START).split(_ANSWER_START)):
+        is_answer = piece_index % 2 == 1
+        start = len(input_ids)
+        for token in tokenizer(piece, add_special_tokens=False)["input_ids"]:
+            if token == image_token_id:
+                if images_seen >= len(image_paths):
+                    raise ValueError(f"chat template rendered more images than the prompt has ({image_paths})")
+                input_ids.extend([token] * image_token_counts[image_paths[images_seen]])
+                images_seen += 1
+            else:
+                input_ids.append(token)
+        if is_answer:
+            spans.append((start, len(input_ids)))
+    if images_seen != len(image_paths):
+        raise ValueError(f"chat template rendered {images_seen} images for a prompt with {len(image_paths)}")
+    answer_spans = tuple((start, end + 1) for start, end in spans)
+    if any(end > len(input_ids) for _, end in answer_spans):
+        raise LVLMConfigError("chat template puts nothing after an answer: no end-of-answer token to score")
+    if not for_generation:
+        end_token_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+        if input_ids[answer_spans[-1][1] - 1] != end_token_id:
+            raise LVLMConfigError(f"chat template does not close the query answer with {END_TOKEN}")
+    return AssembledPrompt(
+        input_ids=tuple(input_ids),
+        image_paths=tuple(image_paths),
+        answer_spans=answer_spans,
+        demo_ends=tuple(end - 1 for _, end in answer_spans[: len(prompt.demos)]),
+    )
+
+
+def load_image(path: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (FileNotFoundError, OSError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------------------
+# adapter
+
+
+class QwenVLAdapter(LVLMAdapter):
+    """Qwen2.5-VL behind ``LVLMAdapter``. Build it with ``load_qwen_adapter`` or ``make_tiny_adapter``."""
+
+    def __init__(self, config: QwenVLConfig, model, processor):
+        from lever_lm.lvlm.qwen_fast import FastScorer
+
+        self.config = config
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.chat_template = processor.chat_template or self.tokenizer.chat_template
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.merge_size = model.config.vision_config.spatial_merge_size
+        self.vision_encoder_calls = 0
+        self._image_kwargs = {
+            k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v is not None
+        }
+        self._fast = FastScorer(self)
+
+    # -- shared pieces ------------------------------------------------------------------------------------
+
+    def assemble(self, prompt: Prompt, image_token_counts: Mapping[str, int], for_generation: bool) -> AssembledPrompt:
+        return assemble_prompt(
+            prompt, self.tokenizer, self.chat_template, self.config.prompt_style, self.config.system_prompt,
+            image_token_counts, for_generation,
+        )
+
+    def preprocess_images(self, paths: Sequence[str]):
+        """Pixel patches and (t, h, w) grids of ``paths`` (in order), on the model's device."""
+        inputs = self.processor.image_processor(
+            images=[load_image(p) for p in paths], return_tensors="pt", **self._image_kwargs
+        )
+        return inputs["pixel_values"].to(self.device, self.dtype), inputs["image_grid_thw"].to(self.device)
+
+    def tokens_per_image(self, grid_thw) -> list[int]:
+        return (grid_thw.prod(-1) // self.merge_size**2).tolist()
+
+    def span_logprobs(self, hidden, input_ids, batch_rows, spans, offsets) -> list[np.ndarray]:
+        """Log-probs of span tokens: row ``batch_rows[i]`` of ``hidden`` predicts ``spans[i]`` (absolute
+        positions, hidden index = position - 1 - offsets[i])."""
+        import torch
+
+        results = []
+        for row, (start, end), offset, ids in zip(batch_rows, spans, offsets, input_ids):
+            states = hidden[row, start - 1 - offset: end - 1 - offset]
+            logits = self.model.lm_head(states).float()
+            targets = torch.as_tensor(ids[start:end], device=logits.device)
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+            results.append(logprobs.double().cpu().numpy())
+        return results
+
+    def _check_scorable(self, prompts: Sequence[Prompt]) -> None:
+        for number, prompt in enumerate(prompts):
+            if prompt.query.answer is None or not prompt.query.answer.strip():
+                problem = "no answer" if prompt.query.answer is None else "an empty answer"
+                raise ValueError(f"prompt {number}: query has {problem} to score ({_describe(prompt.query)})")
+
+    # -- LVLMAdapter --------------------------------------------------------------------------------------
+
+    def score(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:
+        self._check_scorable(prompts)
+        return self._fast.score(prompts)
+
+    def score_naive(self, prompts: Sequence[Prompt], batch_size: int = 32) -> list[np.ndarray]:
+        """Reference: per batch, preprocess every image of every sequence and run the whole model."""
+        import torch
+
+        self._check_scorable(prompts)
+        results: list[np.ndarray] = []
+        with torch.inference_mode():
+            for first in range(0, len(prompts), batch_size):
+                batch = prompts[first: first + batch_size]
+                paths = [e.image_path for p in batch for e in (*p.demos, p.query)]
+                pixel_values, grid_thw = self.preprocess_images(paths)
+                counts = dict(zip(paths, self.tokens_per_image(grid_thw)))
+                assembled = [self.assemble(p, counts, for_generation=False) for p in batch]
+                input_ids, attention_mask = self._pad([a.input_ids for a in assembled], left=False)
+                hidden = self.model.model(
+                    input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                    image_grid_thw=grid_thw, use_cache=False,
+                ).last_hidden_state
+                self.vision_encoder_calls += len(paths)
+                results += self.span_logprobs(
+                    hidden, [a.input_ids for a in assembled], range(len(batch)),
+                    [a.query_span for a in assembled], [0] * len(batch),
+                )
+        return results
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
+        import torch
+
+        outputs: list[str] = []
+        pad_id = self._pad_token_id()
+        with torch.inference_mode():
+            for first in range(0, len(prompts), self.config.score_batch_size):
+                batch = prompts[first: first + self.config.score_batch_size]
+                paths = [e.image_path for p in batch for e in (*p.demos, p.query)]
+                pixel_values, grid_thw = self.preprocess_images(paths)
+                counts = dict(zip(paths, self.tokens_per_image(grid_thw)))
+                assembled = [self.assemble(p, counts, for_generation=True) for p in batch]
+                input_ids, attention_mask = self._pad([a.input_ids for a in assembled], left=True)
+                generated = self.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                    image_grid_thw=grid_thw, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                    do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
+                )
+                self.vision_encoder_calls += len(paths)
+                new_tokens = generated[:, input_ids.shape[1]:]
+                outputs += [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return outputs
+
+    def clear_cache(self) -> None:
+        self._fast.clear()
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _pad_token_id(self) -> int:
+        if self.tokenizer.pad_token_id is not None:
+            return self.tokenizer.pad_token_id
+        return self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    def _pad(self, sequences: Sequence[Sequence[int]], left: bool):
+        import torch
+
+        length = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), length), self._pad_token_id(), dtype=torch.long)
+        mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            span = slice(length - len(sequence), length) if left else slice(0, len(sequence))
+            ids[row, span] = torch.as_tensor(sequence)
+            mask[row, span] = 1
+        return ids.to(self.device), mask.to(self.device)

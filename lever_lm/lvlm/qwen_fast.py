@@ -1,0 +1,238 @@
+"""Fast scoring path of the Qwen2.5-VL adapter: vision cache, padded batches and key/value prefix reuse.
+
+Gives the same log-probs as ``QwenVLAdapter.score_naive`` (up to float rounding) with much less work:
+
+1. Vision cache: each distinct image (keyed by path) goes through the vision tower once per ``clear()``; its
+   merged patch embeddings are placed at the ``<|image_pad|>`` positions of ``inputs_embeds``.
+2. Positions: the 3-D mrope position ids of the FULL sequence come from the model's own ``get_rope_index``;
+   a continuation gets its slice. Positions of a prefix depend only on the prefix, so its keys/values (which
+   are stored after rotary) are valid in front of any continuation.
+3. KV prefixes: the prompt up to the end of demo k's answer depends only on the template and demos 0..k
+   (``AssembledPrompt.demo_ends``). Per prompt we use the deepest such prefix that is already cached or shared
+   by several prompts of the call, else the first demo's block (so "left"-order beam search, which puts the
+   new candidate at the front, finds it again at the next step). Missing prefixes are computed level by level,
+   each on top of the deepest shorter prefix already cached. Continuations run in padded batches: past keys and
+   values left-padded and masked, continuation right-padded.
+Memory: cached prefixes live until ``clear()`` (beam search clears per anchor).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from lever_lm.lvlm.base import Prompt
+
+if TYPE_CHECKING:
+    from lever_lm.lvlm.qwen import AssembledPrompt, QwenVLAdapter
+
+VISION_BATCH_IMAGES = 32
+
+
+@dataclass
+class _Sequence:
+    """One assembled prompt with its full-sequence mrope positions (3, L) on CPU."""
+
+    assembled: "AssembledPrompt"
+    positions: "object"
+
+    def prefix_key(self, depth: int) -> tuple:
+        end = self.assembled.demo_ends[depth - 1]
+        return self.assembled.input_ids[:end], self.assembled.image_paths[:depth]
+
+
+@dataclass
+class _Task:
+    """Run tokens [start, end) of ``sequence`` on top of ``past`` (KV of tokens [0, start), or None)."""
+
+    sequence: _Sequence
+    start: int
+    end: int
+    past: list | None
+    store_key: tuple | None = None  # keep the resulting KV (tokens [0, end)) under this prefix key
+    score: bool = False  # return the query span's log-probs
+
+
+class FastScorer:
+    def __init__(self, adapter: "QwenVLAdapter"):
+        self.adapter = adapter
+        self.features: dict[str, tuple] = {}  # image path -> (merged embeds (n, hidden), grid_thw (3,) on CPU)
+        self.prefixes: dict[tuple, list] = {}  # prefix key -> per layer (keys, values), each (kv_heads, T, hd)
+
+    def clear(self) -> None:
+        self.features.clear()
+        self.prefixes.clear()
+
+    # -- vision ---------------------------------------------------------------------------------------------
+
+    def encode_images(self, paths: Sequence[str]) -> None:
+        import torch
+
+        missing = list(dict.fromkeys(p for p in paths if p not in self.features))
+        model = self.adapter.model
+        for first in range(0, len(missing), VISION_BATCH_IMAGES):
+            chunk = missing[first: first + VISION_BATCH_IMAGES]
+            pixel_values, grid_thw = self.adapter.preprocess_images(chunk)
+            embeds = model.model.visual(pixel_values.type(model.model.visual.dtype), grid_thw=grid_thw)
+            counts = self.adapter.tokens_per_image(grid_thw)
+            for path, image_embeds, grid in zip(chunk, torch.split(embeds, counts), grid_thw.cpu()):
+                self.features[path] = (image_embeds, grid)
+            self.adapter.vision_encoder_calls += len(chunk)
+
+    # -- scoring --------------------------------------------------------------------------------------------
+
+    def score(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            self.encode_images([e.image_path for p in prompts for e in (*p.demos, p.query)])
+            counts = {path: embeds.shape[0] for path, (embeds, _) in self.features.items()}
+            sequences = [self._sequence(p, counts) for p in prompts]
+            depths = self._choose_prefix_depths(sequences)
+            self._compute_missing_prefixes(sequences, depths)
+            tasks = []
+            for sequence, depth in zip(sequences, depths):
+                start = sequence.assembled.demo_ends[depth - 1] if depth else 0
+                past = self.prefixes[sequence.prefix_key(depth)] if depth else None
+                tasks.append(_Task(sequence, start, len(sequence.assembled.input_ids), past, score=True))
+            return self._run(tasks)
+
+    def _sequence(self, prompt: Prompt, counts: dict[str, int]) -> _Sequence:
+        import torch
+
+        assembled = self.adapter.assemble(prompt, counts, for_generation=False)
+        grid_thw = torch.stack([self.features[path][1] for path in assembled.image_paths])
+        input_ids = torch.as_tensor(assembled.input_ids)[None]
+        positions, _ = self.adapter.model.model.get_rope_index(input_ids, grid_thw)
+        return _Sequence(assembled, positions[:, 0])
+
+    def _choose_prefix_depths(self, sequences: Sequence[_Sequence]) -> list[int]:
+        shared = Counter(s.prefix_key(d) for s in sequences for d in range(1, len(s.assembled.demo_ends) + 1))
+        depths = []
+        for sequence in sequences:
+            n_demos = len(sequence.assembled.demo_ends)
+            depth = next(
+                (d for d in range(n_demos, 0, -1)
+                 if sequence.prefix_key(d) in self.prefixes or shared[sequence.prefix_key(d)] > 1),
+                min(n_demos, 1),
+            )
+            depths.append(depth)
+        return depths
+
+    def _compute_missing_prefixes(self, sequences: Sequence[_Sequence], depths: Sequence[int]) -> None:
+        missing: dict[tuple, tuple[_Sequence, int]] = {}
+        for sequence, depth in zip(sequences, depths):
+            if depth and sequence.prefix_key(depth) not in self.prefixes:
+                missing.setdefault(sequence.prefix_key(depth), (sequence, depth))
+        for level in sorted({depth for _, depth in missing.values()}):
+            tasks = []
+            for key, (sequence, depth) in missing.items():
+                if depth != level:
+                    continue
+                base = next((d for d in range(depth - 1, 0, -1) if sequence.prefix_key(d) in self.prefixes), 0)
+                start = sequence.assembled.demo_ends[base - 1] if base else 0
+                past = self.prefixes[sequence.prefix_key(base)] if base else None
+                tasks.append(_Task(sequence, start, sequence.assembled.demo_ends[depth - 1], past, store_key=key))
+            self._run(tasks)
+
+    # -- batched continuation runs --------------------------------------------------------------------------
+
+    def _run(self, tasks: list[_Task]) -> list[np.ndarray]:
+        """Run tasks in padded batches; store requested prefixes; return span log-probs of scoring tasks
+        in task order."""
+        order = sorted(range(len(tasks)), key=lambda i: (tasks[i].start, tasks[i].end - tasks[i].start))
+        results: dict[int, np.ndarray] = {}
+        batch_size = self.adapter.config.score_batch_size
+        for first in range(0, len(order), batch_size):
+            indices = order[first: first + batch_size]
+            for index, logprobs in zip(indices, self._run_batch([tasks[i] for i in indices])):
+                if logprobs is not None:
+                    results[index] = logprobs
+        return [results[i] for i in range(len(tasks)) if tasks[i].score]
+
+    def _run_batch(self, tasks: list[_Task]) -> list[np.ndarray | None]:
+        import torch
+        from transformers import DynamicCache
+
+        adapter = self.adapter
+        model = adapter.model
+        device = adapter.device
+        text_model = model.model.language_model
+        image_token_id = model.config.image_token_id
+        batch = len(tasks)
+        past_max = max(t.start for t in tasks)
+        cont_max = max(t.end - t.start for t in tasks)
+
+        ids = torch.full((batch, cont_max), adapter._pad_token_id(), dtype=torch.long)
+        positions = torch.zeros((3, batch, cont_max), dtype=torch.long)
+        mask = torch.zeros((batch, past_max + cont_max), dtype=torch.long)
+        image_features = []
+        for row, task in enumerate(tasks):
+            length = task.end - task.start
+            ids[row, :length] = torch.as_tensor(task.sequence.assembled.input_ids[task.start: task.end])
+            positions[:, row, :length] = task.sequence.positions[:, task.start: task.end]
+            mask[row, past_max - task.start: past_max + length] = 1
+            image_features += self._continuation_images(task)
+        ids, positions, mask = ids.to(device), positions.to(device), mask.to(device)
+        embeds = text_model.embed_tokens(ids)
+        if image_features:
+            image_mask = (ids == image_token_id)[..., None].expand_as(embeds)
+            embeds = embeds.masked_scatter(image_mask, torch.cat(image_features).to(embeds.dtype))
+
+        cache = DynamicCache(config=text_model.config)
+        if past_max:
+            cache = DynamicCache(ddp_cache_data=self._left_padded_past(tasks, past_max), config=text_model.config)
+        hidden = text_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            cache_position=torch.arange(past_max, past_max + cont_max, device=device),
+        ).last_hidden_state
+
+        for row, task in enumerate(tasks):
+            if task.store_key is not None:
+                self.prefixes[task.store_key] = [
+                    (layer.keys[row, :, past_max - task.start: past_max + task.end - task.start].clone(),
+                     layer.values[row, :, past_max - task.start: past_max + task.end - task.start].clone())
+                    for layer in cache.layers
+                ]
+        scoring = [(row, t) for row, t in enumerate(tasks) if t.score]
+        logprobs = adapter.span_logprobs(
+            hidden,
+            [t.sequence.assembled.input_ids for _, t in scoring],
+            [row for row, _ in scoring],
+            [t.sequence.assembled.query_span for _, t in scoring],
+            [t.start for _, t in scoring],
+        )
+        by_row = dict(zip((row for row, _ in scoring), logprobs))
+        return [by_row.get(row) for row in range(batch)]
+
+    def _continuation_images(self, task: _Task) -> list:
+        """Cached features of the images whose tokens lie in the task's token range, in order."""
+        ids = np.asarray(task.sequence.assembled.input_ids)
+        is_image = ids == self.adapter.model.config.image_token_id
+        run_starts = np.flatnonzero(is_image & ~np.concatenate(([False], is_image[:-1])))
+        return [self.features[path][0] for path, start in zip(task.sequence.assembled.image_paths, run_starts)
+                if task.start <= start < task.end]
+
+    @staticmethod
+    def _left_padded_past(tasks: list[_Task], past_max: int) -> list[tuple]:
+        import torch
+
+        reference = next(t.past for t in tasks if t.past is not None)
+        layers = []
+        for layer_index, (ref_keys, ref_values) in enumerate(reference):
+            heads, _, head_dim = ref_keys.shape
+            keys = ref_keys.new_zeros((len(tasks), heads, past_max, head_dim))
+            values = ref_values.new_zeros((len(tasks), heads, past_max, head_dim))
+            for row, task in enumerate(tasks):
+                if task.past is not None:
+                    keys[row, :, past_max - task.start:] = task.past[layer_index][0]
+                    values[row, :, past_max - task.start:] = task.past[layer_index][1]
+            layers.append((keys, values))
+        return layers

@@ -1,0 +1,704 @@
+"""OpenFlamingo adapter: loading (real local weights or a tiny model built in code), prompt, scoring, generation.
+
+Public API
+- ``FlamingoConfig`` / ``FlamingoTinyDims``: frozen configs; ``config_from_dict(name, entry)`` builds one from the
+  validated YAML entry ``beam_models.<name>`` (unknown fields are rejected, naming them).
+- ``load_flamingo_adapter(config) -> FlamingoAdapter``: loads through ``open_flamingo.create_model_and_transforms``
+  from local paths only, then ``checkpoint.pt`` (every Flamingo-trainable tensor must be in it).
+- ``build_tiny_model_dir(out_dir, words, dims, seed)``: materialises a tiny OpenFlamingo (tiny open_clip ViT, tiny HF
+  ``MptForCausalLM``, word-level tokenizer, ``checkpoint.pt``) laid out exactly like the files the local loader reads.
+- ``make_tiny_adapter(words, dims=None, seed=0, **config_fields)``: build into a temp dir and load (tests, benchmarks).
+- ``assemble_prompt(prompt, tokenizer, with_answer)``: the ONE prompt assembly, used by score, score_naive and generate.
+- ``FlamingoAdapter``: ``score`` (fast path: vision cache, batching, prefix key/value reuse, see ``flamingo_fast``),
+  ``score_naive`` (upstream-style reference), ``generate``, ``clear_cache``, ``vision_encoder_calls``.
+
+Prompt (spec stage 4): each ICD ``<image>Question:{q} Short answer:{a}<|endofchunk|>``, then the query
+``<image>Question:{q} Short answer:`` followed, when scoring, by ``{a}<|endofchunk|>``; no BOS; texts stripped.
+
+Tiny language model: HF-native ``MptForCausalLM``, the architecture family of the real flamingo_3B language model
+(MPT-1B: ALiBi attention, no position ids, tied embeddings, decoder layers at ``transformer.blocks`` which
+open_flamingo's layer lookup knows), so the tiny model exercises the same attention/masking behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+END_OF_CHUNK_TOKEN = "<|endofchunk|>"
+TINY_PAD_TOKEN = "<pad>"
+TINY_INFO_FILE = "flamingo_tiny.json"
+TINY_OPEN_CLIP_CONFIG_DIR = "open_clip_config"
+TINY_VISION_NAME = "lever-tiny-flamingo-vit"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class FlamingoTinyDims:
+    """Sizes of the tiny model. Defaults keep a forward of a small batch well under 1 s on one CPU core.
+
+    The perceiver and gated cross-attention inner sizes are fixed by open_flamingo (8 heads x 64, 64 latents).
+    """
+
+    lang_width: int = 32
+    lang_layers: int = 2
+    lang_heads: int = 4
+    max_seq_len: int = 512
+    vision_width: int = 32
+    vision_layers: int = 1
+    vision_head_width: int = 16
+    image_size: int = 28
+    patch_size: int = 14
+    clip_embed_dim: int = 16
+    init_std: float = 0.3  # large enough that scores depend visibly on the context (tests need that)
+
+
+@dataclass(frozen=True)
+class FlamingoConfig:
+    name: str
+    variant: str  # "local" | "tiny"
+    vision_encoder_name: str | None = None  # open_clip architecture, "ViT-L-14" for flamingo_3B
+    vision_encoder_path: str | None = None  # local open_clip weights file (clip_vision_encoder_pretrained)
+    lang_encoder_path: str | None = None  # local HF dir
+    tokenizer_path: str | None = None  # local HF dir
+    checkpoint_path: str | None = None  # OpenFlamingo checkpoint.pt
+    cross_attn_every_n_layers: int = 1
+    decoder_layers_attr_name: str | None = None
+    precision: str = "auto"
+    score_batch_size: int = 32
+    max_cached_prefixes: int = 4096  # key/value blocks kept until clear_cache (oldest dropped first)
+    seed: int = 0
+    model_dir: str | None = None  # tiny: the materialised tiny dir (all paths derive from it)
+    tiny_dims: FlamingoTinyDims = field(default_factory=FlamingoTinyDims)
+
+    def key(self, field_name: str) -> str:
+        return f"beam_models.{self.name}.{field_name}"
+
+
+_LOCAL_PATH_FIELDS = ("vision_encoder_path", "lang_encoder_path", "tokenizer_path", "checkpoint_path")
+
+
+def config_from_dict(name: str, entry: dict[str, Any]) -> FlamingoConfig:
+    """Build a FlamingoConfig from ``beam_models.<name>``; bad or unknown fields raise ValueError naming the key."""
+    prefix = f"beam_models.{name}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{prefix}: expected a mapping, got {type(entry).__name__}")
+    entry = dict(entry)
+    family = entry.pop("family", "flamingo")
+    if family != "flamingo":
+        raise ValueError(f"{prefix}.family: expected 'flamingo', got {family!r}")
+    entry.pop("name", None)
+    known = {f.name for f in dataclasses.fields(FlamingoConfig)} - {"name"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ValueError(f"{prefix}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    dims_entry = entry.pop("tiny_dims", None) or {}
+    if not isinstance(dims_entry, dict):
+        raise ValueError(f"{prefix}.tiny_dims: expected a mapping")
+    dim_fields = {f.name: f for f in dataclasses.fields(FlamingoTinyDims)}
+    bad_dims = sorted(set(dims_entry) - set(dim_fields))
+    if bad_dims:
+        raise ValueError(f"{prefix}.tiny_dims: unknown field(s) {', '.join(bad_dims)}")
+    for key, value in dims_entry.items():
+        wanted = float if dim_fields[key].type in ("float", float) else int
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+            wanted is int and not isinstance(value, int)
+        ):
+            raise ValueError(f"{prefix}.tiny_dims.{key}: expected a positive {wanted.__name__}, got {value!r}")
+    config = FlamingoConfig(name=name, tiny_dims=FlamingoTinyDims(**dims_entry), **entry)
+    _validate_config(config)
+    return config
+
+
+def _validate_config(config: FlamingoConfig) -> None:
+    if config.variant not in ("local", "tiny"):
+        raise ValueError(f"{config.key('variant')}: expected 'local' or 'tiny', got {config.variant!r}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"{config.key('precision')}: expected one of {PRECISIONS}, got {config.precision!r}")
+    for int_field in ("score_batch_size", "cross_attn_every_n_layers", "max_cached_prefixes"):
+        value = getattr(config, int_field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{config.key(int_field)}: expected a positive integer, got {value!r}")
+    if config.variant == "local":
+        missing = [f for f in (*_LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
+        if missing:
+            raise ValueError(f"{config.key(missing[0])}: required for variant 'local' (missing: {', '.join(missing)})")
+    elif not config.model_dir:
+        raise ValueError(f"{config.key('model_dir')}: required for variant 'tiny'")
+
+
+@dataclass(frozen=True)
+class _ResolvedPaths:
+    """Concrete files to load, each with the config key to name in errors."""
+
+    vision_encoder_name: str
+    vision_encoder_path: tuple[str, str]
+    lang_encoder_path: tuple[str, str]
+    tokenizer_path: tuple[str, str]
+    checkpoint_path: tuple[str, str]
+    open_clip_config_dir: str | None
+    cross_attn_every_n_layers: int
+
+
+def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
+    if config.variant == "local":
+        return _ResolvedPaths(
+            vision_encoder_name=config.vision_encoder_name,
+            **{f: (getattr(config, f), config.key(f)) for f in _LOCAL_PATH_FIELDS},
+            open_clip_config_dir=None,
+            cross_attn_every_n_layers=config.cross_attn_every_n_layers,
+        )
+    model_dir = Path(config.model_dir)
+    key = config.key("model_dir")
+    info_path = model_dir / TINY_INFO_FILE
+    if not info_path.is_file():
+        raise LVLMConfigError(f"{key}: {model_dir} is not a tiny Flamingo dir (no {TINY_INFO_FILE})")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    return _ResolvedPaths(
+        vision_encoder_name=info["vision_encoder_name"],
+        **{f: (str(model_dir / info["files"][f]), f"{key} ({f})") for f in _LOCAL_PATH_FIELDS},
+        open_clip_config_dir=str(model_dir / TINY_OPEN_CLIP_CONFIG_DIR),
+        cross_attn_every_n_layers=int(info["cross_attn_every_n_layers"]),
+    )
+
+
+def _check_paths(paths: _ResolvedPaths) -> None:
+    """Missing or incomplete local paths -> LVLMConfigError naming the key and the path (before any loading)."""
+    for path, key in (paths.vision_encoder_path, paths.checkpoint_path):
+        if not Path(path).is_file():
+            raise LVLMConfigError(f"{key}: file not found: {path}")
+    lang_dir, key = paths.lang_encoder_path
+    if not Path(lang_dir).is_dir():
+        raise LVLMConfigError(f"{key}: directory not found: {lang_dir}")
+    if not (Path(lang_dir) / "config.json").is_file():
+        raise LVLMConfigError(f"{key}: {lang_dir} has no config.json")
+    weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json") for p in Path(lang_dir).glob(pattern)]
+    if not weights:
+        raise LVLMConfigError(f"{key}: {lang_dir} has no weights (*.safetensors or *.bin)")
+    tok_dir, key = paths.tokenizer_path
+    if not Path(tok_dir).is_dir():
+        raise LVLMConfigError(f"{key}: directory not found: {tok_dir}")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((Path(tok_dir) / f).is_file() for f in tokenizer_files):
+        raise LVLMConfigError(f"{key}: {tok_dir} has no tokenizer files ({', '.join(tokenizer_files)})")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _select_device_dtype(precision: str):
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return device, torch.float32
+    return device, torch.bfloat16
+
+
+def _read_checkpoint(path: str, key: str) -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError) as err:
+        log.warning("%s: %s does not load with weights_only=True (%s); loading it as a full pickle", key, path, err)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model_state_dict" in state:
+        state = state["model_state_dict"]
+    if not isinstance(state, dict):
+        raise LVLMConfigError(f"{key}: {path} does not hold a state dict")
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _trainable_tensor_aliases(model) -> dict[int, list[str]]:
+    """Flamingo-trainable tensors (perceiver, gated cross-attn, LM input embeddings) -> all their state-dict names."""
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.requires_grad:
+            aliases.setdefault(id(param), []).append(name)
+    return aliases
+
+
+def _load_checkpoint_into(model, tokenizer, checkpoint: dict, path: str, key: str, missing_specials: list[str],
+                          tokenizer_path: tuple[str, str]) -> None:
+    own = model.state_dict()
+    aliases = _trainable_tensor_aliases(model)
+    missing, mismatched = [], []
+    for names in aliases.values():
+        present = [n for n in names if n in checkpoint]
+        if not present:
+            missing.append(names[0])
+            continue
+        for n in present:
+            if tuple(checkpoint[n].shape) != tuple(own[n].shape):
+                mismatched.append(f"{n} {tuple(checkpoint[n].shape)} vs model {tuple(own[n].shape)}")
+    embedding_names = {n for n, p in model.named_parameters(remove_duplicate=False)
+                       if p is model.lang_encoder.get_input_embeddings().weight}
+    if missing_specials and any(m.split(" ")[0] in embedding_names for m in mismatched):
+        tok_path, tok_key = tokenizer_path
+        raise LVLMConfigError(
+            f"{tok_key}: tokenizer at {tok_path} lacks the special token(s) {', '.join(missing_specials)}; "
+            f"open_flamingo added them at new ids ({len(tokenizer)} tokens), which the checkpoint's embedding table "
+            f"does not have ({'; '.join(mismatched[:3])})"
+        )
+    if mismatched:
+        raise LVLMConfigError(f"{key}: {path}: shape mismatch for {len(mismatched)} tensor(s): {'; '.join(mismatched[:5])}")
+    if missing:
+        raise LVLMConfigError(
+            f"{key}: {path} lacks {len(missing)} Flamingo-trainable tensor(s), e.g. {', '.join(missing[:5])}"
+        )
+    unexpected = sorted(set(checkpoint) - set(own))
+    if unexpected:
+        log.warning("%s: %d checkpoint key(s) not in the model, ignored, e.g. %s", key, len(unexpected), unexpected[:5])
+    model.load_state_dict({k: v for k, v in checkpoint.items() if k in own}, strict=False)
+
+
+def _load_model(paths: _ResolvedPaths, decoder_layers_attr_name: str | None):
+    """open_flamingo factory from local files, then checkpoint.pt. Returns (model, image_processor, tokenizer)."""
+    import contextlib
+    import io
+
+    import open_clip
+    from open_flamingo import create_model_and_transforms
+    from transformers import AutoTokenizer
+
+    _check_paths(paths)
+    if paths.open_clip_config_dir is not None:
+        open_clip.add_model_config(paths.open_clip_config_dir)
+    if open_clip.get_model_config(paths.vision_encoder_name) is None:
+        raise LVLMConfigError(f"{paths.vision_encoder_path[1]}: unknown open_clip architecture {paths.vision_encoder_name!r}")
+    tok_dir, _ = paths.tokenizer_path
+    raw_tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True, trust_remote_code=True)
+    missing_specials = [t for t in (IMAGE_TOKEN, END_OF_CHUNK_TOKEN) if t not in raw_tokenizer.get_vocab()]
+    checkpoint = _read_checkpoint(*paths.checkpoint_path)
+    with contextlib.redirect_stdout(io.StringIO()):  # the factory prints a parameter count
+        model, image_processor, tokenizer = create_model_and_transforms(
+            clip_vision_encoder_path=paths.vision_encoder_name,
+            clip_vision_encoder_pretrained=paths.vision_encoder_path[0],
+            lang_encoder_path=paths.lang_encoder_path[0],
+            tokenizer_path=tok_dir,
+            cross_attn_every_n_layers=paths.cross_attn_every_n_layers,
+            use_local_files=True,
+            decoder_layers_attr_name=decoder_layers_attr_name,
+        )
+    _load_checkpoint_into(model, tokenizer, checkpoint, *reversed(paths.checkpoint_path), missing_specials,
+                          paths.tokenizer_path)
+    for token in (IMAGE_TOKEN, END_OF_CHUNK_TOKEN):
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise LVLMConfigError(f"{paths.tokenizer_path[1]}: tokenizer at {tok_dir} does not map {token} to one token")
+    model.requires_grad_(False)
+    model.eval()
+    return model, image_processor, tokenizer
+
+
+def load_flamingo_adapter(config: FlamingoConfig) -> "FlamingoAdapter":
+    """Load the configured OpenFlamingo (local weights or a materialised tiny dir) behind the adapter interface."""
+    _validate_config(config)
+    paths = _resolve_paths(config)
+    model, image_processor, tokenizer = _load_model(paths, config.decoder_layers_attr_name)
+    device, dtype = _select_device_dtype(config.precision)
+    model.to(device=device, dtype=dtype)
+    return FlamingoAdapter(model, image_processor, tokenizer, config, device, dtype)
+
+
+# ----------------------------------------------------------------------------------------------- tiny model
+
+
+def _tiny_open_clip_config(dims: FlamingoTinyDims) -> dict:
+    return {
+        "embed_dim": dims.clip_embed_dim,
+        "vision_cfg": {
+            "image_size": dims.image_size,
+            "layers": dims.vision_layers,
+            "width": dims.vision_width,
+            "head_width": dims.vision_head_width,
+            "patch_size": dims.patch_size,
+        },
+        # CLIP always builds a text tower; Flamingo never uses it, so it stays minimal
+        "text_cfg": {"context_length": 8, "vocab_size": 16, "width": 16, "heads": 2, "layers": 1},
+    }
+
+
+def _tiny_tokenizer(words: Sequence[str]):
+    from transformers import PreTrainedTokenizerFast
+
+    from lever_lm.lvlm.tiny_tokenizer import PAD_TOKEN, UNK_TOKEN, build_word_tokenizer
+
+    backend = build_word_tokenizer(words, special_tokens=[IMAGE_TOKEN, END_OF_CHUNK_TOKEN])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        additional_special_tokens=[END_OF_CHUNK_TOKEN, IMAGE_TOKEN],
+    )
+
+
+def build_tiny_model_dir(out_dir: str | os.PathLike, words: Sequence[str], dims: FlamingoTinyDims | None = None,
+                         seed: int = 0) -> None:
+    """Materialise a tiny OpenFlamingo at ``out_dir`` (built in a temp dir, then renamed), deterministic in ``seed``.
+
+    Layout: ``vision_encoder.pt`` (open_clip weights), ``open_clip_config/<name>.json`` (its architecture),
+    ``lang_encoder/`` (HF MptForCausalLM), ``tokenizer/`` (HF fast tokenizer), ``checkpoint.pt`` (Flamingo-trainable
+    tensors: perceiver, gated cross-attention with non-zero gates, input embeddings), ``flamingo_tiny.json``.
+    """
+    import open_clip
+    import torch
+    from transformers import MptConfig, MptForCausalLM
+
+    dims = dims or FlamingoTinyDims()
+    words = list(words)
+    if not words:
+        raise ValueError("build_tiny_model_dir: empty word list")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        files = {
+            "vision_encoder_path": "vision_encoder.pt",
+            "lang_encoder_path": "lang_encoder",
+            "tokenizer_path": "tokenizer",
+            "checkpoint_path": "checkpoint.pt",
+        }
+        clip_dir = tmp / TINY_OPEN_CLIP_CONFIG_DIR
+        clip_dir.mkdir()
+        (clip_dir / f"{TINY_VISION_NAME}.json").write_text(json.dumps(_tiny_open_clip_config(dims), indent=1))
+        open_clip.add_model_config(clip_dir)
+        tokenizer = _tiny_tokenizer(words)
+        tokenizer.save_pretrained(tmp / files["tokenizer_path"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clip_model = open_clip.create_model(TINY_VISION_NAME, pretrained=None)
+            torch.save(clip_model.state_dict(), tmp / files["vision_encoder_path"])
+            lm_config = MptConfig(
+                d_model=dims.lang_width, n_heads=dims.lang_heads, n_layers=dims.lang_layers,
+                expansion_ratio=4, max_seq_len=dims.max_seq_len, vocab_size=len(tokenizer),
+                initializer_range=dims.init_std, no_bias=True, use_cache=True,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN),
+                bos_token_id=None,
+            )
+            MptForCausalLM(lm_config).save_pretrained(tmp / files["lang_encoder_path"], safe_serialization=True)
+            info = {
+                "vision_encoder_name": TINY_VISION_NAME,
+                "cross_attn_every_n_layers": 1,
+                "seed": seed,
+                "dims": dataclasses.asdict(dims),
+                "files": files,
+                "n_words": len(words),
+            }
+            # the Flamingo wrapper (perceiver + gated cross-attn) comes from the same factory the loader uses
+            paths = _ResolvedPaths(
+                vision_encoder_name=TINY_VISION_NAME,
+                vision_encoder_path=(str(tmp / files["vision_encoder_path"]), "tiny"),
+                lang_encoder_path=(str(tmp / files["lang_encoder_path"]), "tiny"),
+                tokenizer_path=(str(tmp / files["tokenizer_path"]), "tiny"),
+                checkpoint_path=("", "tiny"),
+                open_clip_config_dir=str(clip_dir),
+                cross_attn_every_n_layers=1,
+            )
+            model = _build_untrained_flamingo(paths)
+            for layer in model.lang_encoder.gated_cross_attn_layers:
+                # open_flamingo starts the gates at 0 (images ignored); non-zero gates make images matter
+                layer.attn_gate.data.uniform_(0.5, 1.0)
+                layer.ff_gate.data.uniform_(0.5, 1.0)
+            aliases = _trainable_tensor_aliases(model)
+            state = model.state_dict()
+            trainable = {name: state[name].clone() for names in aliases.values() for name in names}
+        torch.save(trainable, tmp / files["checkpoint_path"])
+        (tmp / TINY_INFO_FILE).write_text(json.dumps(info, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _build_untrained_flamingo(paths: _ResolvedPaths):
+    import contextlib
+    import io
+
+    import open_clip
+    from open_flamingo import create_model_and_transforms
+
+    open_clip.add_model_config(paths.open_clip_config_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model, _, _ = create_model_and_transforms(
+            clip_vision_encoder_path=paths.vision_encoder_name,
+            clip_vision_encoder_pretrained=paths.vision_encoder_path[0],
+            lang_encoder_path=paths.lang_encoder_path[0],
+            tokenizer_path=paths.tokenizer_path[0],
+            cross_attn_every_n_layers=paths.cross_attn_every_n_layers,
+            use_local_files=True,
+        )
+    return model
+
+
+def make_tiny_adapter(words: Sequence[str], dims: FlamingoTinyDims | None = None, seed: int = 0,
+                      **config_fields: Any) -> "FlamingoAdapter":
+    """Build a tiny model in a temp dir, load it through the local loader, delete the dir (weights stay in memory)."""
+    tmp_root = Path(tempfile.mkdtemp(prefix="lever_tiny_flamingo_"))
+    try:
+        model_dir = tmp_root / "model"
+        build_tiny_model_dir(model_dir, words, dims, seed)
+        config = FlamingoConfig(name=config_fields.pop("name", "tiny_flamingo"), variant="tiny",
+                                model_dir=str(model_dir), seed=seed, tiny_dims=dims or FlamingoTinyDims(),
+                                **config_fields)
+        return load_flamingo_adapter(config)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- prompt
+
+
+@dataclass(frozen=True)
+class AssembledPrompt:
+    """Token ids per block (one block per ICD, then the query), the images in order, and the answer span.
+
+    ``span`` is (start, end) in the concatenated ids: the query answer tokens plus the end-of-chunk token.
+    """
+
+    text: str
+    block_ids: tuple[tuple[int, ...], ...]
+    image_paths: tuple[str, ...]
+    span: tuple[int, int] | None
+
+    @property
+    def input_ids(self) -> list[int]:
+        return [t for block in self.block_ids for t in block]
+
+
+def _describe(example: Example) -> str:
+    return f"question {example.question!r} (image {example.image_path})"
+
+
+def _checked_answer(example: Example, role: str) -> str:
+    if example.answer is None:
+        raise ValueError(f"{role} without an answer: {_describe(example)}")
+    answer = example.answer.strip()
+    if not answer:
+        raise ValueError(f"{role} with an empty answer: {_describe(example)}")
+    return answer
+
+
+def demo_text(example: Example) -> str:
+    return f"{IMAGE_TOKEN}Question:{example.question.strip()} Short answer:{_checked_answer(example, 'ICD')}{END_OF_CHUNK_TOKEN}"
+
+
+def query_text(example: Example) -> str:
+    return f"{IMAGE_TOKEN}Question:{example.question.strip()} Short answer:"
+
+
+def assemble_prompt(prompt: Prompt, tokenizer, with_answer: bool, cache: dict | None = None) -> AssembledPrompt:
+    """The one prompt assembly. Each block starts with ``<image>`` and ICDs end with ``<|endofchunk|>``, special
+    tokens that split tokenisation, so per-block ids equal the ids of the whole text. The span is located by
+    character offsets inside the tokenised query block: every token overlapping the answer, then the end token."""
+    cache = cache if cache is not None else {}
+    blocks, texts = [], []
+    for demo in prompt.demos:
+        text = demo_text(demo)
+        if text not in cache:
+            cache[text] = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+        blocks.append(cache[text])
+        texts.append(text)
+    head = query_text(prompt.query)
+    span = None
+    if with_answer:
+        answer = _checked_answer(prompt.query, "query")
+        text = head + answer + END_OF_CHUNK_TOKEN
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        answer_start, answer_end = len(head), len(head) + len(answer)
+        inside = [i for i, (s, e) in enumerate(offsets) if e > answer_start and s < answer_end]
+        eoc = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+        if not inside or ids[-1] != eoc or inside[-1] != len(ids) - 2 or inside != list(range(inside[0], inside[-1] + 1)):
+            raise ValueError(f"cannot locate the answer span of query {_describe(prompt.query)} in {text!r}")
+        offset = sum(len(b) for b in blocks)
+        span = (offset + inside[0], offset + len(ids))
+    else:
+        text = head
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    blocks.append(tuple(ids))
+    texts.append(text)
+    images = tuple(d.image_path for d in prompt.demos) + (prompt.query.image_path,)
+    return AssembledPrompt("".join(texts), tuple(blocks), images, span)
+
+
+# ----------------------------------------------------------------------------------------------- adapter
+
+
+class FlamingoAdapter(LVLMAdapter):
+    """OpenFlamingo behind ``LVLMAdapter``. ``model`` is open_flamingo's ``Flamingo``; everything runs in inference mode."""
+
+    def __init__(self, model, image_processor, tokenizer, config: FlamingoConfig, device, dtype):
+        self.model = model
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.vision_encoder_calls = 0
+        self.media_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.eoc_token_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+        self.pad_token_id = tokenizer.pad_token_id
+        self._text_ids: dict[str, tuple[int, ...]] = {}
+        self._vision_cache: dict[str, Any] = {}  # image_path -> perceiver output (latents, dim)
+        from lever_lm.lvlm.flamingo_fast import PrefixCache
+
+        self._prefix_cache = PrefixCache(config.max_cached_prefixes)
+
+    # -- shared pieces
+
+    def assemble(self, prompt: Prompt, with_answer: bool) -> AssembledPrompt:
+        return assemble_prompt(prompt, self.tokenizer, with_answer, self._text_ids)
+
+    def _pixels(self, image_path: str):
+        from PIL import Image
+
+        with Image.open(image_path) as image:
+            return self.image_processor(image.convert("RGB"))
+
+    def _encode_images(self, pixels):
+        """(N, C, H, W) -> perceiver latents (N, n, d): Flamingo._encode_vision_x with T = F = 1 per image."""
+        model = self.model
+        tokens = model.vision_encoder(pixels.to(self.device, self.dtype))[1]
+        latents = model.perceiver(tokens[:, None, None])  # (N, 1, n, d)
+        self.vision_encoder_calls += pixels.shape[0]
+        return latents[:, 0]
+
+    def vision_features(self, image_paths: Sequence[str]) -> dict[str, Any]:
+        """Cached perceiver output per distinct image; each new image goes through the encoder once."""
+        import torch
+
+        missing = list(dict.fromkeys(p for p in image_paths if p not in self._vision_cache))
+        step = self.config.score_batch_size
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            with torch.inference_mode():
+                latents = self._encode_images(torch.stack([self._pixels(p) for p in chunk]))
+            for path, feats in zip(chunk, latents):
+                self._vision_cache[path] = feats
+        return {p: self._vision_cache[p] for p in image_paths}
+
+    def clear_cache(self) -> None:
+        self._vision_cache.clear()
+        self._prefix_cache.clear()
+
+    # -- scoring
+
+    def score(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:
+        from lever_lm.lvlm.flamingo_fast import score_with_prefix_reuse
+
+        assembled = [self.assemble(p, with_answer=True) for p in prompts]
+        return score_with_prefix_reuse(self, prompts, assembled)
+
+    def score_naive(self, prompts: Sequence[Prompt], batch_size: int = 32) -> list[np.ndarray]:
+        """Upstream-style: per batch, preprocess every image of every sequence, full Flamingo forward, read spans."""
+        import torch
+
+        assembled = [self.assemble(p, with_answer=True) for p in prompts]
+        results: list[np.ndarray] = []
+        for start in range(0, len(assembled), batch_size):
+            batch = assembled[start : start + batch_size]
+            max_len = max(len(a.input_ids) for a in batch)
+            max_images = max(len(a.image_paths) for a in batch)
+            input_ids = torch.full((len(batch), max_len), self.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), max_len), dtype=torch.long)
+            pixels = None
+            for row, item in enumerate(batch):
+                ids = item.input_ids
+                input_ids[row, : len(ids)] = torch.tensor(ids)  # right padding keeps every row's positions
+                attention_mask[row, : len(ids)] = 1
+                for slot, path in enumerate(item.image_paths):
+                    image = self._pixels(path)
+                    if pixels is None:
+                        pixels = torch.zeros((len(batch), max_images, 1, *image.shape))
+                    pixels[row, slot, 0] = image
+            with torch.inference_mode():
+                logits = self.model(
+                    vision_x=pixels.to(self.device, self.dtype),
+                    lang_x=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                ).logits
+                self.vision_encoder_calls += len(batch) * max_images  # padded image slots are encoded too
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for row, item in enumerate(batch):
+                    s, e = item.span
+                    targets = input_ids[row, s:e].to(self.device)
+                    picked = logprobs[row, s - 1 : e - 1].gather(-1, targets[:, None])[:, 0]
+                    results.append(picked.double().cpu().numpy())
+        return results
+
+    # -- generation
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
+        """Batched (score_batch_size) beam search with left padding, on cached vision features; new text only."""
+        import torch
+
+        assembled = [self.assemble(p, with_answer=False) for p in prompts]
+        lang = self.model.lang_encoder
+        outputs: list[str] = []
+        step = self.config.score_batch_size
+        for start in range(0, len(assembled), step):
+            batch = assembled[start : start + step]
+            max_len = max(len(a.input_ids) for a in batch)
+            input_ids = torch.full((len(batch), max_len), self.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), max_len), dtype=torch.long)
+            for row, item in enumerate(batch):
+                ids = item.input_ids
+                input_ids[row, max_len - len(ids) :] = torch.tensor(ids)
+                attention_mask[row, max_len - len(ids) :] = 1
+            vision = self.stack_vision([a.image_paths for a in batch])
+            try:
+                with torch.inference_mode():
+                    lang._use_cached_vision_x = True
+                    for layer in lang._get_decoder_layers():
+                        layer.condition_vis_x(vision.repeat_interleave(num_beams, dim=0))
+                    generated = lang.generate(
+                        input_ids=input_ids.to(self.device),
+                        attention_mask=attention_mask.to(self.device),
+                        max_new_tokens=max_new_tokens,
+                        num_beams=num_beams,
+                        do_sample=False,
+                        eos_token_id=self.eoc_token_id,
+                        pad_token_id=self.pad_token_id,
+                    )
+            finally:
+                lang.clear_conditioned_layers()
+                lang._use_cached_vision_x = False
+            new_tokens = generated[:, max_len:].cpu()
+            outputs.extend(t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return outputs
+
+    def stack_vision(self, image_lists: Sequence[Sequence[str]]):
+        """(B, T_max, n, d) cached latents, zero-padded; a row never attends past its own media count."""
+        import torch
+
+        features = self.vision_features([p for paths in image_lists for p in paths])
+        sample = next(iter(features.values()))
+        max_images = max(len(paths) for paths in image_lists)
+        out = torch.zeros((len(image_lists), max_images, *sample.shape), dtype=sample.dtype, device=sample.device)
+        for row, paths in enumerate(image_lists):
+            for slot, path in enumerate(paths):
+                out[row, slot] = features[path]
+        return out

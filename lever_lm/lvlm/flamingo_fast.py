@@ -1,0 +1,243 @@
+"""Fast scoring for the OpenFlamingo adapter: cached vision latents, padded batches, prefix key/value reuse.
+
+Mechanism. Every prompt block (ICD or query) starts with ``<image>``, and a Flamingo text token cross-attends only
+to the most recent preceding image, so the keys/values of a leading run of ICD blocks depend on those blocks alone.
+For each prompt we pick a prefix of its ICDs (the longest one already cached, or shared by at least two prompts of
+the call; at least the first ICD), compute its key/values once (on top of the longest cached shorter prefix), and run
+only the continuation (remaining ICDs + query) over the cached key/values. The continuation is conditioned on its
+own images only, with media locations from its own tokens: exactly what the full-sequence forward computes.
+
+This covers both beam-search orders: "left" (c + S + x: the block of c is the prefix, computed at step 1 as
+c + x and reused at every later step) and "right" (S + c + x: S is shared by all candidates of a beam).
+
+Batching: prefix key/values of different lengths are left-padded and masked; continuations are right-padded.
+The language model used by open_flamingo's flamingo_3B (MPT) uses ALiBi, a per-key bias that is invariant to
+padding; models taking ``position_ids`` get the true positions (prefix length + offset). Only the answer
+positions go through the LM head when the model exposes its base model and output embeddings.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from lever_lm.lvlm.base import Example, Prompt
+
+
+@dataclass(frozen=True)
+class PrefixKV:
+    """Key/values of a run of leading ICD blocks: tensor (layers, 2, heads, length, head_dim)."""
+
+    kv: Any
+    length: int
+
+
+class PrefixCache:
+    """Least-recently-used map from a tuple of leading ICDs to their key/values, bounded in entries."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Example, ...], PrefixKV] = OrderedDict()
+
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key) -> PrefixKV | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key, entry: PrefixKV) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+@dataclass
+class _Item:
+    """One forward row: continuation tokens (with their images) on top of an optional cached prefix."""
+
+    prefix: PrefixKV | None
+    ids: Sequence[int]
+    images: Sequence[str]
+    span: tuple[int, int] | None = None  # answer span in continuation coordinates
+    store_key: tuple[Example, ...] | None = None  # keep prefix + continuation key/values under this key
+
+    @property
+    def prefix_length(self) -> int:
+        return self.prefix.length if self.prefix is not None else 0
+
+
+def choose_prefix_lengths(prompts: Sequence[Prompt], cached) -> list[int]:
+    """Number of leading ICDs to serve from the key/value cache, per prompt (0 when it has no ICDs)."""
+    shared = Counter(p.demos[:k] for p in prompts for k in range(1, len(p.demos) + 1))
+    chosen = []
+    for prompt in prompts:
+        k = next(
+            (j for j in range(len(prompt.demos), 0, -1) if prompt.demos[:j] in cached or shared[prompt.demos[:j]] >= 2),
+            min(1, len(prompt.demos)),
+        )
+        chosen.append(k)
+    return chosen
+
+
+def score_with_prefix_reuse(adapter, prompts: Sequence[Prompt], assembled: Sequence[Any]) -> list[np.ndarray]:
+    """Per-token answer-span log-probs for ``prompts`` (assembled by the adapter), reusing prefix key/values."""
+    cache = adapter._prefix_cache
+    prefix_lengths = choose_prefix_lengths(prompts, cache)
+    available: dict[tuple[Example, ...], PrefixKV] = {}
+    owners: dict[tuple[Example, ...], int] = {}
+    for index, (prompt, k) in enumerate(zip(prompts, prefix_lengths)):
+        if k:
+            key = prompt.demos[:k]
+            owners.setdefault(key, index)
+            entry = cache.get(key)
+            if entry is not None:
+                available[key] = entry
+    missing = [key for key in owners if key not in available]
+    for length in sorted({len(key) for key in missing}):
+        items = []
+        for key in (key for key in missing if len(key) == length):
+            base = next((j for j in range(length - 1, 0, -1) if key[:j] in available or key[:j] in cache), 0)
+            prefix = (available.get(key[:base]) or cache.get(key[:base])) if base else None
+            blocks = assembled[owners[key]].block_ids[base:length]
+            items.append(_Item(prefix, [t for b in blocks for t in b], [d.image_path for d in key[base:]],
+                               store_key=key))
+        for key, entry in _run_items(adapter, items, store=True).items():
+            available[key] = entry
+            cache.put(key, entry)
+    items = []
+    for prompt, item, k in zip(prompts, assembled, prefix_lengths):
+        offset = sum(len(b) for b in item.block_ids[:k])
+        start, end = item.span
+        items.append(_Item(available[prompt.demos[:k]] if k else None, item.input_ids[offset:],
+                           item.image_paths[k:], span=(start - offset, end - offset)))
+    scores = _run_items(adapter, items, store=False)
+    return [scores[i] for i in range(len(items))]
+
+
+def _run_items(adapter, items: list[_Item], store: bool) -> dict:
+    """Run items in padded batches grouped by continuation length; returns {store_key: PrefixKV} or {index: scores}."""
+    order = sorted(range(len(items)), key=lambda i: (len(items[i].ids), items[i].prefix_length))
+    step = adapter.config.score_batch_size
+    results: dict = {}
+    for start in range(0, len(order), step):
+        chosen = order[start : start + step]
+        outputs = _forward_batch(adapter, [items[i] for i in chosen], store)
+        for i, out in zip(chosen, outputs):
+            results[items[i].store_key if store else i] = out
+    return results
+
+
+def _model_parts(lang):
+    """(base model, output head, takes position_ids, native HF cache) of the Flamingo-extended language model."""
+    base = getattr(lang, getattr(lang, "base_model_prefix", ""), None)
+    head = lang.get_output_embeddings() if hasattr(lang, "get_output_embeddings") else None
+    if base is None or head is None or base is lang:
+        base, head = None, None
+    target = base if base is not None else lang
+    takes_positions = "position_ids" in inspect.signature(target.forward).parameters
+    native_cache = type(target).__module__.startswith("transformers.")
+    return base, head, takes_positions, native_cache
+
+
+def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
+    import torch
+
+    device, dtype = adapter.device, adapter.dtype
+    lang = adapter.model.lang_encoder
+    base, head, takes_positions, native_cache = _model_parts(lang)
+    rows = len(batch)
+    prefix_max = max(item.prefix_length for item in batch)
+    cont_max = max(len(item.ids) for item in batch)
+    input_ids = torch.full((rows, cont_max), adapter.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((rows, prefix_max + cont_max), dtype=torch.long)
+    positions = torch.zeros((rows, cont_max), dtype=torch.long)
+    for row, item in enumerate(batch):
+        input_ids[row, : len(item.ids)] = torch.tensor(list(item.ids))
+        mask[row, prefix_max - item.prefix_length : prefix_max + len(item.ids)] = 1
+        positions[row] = item.prefix_length + torch.arange(cont_max)
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+
+    past = None
+    if prefix_max:
+        sample = next(item.prefix.kv for item in batch if item.prefix is not None)
+        layers, _, heads, _, head_dim = sample.shape
+        kv = torch.zeros((layers, 2, rows, heads, prefix_max, head_dim), dtype=sample.dtype, device=sample.device)
+        for row, item in enumerate(batch):
+            if item.prefix is not None:
+                kv[:, :, row, :, prefix_max - item.prefix.length :] = item.prefix.kv
+        legacy = tuple((kv[layer, 0], kv[layer, 1]) for layer in range(layers))
+        if native_cache:
+            from transformers import DynamicCache
+
+            past = DynamicCache.from_legacy_cache(legacy)
+        else:
+            past = legacy
+
+    vision = adapter.stack_vision([item.images for item in batch])
+    media_locations = input_ids == adapter.media_token_id
+    kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask, past_key_values=past, use_cache=store)
+    if takes_positions:
+        kwargs["position_ids"] = positions
+    try:
+        with torch.inference_mode():
+            for layer in lang._get_decoder_layers():
+                layer.condition_vis_x(vision)
+                layer.condition_media_locations(media_locations)
+                layer.condition_use_cached_media(False)
+            if base is not None:
+                output = base(**kwargs, return_dict=True)
+                hidden, logits = output.last_hidden_state, None
+            else:
+                output = lang(**kwargs)
+                hidden, logits = None, output.logits
+            if store:
+                return _extract_prefixes(batch, output.past_key_values, prefix_max)
+            return _span_logprobs(batch, input_ids, hidden, logits, head)
+    finally:
+        lang.clear_conditioned_layers()
+
+
+def _extract_prefixes(batch: list[_Item], past, prefix_max: int) -> list[PrefixKV]:
+    import torch
+
+    legacy = past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past
+    entries = []
+    for row, item in enumerate(batch):
+        first, stop = prefix_max - item.prefix_length, prefix_max + len(item.ids)
+        kv = torch.stack([torch.stack([k[row, :, first:stop], v[row, :, first:stop]]) for k, v in legacy])
+        if kv.shape[3] != stop - first:
+            raise RuntimeError(f"unexpected key/value layout {tuple(legacy[0][0].shape)}: expected (batch, heads, seq, dim)")
+        entries.append(PrefixKV(kv.contiguous(), stop - first))
+    return entries
+
+
+def _span_logprobs(batch: list[_Item], input_ids, hidden, logits, head) -> list[np.ndarray]:
+    import torch
+
+    rows, cols, sizes = [], [], []
+    for row, item in enumerate(batch):
+        start, end = item.span
+        rows.extend([row] * (end - start))
+        cols.extend(range(start - 1, end - 1))  # token t is predicted at position t - 1
+        sizes.append(end - start)
+    rows_t = torch.tensor(rows, device=input_ids.device)
+    cols_t = torch.tensor(cols, device=input_ids.device)
+    picked = head(hidden[rows_t, cols_t]) if logits is None else logits[rows_t, cols_t]
+    logprobs = torch.log_softmax(picked.float(), dim=-1)
+    targets = input_ids[rows_t, cols_t + 1]
+    values = logprobs.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+    return list(np.split(values, np.cumsum(sizes)[:-1]))

@@ -152,6 +152,7 @@ def read_vqa_split(
     image_dir = Path(image_dir)
     file_names = {qid: f"{image_prefix}{q['image_id']:012d}.jpg" for qid, q in question_by_id.items()}
     _require_images(image_dir, file_names)
+    image_dir_text = str(image_dir)  # os.path.join is much cheaper than Path / for 400k records
 
     rows = []
     for qid in sorted(question_by_id):
@@ -167,7 +168,7 @@ def read_vqa_split(
             {
                 "question_id": qid,
                 "image_id": question["image_id"],
-                "image_path": str(image_dir / file_names[qid]),
+                "image_path": os.path.join(image_dir_text, file_names[qid]),
                 "question": question["question"],
                 "answers": answers,
                 "label": label,

@@ -1,0 +1,76 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from lever_lm import paths as P
+from lever_lm.config import ConfigError, external_paths, load_config
+from lever_lm.gpu_lease import gpu_lease
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_and_real_configs_validate():
+    default = load_config(REPO / "config.yaml")
+    real = load_config(REPO / "configs" / "okvqa_local.yaml")
+    assert default["beam_search"]["scorer"] == "infoscore"  # filled default
+    assert real["anchors"]["sample_num"] == 800 and real["candidates"]["cand_num"] == 64
+    assert P.ex_name(real) == "infoscore_left_beam5_shot2_cand64_sample800"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"colour": "red"}, "unknown config key colour"),
+        ({"samplers": ["rand_sampler", "best_sampler"]}, "config key samplers.1"),
+        ({"sampler_encoder": "nope"}, "config key sampler_encoder"),
+        ({"anchors": {"sample_num": "many", "seed": 0}}, "config key anchors.sample_num"),
+        ({"candidates": {"cand_num": 64, "mix_ratios": {"random": 0.5, "text": 0.5, "image": 0.5}}},
+         "candidates.mix_ratios"),
+        ({"candidates": {"cand_num": 3}}, "config key candidates.cand_num"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(REPO / "config.yaml", overrides)
+
+
+def test_external_paths_cover_data_and_weights():
+    keys = dict(external_paths(load_config(REPO / "configs" / "okvqa_local.yaml")))
+    assert "dataset.root (val annotations)" in keys
+    assert keys["beam_models.qwen2.5_vl_3B.model_path"] == "models/Qwen2.5-VL-3B-Instruct"
+    assert external_paths(load_config(REPO / "config.yaml")) == []  # toy data and tiny models are built
+
+
+def test_targets_cover_the_matrix():
+    config = load_config(REPO / "config.yaml")
+    beams = [t for t in P.all_targets(config) if t.endswith("beams.json")]
+    assert len(beams) == len(config["samplers"]) * len(config["beam_models"])
+    assert all("/infoscore_left_beam5_shot2_cand64_sample160/" in t for t in beams)
+
+
+def test_gpu_lease_takes_distinct_free_gpus(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with gpu_lease(tmp_path, n_gpus=2) as first:
+        saved = os.environ.pop("CUDA_VISIBLE_DEVICES")  # a second job in the same process, for the test
+        with gpu_lease(tmp_path, n_gpus=2) as second:
+            assert (first, second) == ("0", "1")
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
+            with pytest.raises(RuntimeError, match="all 2 GPUs are leased"):
+                with gpu_lease(tmp_path, n_gpus=2):
+                    pass
+        os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
+def test_gpu_lease_respects_scheduler_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with gpu_lease(tmp_path, n_gpus=4) as gpu:
+        assert gpu == "3"
+    assert not any(tmp_path.iterdir())
+
+
+def test_gpu_lease_without_gpus_is_a_no_op(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with gpu_lease(tmp_path, n_gpus=0) as gpu:
+        assert gpu is None
+        assert "CUDA_VISIBLE_DEVICES" not in os.environ

@@ -61,6 +61,7 @@ class FastScorer:
         self.adapter = adapter
         self.features: dict[str, tuple] = {}  # image path -> (merged embeds (n, hidden), grid_thw (3,) on CPU)
         self.prefixes: dict[tuple, list] = {}  # prefix key -> per layer (keys, values), each (kv_heads, T, hd)
+        self.tokens_run = 0  # tokens pushed through the language model (not reset by clear; for benchmarks)
 
     def clear(self) -> None:
         self.features.clear()
@@ -165,6 +166,7 @@ class FastScorer:
         batch = len(tasks)
         past_max = max(t.start for t in tasks)
         cont_max = max(t.end - t.start for t in tasks)
+        self.tokens_run += sum(t.end - t.start for t in tasks)
 
         ids = torch.full((batch, cont_max), adapter._pad_token_id(), dtype=torch.long)
         positions = torch.zeros((3, batch, cont_max), dtype=torch.long)

@@ -8,8 +8,9 @@ Public API
 - ``draw_anchors(n_train, sample_num, seed) -> list[int]``: sorted, distinct, seeded.
 - ``SamplerConfig`` (frozen; ``SamplerConfig.from_config(section)`` reads config.yaml's ``candidates`` section),
   ``SAMPLERS`` (the four sampler names), ``sampler_params(sampler, cfg, **extra) -> dict`` (for file headers).
-- ``EmbeddedSplit(image_ids, image=None, text=None)``: one split's image ids and L2-normalised embeddings
-  (row i = record idx i). ``rand_sampler`` needs no embeddings.
+- ``EmbeddedSplit(image_ids, image=None, text=None, image_index=None, text_index=None)``: one split's image ids
+  and L2-normalised embeddings (row i = record idx i), optionally with prebuilt faiss indexes (lever_lm.index)
+  over them; without, an exact IndexFlatIP is built on the fly. ``rand_sampler`` needs no embeddings.
 - ``sample_candidates(sampler, query_ids, queries, train, cfg, exclude_self) -> {query id: [cand_num train ids]}``
   and the two thin wrappers ``anchor_candidates(sampler, anchors, train, cfg)`` (the anchor itself is always
   excluded) and ``test_pool_candidates(sampler, queries, train, cfg, query_ids=None)`` (val queries vs train).
@@ -125,6 +126,9 @@ class EmbeddedSplit:
     image_ids: np.ndarray
     image: np.ndarray | None = None
     text: np.ndarray | None = None
+    # Optional prebuilt faiss indexes over this split's image / text embeddings (else built on the fly, a copy).
+    image_index: Any = field(default=None, repr=False)
+    text_index: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_ids", np.asarray(self.image_ids, dtype=np.int64).reshape(-1))
@@ -138,6 +142,11 @@ class EmbeddedSplit:
                     f"{name} embeddings: shape {array.shape} does not match {len(self.image_ids)} records"
                 )
             object.__setattr__(self, name, array)
+            index = getattr(self, f"{name}_index")
+            if index is not None and (index.ntotal != array.shape[0] or index.d != array.shape[1]):
+                raise ValueError(
+                    f"{name} index: {index.ntotal} x {index.d} does not match its embeddings {array.shape}"
+                )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -162,6 +171,7 @@ def _check_query_ids(query_ids: Sequence[int], n_queries: int) -> np.ndarray:
 
 
 def _embeddings_for(sampler: str, modality: str, queries: EmbeddedSplit, train: EmbeddedSplit) -> tuple:
+    """(query embeddings, train faiss index) of one modality."""
     query_emb, train_emb = getattr(queries, modality), getattr(train, modality)
     if query_emb is None or train_emb is None:
         raise ValueError(f"{sampler} needs {modality} embeddings of both the queries and the train set")
@@ -169,7 +179,12 @@ def _embeddings_for(sampler: str, modality: str, queries: EmbeddedSplit, train: 
         raise ValueError(
             f"{sampler}: {modality} embedding dims differ (queries {query_emb.shape[1]}, train {train_emb.shape[1]})"
         )
-    return query_emb, train_emb
+    index = getattr(train, f"{modality}_index")
+    if index is None:
+        from lever_lm.index import build_flat_ip_index
+
+        index = build_flat_ip_index(train_emb)
+    return query_emb, index
 
 
 @dataclass
@@ -215,16 +230,15 @@ def _query_batch(query_ids: np.ndarray, queries: EmbeddedSplit, train: EmbeddedS
     return _QueryBatch(query_ids, query_image_ids, n_excluded, exclude_self, cfg.exclude_same_image, train.image_ids)
 
 
-def _ranked_allowed(query_emb: np.ndarray, train_emb: np.ndarray, batch: _QueryBatch, depth: int,
+def _ranked_allowed(query_emb: np.ndarray, index: Any, batch: _QueryBatch, depth: int,
                     margin: int) -> np.ndarray:
     """[nq, depth] allowed train ids per query, by descending inner product, ties by ascending id.
 
     Searching depth + (most exclusions of any query) neighbours guarantees ``depth`` allowed ones remain.
     """
-    from lever_lm.index import build_flat_ip_index, search
+    from lever_lm.index import search
 
-    index = build_flat_ip_index(train_emb)
-    k = min(len(train_emb), depth + int(batch.n_excluded.max()) + margin)
+    k = min(int(index.ntotal), depth + int(batch.n_excluded.max()) + margin)
     scores, ids = search(index, query_emb[batch.ids], k)
     order = np.lexsort((ids, -scores), axis=-1)
     ids = np.take_along_axis(ids, order, axis=-1)
@@ -283,25 +297,25 @@ def sample_candidates(
         chosen = np.stack(rows)
     elif sampler in ("text_sim_sampler", "img_sim_sampler"):
         modality = "text" if sampler == "text_sim_sampler" else "image"
-        query_emb, train_emb = _embeddings_for(sampler, modality, queries, train)
-        chosen = _ranked_allowed(query_emb, train_emb, batch, cfg.cand_num, cfg.search_margin)
+        query_emb, train_index = _embeddings_for(sampler, modality, queries, train)
+        chosen = _ranked_allowed(query_emb, train_index, batch, cfg.cand_num, cfg.search_margin)
     else:
         chosen = _mix(batch, queries, train, cfg)
     return {int(qid): [int(t) for t in row] for qid, row in zip(ids, chosen)}
 
 
 def _mix(batch: _QueryBatch, queries: EmbeddedSplit, train: EmbeddedSplit, cfg: SamplerConfig) -> np.ndarray:
-    n_random, n_text, n_image = cfg.mix_counts()
+    _, n_text, n_image = cfg.mix_counts()
     nq = len(batch.ids)
     text_part = np.zeros((nq, 0), dtype=np.int64)
     if n_text:
-        query_emb, train_emb = _embeddings_for("mix_sampler", "text", queries, train)
-        text_part = _ranked_allowed(query_emb, train_emb, batch, n_text, cfg.search_margin)
+        query_emb, train_index = _embeddings_for("mix_sampler", "text", queries, train)
+        text_part = _ranked_allowed(query_emb, train_index, batch, n_text, cfg.search_margin)
     image_ranking = np.zeros((nq, 0), dtype=np.int64)
     if n_image:
-        query_emb, train_emb = _embeddings_for("mix_sampler", "image", queries, train)
+        query_emb, train_index = _embeddings_for("mix_sampler", "image", queries, train)
         # Deep enough to still hold n_image ids after skipping every text-part id.
-        image_ranking = _ranked_allowed(query_emb, train_emb, batch, n_image + n_text, cfg.search_margin)
+        image_ranking = _ranked_allowed(query_emb, train_index, batch, n_image + n_text, cfg.search_margin)
     rows = []
     for row, qid in enumerate(batch.ids):
         taken = text_part[row]

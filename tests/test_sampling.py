@@ -259,3 +259,18 @@ def test_bad_candidate_data_is_rejected_with_the_query_id(tmp_path):
         read_anchors(path)
     with pytest.raises(ValueError, match="repeated ids \\[2\\]"):
         write_anchors(tmp_path / "a.json", [2, 2], {})
+
+
+def test_prebuilt_indexes_from_files_give_the_same_candidates(tmp_path, train, anchors):
+    from lever_lm.index import build_flat_ip_index, read_index, write_index
+
+    write_index(tmp_path / "image.faiss", build_flat_ip_index(train.image))
+    write_index(tmp_path / "text.faiss", build_flat_ip_index(train.text))
+    with_indexes = EmbeddedSplit(train.image_ids, train.image, train.text,
+                                 image_index=read_index(tmp_path / "image.faiss"),
+                                 text_index=read_index(tmp_path / "text.faiss"))
+    cfg = SamplerConfig(cand_num=30)
+    for sampler in SAMPLERS:
+        assert anchor_candidates(sampler, anchors, with_indexes, cfg) == anchor_candidates(sampler, anchors, train, cfg)
+    with pytest.raises(ValueError, match="text index: 300 x 16 does not match"):
+        EmbeddedSplit(train.image_ids, train.image, train.text[:, :8], text_index=with_indexes.text_index)

@@ -10,7 +10,8 @@ Public API
 - ``make_tiny_adapter(words, dims=None, seed=0, **config_fields)``: build into a temp dir and load (tests, benchmarks).
 - ``assemble_prompt(prompt, tokenizer, with_answer)``: the ONE prompt assembly, used by score, score_naive and generate.
 - ``FlamingoAdapter``: ``score`` (fast path: vision cache, batching, prefix key/value reuse, see ``flamingo_fast``),
-  ``score_naive`` (upstream-style reference), ``generate``, ``clear_cache``, ``vision_encoder_calls``.
+  ``score_naive`` (upstream-style reference), ``generate``, ``clear_cache``, and the counters
+  ``vision_encoder_calls`` and ``text_tokens_computed`` (non-pad tokens run through the language model).
 
 Prompt (spec stage 4): each ICD ``<image>Question:{q} Short answer:{a}<|endofchunk|>``, then the query
 ``<image>Question:{q} Short answer:`` followed, when scoring, by ``{a}<|endofchunk|>``; no BOS; texts stripped.
@@ -140,8 +141,7 @@ def _validate_config(config: FlamingoConfig) -> None:
         missing = [f for f in (*_LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
         if missing:
             raise ValueError(f"{config.key(missing[0])}: required for variant 'local' (missing: {', '.join(missing)})")
-    elif not config.model_dir:
-        raise ValueError(f"{config.key('model_dir')}: required for variant 'tiny'")
+    # a tiny variant's model_dir is checked at load time: the pipeline builds the dir from this same config
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,8 @@ class _ResolvedPaths:
     checkpoint_path: tuple[str, str]
     open_clip_config_dir: str | None
     cross_attn_every_n_layers: int
+    # tiny tokenizers are built with <image>/<|endofchunk|>; a real LM's tokenizer gets them from open_flamingo
+    tokenizer_needs_special_tokens: bool = False
 
 
 def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
@@ -165,8 +167,10 @@ def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
             open_clip_config_dir=None,
             cross_attn_every_n_layers=config.cross_attn_every_n_layers,
         )
-    model_dir = Path(config.model_dir)
     key = config.key("model_dir")
+    if not config.model_dir:
+        raise LVLMConfigError(f"{key}: required to load variant 'tiny' (the dir built by build_tiny_model_dir)")
+    model_dir = Path(config.model_dir)
     info_path = model_dir / TINY_INFO_FILE
     if not info_path.is_file():
         raise LVLMConfigError(f"{key}: {model_dir} is not a tiny Flamingo dir (no {TINY_INFO_FILE})")
@@ -176,6 +180,7 @@ def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
         **{f: (str(model_dir / info["files"][f]), f"{key} ({f})") for f in _LOCAL_PATH_FIELDS},
         open_clip_config_dir=str(model_dir / TINY_OPEN_CLIP_CONFIG_DIR),
         cross_attn_every_n_layers=int(info["cross_attn_every_n_layers"]),
+        tokenizer_needs_special_tokens=True,
     )
 
 
@@ -282,6 +287,9 @@ def _load_model(paths: _ResolvedPaths, decoder_layers_attr_name: str | None):
     from transformers import AutoTokenizer
 
     _check_paths(paths)
+    if paths.vision_encoder_name == "ViT-L-14":
+        log.warning("%s: open_clip builds 'ViT-L-14' with GELU; OpenAI CLIP weights (as in OpenFlamingo-3B) need "
+                    "'ViT-L-14-quickgelu' when given as a local file", paths.vision_encoder_path[1])
     if paths.open_clip_config_dir is not None:
         open_clip.add_model_config(paths.open_clip_config_dir)
     if open_clip.get_model_config(paths.vision_encoder_name) is None:
@@ -289,6 +297,9 @@ def _load_model(paths: _ResolvedPaths, decoder_layers_attr_name: str | None):
     tok_dir, _ = paths.tokenizer_path
     raw_tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True, trust_remote_code=True)
     missing_specials = [t for t in (IMAGE_TOKEN, END_OF_CHUNK_TOKEN) if t not in raw_tokenizer.get_vocab()]
+    if missing_specials and paths.tokenizer_needs_special_tokens:
+        raise LVLMConfigError(f"{paths.tokenizer_path[1]}: tokenizer at {tok_dir} lacks the special token(s) "
+                              f"{', '.join(missing_specials)}")
     checkpoint = _read_checkpoint(*paths.checkpoint_path)
     with contextlib.redirect_stdout(io.StringIO()):  # the factory prints a parameter count
         model, image_processor, tokenizer = create_model_and_transforms(
@@ -300,7 +311,8 @@ def _load_model(paths: _ResolvedPaths, decoder_layers_attr_name: str | None):
             use_local_files=True,
             decoder_layers_attr_name=decoder_layers_attr_name,
         )
-    _load_checkpoint_into(model, tokenizer, checkpoint, *reversed(paths.checkpoint_path), missing_specials,
+    checkpoint_file, checkpoint_key = paths.checkpoint_path
+    _load_checkpoint_into(model, tokenizer, checkpoint, checkpoint_file, checkpoint_key, missing_specials,
                           paths.tokenizer_path)
     for token in (IMAGE_TOKEN, END_OF_CHUNK_TOKEN):
         ids = tokenizer.encode(token, add_special_tokens=False)
@@ -558,6 +570,7 @@ class FlamingoAdapter(LVLMAdapter):
         self.device = device
         self.dtype = dtype
         self.vision_encoder_calls = 0
+        self.text_tokens_computed = 0  # non-pad tokens run through the language model (benchmark counter)
         self.media_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.eoc_token_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
         self.pad_token_id = tokenizer.pad_token_id
@@ -641,6 +654,7 @@ class FlamingoAdapter(LVLMAdapter):
                     attention_mask=attention_mask.to(self.device),
                 ).logits
                 self.vision_encoder_calls += len(batch) * max_images  # padded image slots are encoded too
+                self.text_tokens_computed += int(attention_mask.sum())
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
                 for row, item in enumerate(batch):
                     s, e = item.span

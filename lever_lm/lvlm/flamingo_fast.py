@@ -169,6 +169,7 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
         input_ids[row, : len(item.ids)] = torch.tensor(list(item.ids))
         mask[row, prefix_max - item.prefix_length : prefix_max + len(item.ids)] = 1
         positions[row] = item.prefix_length + torch.arange(cont_max)
+    adapter.text_tokens_computed += sum(len(item.ids) for item in batch)
     input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
 
     past = None

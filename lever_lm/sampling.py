@@ -11,6 +11,8 @@ Public API
 - ``EmbeddedSplit(image_ids, image=None, text=None, image_index=None, text_index=None)``: one split's image ids
   and L2-normalised embeddings (row i = record idx i), optionally with prebuilt faiss indexes (lever_lm.index)
   over them; without, an exact IndexFlatIP is built on the fly. ``rand_sampler`` needs no embeddings.
+  ``load_embedded_split(records_path, image_path, text_path, meta_path=None, image_index_path=None,
+  text_index_path=None)`` builds one from stored artifacts (``.encoder_id`` from the embeddings' meta).
 - ``sample_candidates(sampler, query_ids, queries, train, cfg, exclude_self) -> {query id: [cand_num train ids]}``
   and the two thin wrappers ``anchor_candidates(sampler, anchors, train, cfg)`` (the anchor itself is always
   excluded) and ``test_pool_candidates(sampler, queries, train, cfg, query_ids=None)`` (val queries vs train).
@@ -129,6 +131,7 @@ class EmbeddedSplit:
     # Optional prebuilt faiss indexes over this split's image / text embeddings (else built on the fly, a copy).
     image_index: Any = field(default=None, repr=False)
     text_index: Any = field(default=None, repr=False)
+    encoder_id: str | None = None  # of the embeddings; queries and train must agree when both are known
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_ids", np.asarray(self.image_ids, dtype=np.int64).reshape(-1))
@@ -150,6 +153,47 @@ class EmbeddedSplit:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+
+def load_embedded_split(
+    records_path: str | os.PathLike,
+    image_path: str | os.PathLike,
+    text_path: str | os.PathLike,
+    meta_path: str | os.PathLike | None = None,
+    image_index_path: str | os.PathLike | None = None,
+    text_index_path: str | os.PathLike | None = None,
+) -> EmbeddedSplit:
+    """Records' image ids + stored embeddings (validated against their meta.json) + optional faiss indexes.
+
+    ``meta_path`` defaults to the sibling ``{split}.meta.json`` of ``{split}.image.npy``.
+    """
+    from lever_lm.data import load_records
+    from lever_lm.embeddings import EmbeddingPaths, load_embeddings
+
+    image_path = Path(image_path)
+    if meta_path is None:
+        if not image_path.name.endswith(".image.npy"):
+            raise ValueError(f"{image_path}: cannot derive the meta file; expected a name like train.image.npy")
+        meta_path = image_path.with_name(image_path.name.removesuffix(".image.npy") + ".meta.json")
+    embeddings = load_embeddings(EmbeddingPaths(image_path, Path(text_path), Path(meta_path)))
+    records = load_records(records_path)
+    if len(records) != embeddings.meta["n"]:
+        raise ValueError(f"{records_path}: {len(records)} records but {meta_path} says n = {embeddings.meta['n']}")
+    if not np.array_equal(records["idx"].to_numpy(), np.arange(len(records))):
+        raise ValueError(f"{records_path}: column idx must be 0..n-1 in row order (embedding rows follow it)")
+    indexes = {}
+    for name, path in (("image_index", image_index_path), ("text_index", text_index_path)):
+        if path is not None:
+            from lever_lm.index import read_index
+
+            indexes[name] = read_index(path)
+    return EmbeddedSplit(
+        image_ids=records["image_id"].to_numpy(),
+        image=embeddings.image,
+        text=embeddings.text,
+        encoder_id=embeddings.meta["encoder_id"],
+        **indexes,
+    )
 
 
 def _check_sampler(sampler: str) -> None:
@@ -284,6 +328,11 @@ def sample_candidates(
 ) -> dict[int, list[int]]:
     """``cfg.cand_num`` distinct allowed train ids per query id (see module docstring)."""
     _check_sampler(sampler)
+    if queries.encoder_id and train.encoder_id and queries.encoder_id != train.encoder_id:
+        raise ValueError(
+            f"query embeddings ({queries.encoder_id}) and train embeddings ({train.encoder_id}) come from "
+            "different encoders"
+        )
     ids = _check_query_ids(list(query_ids), len(queries))
     batch = _query_batch(ids, queries, train, cfg, exclude_self)
     n_train = len(train)

@@ -13,6 +13,7 @@ from lever_lm.sampling import (
     SamplerConfig,
     anchor_candidates,
     draw_anchors,
+    load_embedded_split,
     read_anchors,
     read_candidates,
     sample_candidates,
@@ -274,3 +275,35 @@ def test_prebuilt_indexes_from_files_give_the_same_candidates(tmp_path, train, a
         assert anchor_candidates(sampler, anchors, with_indexes, cfg) == anchor_candidates(sampler, anchors, train, cfg)
     with pytest.raises(ValueError, match="text index: 300 x 16 does not match"):
         EmbeddedSplit(train.image_ids, train.image, train.text[:, :8], text_index=with_indexes.text_index)
+
+
+def test_load_embedded_split_from_stored_artifacts(tmp_path, train):
+    import pandas as pd
+
+    from lever_lm.embeddings import EmbeddingResult, embedding_paths, save_embeddings
+    from lever_lm.index import build_flat_ip_index, write_index
+
+    records = pd.DataFrame(dict(
+        idx=np.arange(N_TRAIN), split="train", question_id=np.arange(N_TRAIN) * 7,
+        image_id=train.image_ids, image_path=[f"img{i}.jpg" for i in train.image_ids],
+        question="what?", answers=[["a"] * 10] * N_TRAIN, label="a",
+    ))
+    records.to_parquet(tmp_path / "train.parquet", index=False)
+    meta = dict(encoder_id="tiny:abc", encoder_name="clip", dim=DIM, n=N_TRAIN, split="train",
+                normalized=True, dtype="float32")
+    paths = embedding_paths(tmp_path, "train")
+    save_embeddings(paths, EmbeddingResult(image=train.image, text=train.text, meta=meta))
+    write_index(tmp_path / "text.faiss", build_flat_ip_index(train.text))
+    loaded = load_embedded_split(tmp_path / "train.parquet", paths.image, paths.text,
+                                 text_index_path=tmp_path / "text.faiss")
+    assert loaded.encoder_id == "tiny:abc" and np.array_equal(loaded.image_ids, train.image_ids)
+    assert loaded.text_index.ntotal == N_TRAIN and loaded.image_index is None
+    cfg = SamplerConfig(cand_num=20)
+    assert anchor_candidates("mix_sampler", [0, 5, 9], loaded, cfg) == anchor_candidates("mix_sampler", [0, 5, 9], train, cfg)
+
+    records.iloc[:-1].to_parquet(tmp_path / "short.parquet", index=False)
+    with pytest.raises(ValueError, match="short.parquet: 299 records but .*train.meta.json says n = 300"):
+        load_embedded_split(tmp_path / "short.parquet", paths.image, paths.text)
+    other = EmbeddedSplit(train.image_ids[:4], train.image[:4], train.text[:4], encoder_id="tiny:zzz")
+    with pytest.raises(ValueError, match="different encoders"):
+        test_pool_candidates("text_sim_sampler", other, loaded, cfg)

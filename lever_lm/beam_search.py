@@ -14,7 +14,8 @@ Public API
 - ``BeamSearchConfig`` (frozen), ``config_from_dict(entry)``, ``ex_name(cfg)``.
 - ``beam_search_anchor(anchor_id, candidate_ids, sequence_scorer, cfg, question_id=None) -> AnchorBeams``:
   the algorithm, with an injectable ``sequence_scorer(list of ICD-id tuples in prompt order) -> P̄ array``.
-  It makes exactly one scorer call per step, holding every beam's baseline and every (beam, candidate) sequence.
+  It makes exactly one scorer call per step, holding every (beam, candidate) sequence and the beams' baselines
+  S ⊕ x not scored before (step 1: the bare query; later baselines were scored when their beam was built).
 - ``ExampleTable.from_records(train_records)``: train records as ``Example``s by ICD id.
 - ``make_sequence_scorer(adapter, train_records, anchor_record, fast=True)``: binds the anchor's query
   and scores sequences with ``adapter.score`` (fast) or ``adapter.score_naive`` (reference).
@@ -171,18 +172,18 @@ def beam_search_anchor(
     validate_candidate_pool(anchor_id, candidates, cfg, question_id)
     order = cfg.construct_order
     beams: list[tuple[tuple[int, ...], tuple[float, ...]]] = [((), ())]
+    # P̄ of every sequence scored so far: a beam's baseline S ⊕ x was scored in the step that built S
+    known: dict[tuple[int, ...], float] = {}
     for step in range(1, cfg.shot_num + 1):
-        # one scoring call per step: each beam's baseline S ⊕ x followed by its extensions
-        requests: list[tuple[int, ...]] = []
-        layout: list[tuple[int, list[tuple[int, ...]], np.ndarray]] = []
+        # one scoring call per step: the baselines not yet known (step 1: the bare query) and every extension
+        requests = [sequence for sequence, _ in beams if sequence not in known]
+        layout: list[tuple[tuple[int, ...], list[tuple[int, ...]], np.ndarray]] = []
         for sequence, _ in beams:
-            baseline_index = len(requests)
-            requests.append(sequence)
             in_beam = set(sequence)
             extensions = [_extend(sequence, c, order) for c in candidates if c not in in_beam]
             positions = np.arange(len(requests), len(requests) + len(extensions))
             requests.extend(extensions)
-            layout.append((baseline_index, extensions, positions))
+            layout.append((sequence, extensions, positions))
         probabilities = np.asarray(sequence_scorer(requests), dtype=np.float64)
         if probabilities.shape != (len(requests),):
             raise ValueError(
@@ -192,10 +193,11 @@ def beam_search_anchor(
         if not np.all(np.isfinite(probabilities)):
             bad = [requests[i] for i in np.flatnonzero(~np.isfinite(probabilities))[:3]]
             raise ValueError(f"{_anchor_name(anchor_id, question_id)}, step {step}: non-finite P̄ for sequences {bad}")
+        known.update(zip(requests, probabilities.tolist()))
 
         pool: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
-        for (_, history), (baseline_index, extensions, positions) in zip(beams, layout):
-            info_scores = probabilities[positions] - probabilities[baseline_index]
+        for (_, history), (sequence, extensions, positions) in zip(beams, layout):
+            info_scores = probabilities[positions] - known[sequence]
             for j in _top_indices(info_scores, cfg.beam_size):
                 pool.append((extensions[j], (*history, float(info_scores[j]))))
         pool_scores = np.array([history[-1] for _, history in pool])

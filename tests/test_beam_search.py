@@ -108,13 +108,16 @@ def test_one_scoring_call_per_step_with_baselines_and_prompt_order(order):
     assert len(scorer.calls) == cfg.shot_num
     assert scorer.calls[0] == [(), *[(c,) for c in candidates]]  # bare query baseline, then every candidate
     for step, call in enumerate(scorer.calls[1:], start=2):
-        baselines = [seq for seq in call if len(seq) == step - 1]
-        extensions = [seq for seq in call if len(seq) == step]
-        assert len(baselines) == cfg.beam_size and len(call) == len(baselines) + len(extensions)
-        assert len(extensions) == cfg.beam_size * (len(candidates) - (step - 1))
-        for seq in extensions:
+        # later baselines (the beams) were scored in the previous call: only extensions are requested
+        baselines = set(scorer.calls[step - 2])
+        assert all(len(seq) == step for seq in call) and len(set(call)) == len(call)
+        assert len(call) == cfg.beam_size * (len(candidates) - (step - 1))
+        beams_used = set()
+        for seq in call:
             previous = seq[1:] if order == "left" else seq[:-1]
             assert previous in baselines  # the new ICD went to the far left (or right) of an existing beam
+            beams_used.add(previous)
+        assert len(beams_used) == cfg.beam_size
     assert len(result.sequences) == cfg.beam_size
     for seq, steps in zip(result.sequences, result.step_scores):
         assert len(seq) == cfg.shot_num == len(set(seq)) == len(steps)

@@ -262,3 +262,45 @@ def test_config_from_dict_rejects_bad_fields():
         config_from_dict("q", {"family": "flamingo", "variant": "tiny"})
     config = config_from_dict("q", {"family": "qwen2_5_vl", "variant": "tiny", "seed": 2, "tiny": {"text_layers": 1}})
     assert config.tiny.text_layers == 1 and config.seed == 2 and config.score_batch_size == 32
+
+
+def test_non_square_images_positions_and_fast_path(tmp_path, tiny_dir, images):
+    """mrope positions match the model's get_rope_index, and fast == naive, for images of several shapes."""
+    from PIL import Image
+
+    from lever_lm.lvlm.qwen import mrope_positions
+
+    rng = np.random.default_rng(5)
+    shaped = []
+    for index, (height, width) in enumerate([(56, 112), (112, 56), (84, 56), (112, 112)]):
+        path = tmp_path / f"shaped{index}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        shaped.append(str(path))
+    adapter = _sharpened(load_qwen_adapter(config_from_dict("qwen_shapes", {
+        "variant": "tiny", "model_path": str(tiny_dir), "precision": "fp32", "max_pixels": 112 * 112})))
+    demos = [Example(p, QUESTIONS[i % 3], ANSWERS[i]) for i, p in enumerate(shaped)]
+    query = Example(images[0], QUESTIONS[0], "red")
+    prompts = [Prompt(tuple(demos[:k]), query) for k in range(4)] + [Prompt((demos[3], demos[1]), query)]
+    _assert_close(adapter.score(prompts), adapter.score_naive(prompts))
+    _, grid_thw = adapter.preprocess_images(shaped)
+    assert len({tuple(g) for g in grid_thw.tolist()}) == 4  # really four different grids
+    for prompt in prompts:
+        sequence = adapter._fast._sequence(prompt, {p: f[0].shape[0] for p, f in adapter._fast.features.items()})
+        grids = torch.stack([adapter._fast.features[p][1] for p in sequence.assembled.image_paths])
+        expected, _ = adapter.model.model.get_rope_index(torch.as_tensor(sequence.assembled.input_ids)[None], grids)
+        ours = mrope_positions(sequence.assembled.input_ids, adapter.model.config.image_token_id,
+                               grids.tolist(), adapter.merge_size)
+        np.testing.assert_array_equal(ours, expected[:, 0].numpy())
+
+
+def test_fast_template_rendering_equals_apply_chat_template(adapter, images):
+    from lever_lm.lvlm.qwen import build_messages, render_chat
+
+    demos = _examples(images)
+    prompt = Prompt((demos[0], demos[1]), Example(images[2], QUESTIONS[2], "two"))
+    for system_prompt in (None, "Answer briefly."):
+        for for_generation in (False, True):
+            messages = build_messages(prompt, adapter.config.prompt_style, system_prompt, not for_generation)
+            expected = adapter.tokenizer.apply_chat_template(
+                messages, chat_template=adapter.chat_template, tokenize=False, add_generation_prompt=for_generation)
+            assert render_chat(adapter.tokenizer, adapter.chat_template, messages, for_generation) == expected

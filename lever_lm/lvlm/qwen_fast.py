@@ -4,8 +4,8 @@ Gives the same log-probs as ``QwenVLAdapter.score_naive`` (up to float rounding)
 
 1. Vision cache: each distinct image (keyed by path) goes through the vision tower once per ``clear()``; its
    merged patch embeddings are placed at the ``<|image_pad|>`` positions of ``inputs_embeds``.
-2. Positions: the 3-D mrope position ids of the FULL sequence come from the model's own ``get_rope_index``;
-   a continuation gets its slice. Positions of a prefix depend only on the prefix, so its keys/values (which
+2. Positions: the 3-D mrope position ids of the FULL sequence (``qwen.mrope_positions``, equal to the model's
+   ``get_rope_index``); a continuation gets its slice. Positions of a prefix depend only on the prefix, so its keys/values (which
    are stored after rotary) are valid in front of any continuation.
 3. KV prefixes: the prompt up to the end of demo k's answer depends only on the template and demos 0..k
    (``AssembledPrompt.demo_ends``). Per prompt we use the deepest such prefix that is already cached or shared
@@ -104,11 +104,14 @@ class FastScorer:
     def _sequence(self, prompt: Prompt, counts: dict[str, int]) -> _Sequence:
         import torch
 
+        from lever_lm.lvlm.qwen import mrope_positions
+
         assembled = self.adapter.assemble(prompt, counts, for_generation=False)
-        grid_thw = torch.stack([self.features[path][1] for path in assembled.image_paths])
-        input_ids = torch.as_tensor(assembled.input_ids)[None]
-        positions, _ = self.adapter.model.model.get_rope_index(input_ids, grid_thw)
-        return _Sequence(assembled, positions[:, 0])
+        grids = [self.features[path][1].tolist() for path in assembled.image_paths]
+        positions = mrope_positions(
+            assembled.input_ids, self.adapter.model.config.image_token_id, grids, self.adapter.merge_size
+        )
+        return _Sequence(assembled, torch.from_numpy(positions))
 
     def _choose_prefix_depths(self, sequences: Sequence[_Sequence]) -> list[int]:
         shared = Counter(s.prefix_key(d) for s in sequences for d in range(1, len(s.assembled.demo_ends) + 1))

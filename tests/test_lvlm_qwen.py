@@ -304,3 +304,7 @@ def test_fast_template_rendering_equals_apply_chat_template(adapter, images):
             expected = adapter.tokenizer.apply_chat_template(
                 messages, chat_template=adapter.chat_template, tokenize=False, add_generation_prompt=for_generation)
             assert render_chat(adapter.tokenizer, adapter.chat_template, messages, for_generation) == expected
+
+
+def test_empty_call_returns_empty_lists(adapter):
+    assert adapter.score([]) == [] and adapter.score_naive([]) == [] and adapter.generate([], 3, 1) == []

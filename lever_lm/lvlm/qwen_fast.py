@@ -187,15 +187,18 @@ class FastScorer:
             image_mask = (ids == image_token_id)[..., None].expand_as(embeds)
             embeds = embeds.masked_scatter(image_mask, torch.cat(image_features).to(embeds.dtype))
 
-        cache = DynamicCache(config=text_model.config)
+        keep_kv = any(t.store_key is not None for t in tasks)
+        cache = None
         if past_max:
             cache = DynamicCache(ddp_cache_data=self._left_padded_past(tasks, past_max), config=text_model.config)
+        elif keep_kv:
+            cache = DynamicCache(config=text_model.config)
         hidden = text_model(
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=cache,
-            use_cache=True,
+            use_cache=cache is not None,
             cache_position=torch.arange(past_max, past_max + cont_max, device=device),
         ).last_hidden_state
 

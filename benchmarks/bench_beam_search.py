@@ -102,10 +102,12 @@ def parameter_count(adapter) -> int:
 
 def run_path(adapter, table, anchors, candidates, cfg):
     adapter.vision_encoder_calls = 0
+    if hasattr(adapter, "text_tokens_computed"):
+        adapter.text_tokens_computed = 0
     results, started = [], time.perf_counter()
     for anchor in anchors:
         results.append(search_anchor(adapter, table, anchor, candidates[anchor], cfg))
-    return results, time.perf_counter() - started, adapter.vision_encoder_calls
+    return results, time.perf_counter() - started, adapter.vision_encoder_calls, getattr(adapter, "text_tokens_computed", None)
 
 
 def compare(fast, naive):
@@ -134,9 +136,10 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
     for name, fast in (("fast", True), ("naive", False)):
         cfg = BeamSearchConfig(**base, use_fast_path=fast)
         timings[name] = run_path(adapter, table, anchors, candidates, cfg)
-        results, seconds, vision_calls = timings[name]
+        results, seconds, vision_calls, lm_tokens = timings[name]
+        lm_text = "" if lm_tokens is None else f", LM tokens/anchor {lm_tokens / len(anchors):.0f}"
         print(f"{name:>5}: {len(anchors) / seconds:.4f} anchors/s ({seconds / len(anchors):.1f} s/anchor), "
-              f"vision encoder calls/anchor {vision_calls / len(anchors):.0f}")
+              f"vision encoder calls/anchor {vision_calls / len(anchors):.0f}{lm_text}", flush=True)
     same, max_delta = compare(timings["fast"][0], timings["naive"][0])
     distinct_images = len({table.image_paths[i] for i in [anchors[0], *candidates[anchors[0]]]})
     print(f"speed-up {timings['naive'][1] / timings['fast'][1]:.2f}x | distinct images per anchor {distinct_images} "

@@ -240,11 +240,10 @@ class ExampleTable:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def example(self, icd_id: int, with_answer: bool = True) -> "Example":
+    def example(self, icd_id: int) -> "Example":
+        """The ICD ``icd_id`` with its label as the answer (built once, then reused)."""
         from lever_lm.lvlm.base import Example
 
-        if not with_answer:
-            return Example(self.image_paths[icd_id], self.questions[icd_id], None)
         cached = self._cache.get(icd_id)
         if cached is None:
             cached = Example(self.image_paths[icd_id], self.questions[icd_id], self.labels[icd_id])

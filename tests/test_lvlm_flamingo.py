@@ -358,3 +358,24 @@ def test_tiny_build_is_deterministic(tiny_dir, tmp_path, words):
     c = torch.load(other / "checkpoint.pt", weights_only=True)
     assert not torch.equal(a["perceiver.latents"], c["perceiver.latents"])
     assert not list(tmp_path.glob(".*tmp"))  # the temp build dirs are gone
+
+
+def test_fast_path_without_separate_lm_head(adapter, examples, monkeypatch):
+    """Language models that expose no base model / output head (remote-code MPT) get full logits; same numbers."""
+    from lever_lm.lvlm import flamingo_fast
+
+    real_parts = flamingo_fast._model_parts
+    monkeypatch.setattr(flamingo_fast, "_model_parts", lambda lang: (None, None, *real_parts(lang)[2:]))
+    adapter.clear_cache()
+    for prompts in _right_order_steps(examples)[:2]:
+        _assert_close(adapter.score(prompts), adapter.score_naive(prompts))
+
+
+def test_bf16_precision_runs(words, examples):
+    bf16 = make_tiny_adapter(words, seed=0, precision="bf16", score_batch_size=8)
+    assert bf16.dtype == torch.bfloat16
+    prompts = _left_order_steps(examples)[1][:6]
+    for fast, naive in zip(bf16.score(prompts), bf16.score_naive(prompts)):
+        assert fast.dtype == np.float64
+        np.testing.assert_allclose(fast, naive, atol=0.15)  # bf16 rounding differs between the two paths
+    assert all(isinstance(t, str) for t in bf16.generate(prompts[:2], max_new_tokens=3, num_beams=2))

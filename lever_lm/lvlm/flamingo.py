@@ -579,6 +579,7 @@ class FlamingoAdapter(LVLMAdapter):
         from lever_lm.lvlm.flamingo_fast import PrefixCache
 
         self._prefix_cache = PrefixCache(config.max_cached_prefixes)
+        self._kv_seq_dim: int | None = None  # sequence axis of the language model's key/value tensors
 
     # -- shared pieces
 

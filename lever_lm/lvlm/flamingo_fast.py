@@ -30,7 +30,8 @@ from lever_lm.lvlm.base import Example, Prompt
 
 @dataclass(frozen=True)
 class PrefixKV:
-    """Key/values of a run of leading ICD blocks: tensor (layers, 2, heads, length, head_dim)."""
+    """Key/values of a run of leading ICD blocks: tensor (layers, 2, *one row's key shape), the sequence axis at
+    ``seq_dim + 1`` where ``seq_dim`` is the model's sequence axis of a batched key tensor (2 for HF caches)."""
 
     kv: Any
     length: int
@@ -174,19 +175,21 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
 
     past = None
     if prefix_max:
+        seq_dim = adapter._kv_seq_dim
         sample = next(item.prefix.kv for item in batch if item.prefix is not None)
-        layers, _, heads, _, head_dim = sample.shape
-        kv = torch.zeros((layers, 2, rows, heads, prefix_max, head_dim), dtype=sample.dtype, device=sample.device)
+        shape = list(sample.shape)
+        shape[seq_dim + 1] = prefix_max
+        kv = torch.zeros((*shape[:2], rows, *shape[2:]), dtype=sample.dtype, device=sample.device)
         for row, item in enumerate(batch):
-            if item.prefix is not None:
-                kv[:, :, row, :, prefix_max - item.prefix.length :] = item.prefix.kv
-        legacy = tuple((kv[layer, 0], kv[layer, 1]) for layer in range(layers))
+            if item.prefix is not None:  # left padding: the prefix ends where the continuation starts
+                kv[:, :, row].narrow(seq_dim + 1, prefix_max - item.prefix.length, item.prefix.length).copy_(item.prefix.kv)
+        legacy = [(kv[layer, 0], kv[layer, 1]) for layer in range(kv.shape[0])]
         if native_cache:
             from transformers import DynamicCache
 
-            past = DynamicCache.from_legacy_cache(legacy)
+            past = DynamicCache.from_legacy_cache(tuple(legacy))
         else:
-            past = legacy
+            past = legacy  # remote-code MPT writes its per-layer entries back into this list
 
     vision = adapter.stack_vision([item.images for item in batch])
     media_locations = input_ids == adapter.media_token_id
@@ -206,23 +209,41 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
                 output = lang(**kwargs)
                 hidden, logits = None, output.logits
             if store:
-                return _extract_prefixes(batch, output.past_key_values, prefix_max)
+                return _extract_prefixes(adapter, batch, output.past_key_values, prefix_max, cont_max, native_cache)
             return _span_logprobs(batch, input_ids, hidden, logits, head)
     finally:
         lang.clear_conditioned_layers()
 
 
-def _extract_prefixes(batch: list[_Item], past, prefix_max: int) -> list[PrefixKV]:
+def _sequence_dim(adapter, keys, total: int, native_cache: bool) -> int:
+    """Axis of the sequence in a batched key tensor: 2 for HF caches (batch, heads, seq, dim); found by its length
+    for remote-code models (e.g. (batch, seq, width) in MosaicGPT), then fixed for the adapter's lifetime."""
+    if native_cache:
+        found = [2] if keys.dim() == 4 and keys.shape[2] == total else []
+    else:
+        found = [d for d in range(1, keys.dim()) if keys.shape[d] == total]
+    if adapter._kv_seq_dim is not None and adapter._kv_seq_dim in found:
+        return adapter._kv_seq_dim
+    if len(found) != 1:
+        raise RuntimeError(
+            f"cannot tell the sequence axis of key/value tensors of shape {tuple(keys.shape)} (sequence length "
+            f"{total}); prefix key/value reuse needs it"
+        )
+    adapter._kv_seq_dim = found[0]
+    return found[0]
+
+
+def _extract_prefixes(adapter, batch: list[_Item], past, prefix_max: int, cont_max: int,
+                      native_cache: bool) -> list[PrefixKV]:
     import torch
 
     legacy = past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past
+    seq_dim = _sequence_dim(adapter, legacy[0][0], prefix_max + cont_max, native_cache)
     entries = []
     for row, item in enumerate(batch):
         first, stop = prefix_max - item.prefix_length, prefix_max + len(item.ids)
-        kv = torch.stack([torch.stack([k[row, :, first:stop], v[row, :, first:stop]]) for k, v in legacy])
-        if kv.shape[3] != stop - first:
-            raise RuntimeError(f"unexpected key/value layout {tuple(legacy[0][0].shape)}: expected (batch, heads, seq, dim)")
-        entries.append(PrefixKV(kv.contiguous(), stop - first))
+        kv = torch.stack([torch.stack([k[row], v[row]]) for k, v in legacy])
+        entries.append(PrefixKV(kv.narrow(seq_dim + 1, first, stop - first).contiguous(), stop - first))
     return entries
 
 

@@ -84,7 +84,7 @@ class FlamingoConfig:
     decoder_layers_attr_name: str | None = None
     precision: str = "auto"
     score_batch_size: int = 32
-    max_cached_prefixes: int = 4096  # key/value blocks kept until clear_cache (oldest dropped first)
+    max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
     seed: int = 0
     model_dir: str | None = None  # tiny: the materialised tiny dir (all paths derive from it)
     tiny_dims: FlamingoTinyDims = field(default_factory=FlamingoTinyDims)

@@ -226,12 +226,12 @@ def test_generate_is_deterministic_and_padding_invariant(adapter, examples):
 
 def test_config_from_dict(tmp_path):
     cfg = config_from_dict("flamingo_tiny", {"family": "flamingo", "variant": "tiny", "seed": 3,
-                                             "tiny_dims": {"lang_layers": 1}})
-    assert cfg.seed == 3 and cfg.tiny_dims == FlamingoTinyDims(lang_layers=1) and cfg.score_batch_size == 32
+                                             "tiny": {"lang_layers": 1}})
+    assert cfg.seed == 3 and cfg.tiny == FlamingoTinyDims(lang_layers=1) and cfg.score_batch_size == 32
     with pytest.raises(ValueError, match=r"beam_models\.m: unknown field\(s\) bogus"):
         config_from_dict("m", {"variant": "tiny", "bogus": 1})
-    with pytest.raises(ValueError, match=r"beam_models\.m\.tiny_dims: unknown field\(s\) depth"):
-        config_from_dict("m", {"variant": "tiny", "tiny_dims": {"depth": 2}})
+    with pytest.raises(ValueError, match=r"beam_models\.m\.tiny: unknown field\(s\) depth"):
+        config_from_dict("m", {"variant": "tiny", "tiny": {"depth": 2}})
     with pytest.raises(ValueError, match=r"beam_models\.m\.variant"):
         config_from_dict("m", {"variant": "huge"})
     with pytest.raises(ValueError, match=r"beam_models\.m\.precision"):

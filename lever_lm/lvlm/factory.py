@@ -39,5 +39,5 @@ def build_tiny_model(name: str, entry: dict, out_dir: str, texts: Iterable[str])
 
     module, _, _ = _family(name, entry)
     cfg = module.config_from_dict(name, entry)
-    dims = getattr(cfg, "tiny", None) or getattr(cfg, "tiny_dims")
+    dims = cfg.tiny
     module.build_tiny_model_dir(out_dir, collect_vocabulary(texts), dims, cfg.seed)

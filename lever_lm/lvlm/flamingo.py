@@ -87,7 +87,7 @@ class FlamingoConfig:
     max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
     seed: int = 0
     model_dir: str | None = None  # tiny: the materialised tiny dir (all paths derive from it)
-    tiny_dims: FlamingoTinyDims = field(default_factory=FlamingoTinyDims)
+    tiny: FlamingoTinyDims = field(default_factory=FlamingoTinyDims)
 
     def key(self, field_name: str) -> str:
         return f"beam_models.{self.name}.{field_name}"
@@ -110,20 +110,20 @@ def config_from_dict(name: str, entry: dict[str, Any]) -> FlamingoConfig:
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ValueError(f"{prefix}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    dims_entry = entry.pop("tiny_dims", None) or {}
+    dims_entry = entry.pop("tiny", None) or {}
     if not isinstance(dims_entry, dict):
-        raise ValueError(f"{prefix}.tiny_dims: expected a mapping")
+        raise ValueError(f"{prefix}.tiny: expected a mapping")
     dim_fields = {f.name: f for f in dataclasses.fields(FlamingoTinyDims)}
     bad_dims = sorted(set(dims_entry) - set(dim_fields))
     if bad_dims:
-        raise ValueError(f"{prefix}.tiny_dims: unknown field(s) {', '.join(bad_dims)}")
+        raise ValueError(f"{prefix}.tiny: unknown field(s) {', '.join(bad_dims)}")
     for key, value in dims_entry.items():
         wanted = float if dim_fields[key].type in ("float", float) else int
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
             wanted is int and not isinstance(value, int)
         ):
-            raise ValueError(f"{prefix}.tiny_dims.{key}: expected a positive {wanted.__name__}, got {value!r}")
-    config = FlamingoConfig(name=name, tiny_dims=FlamingoTinyDims(**dims_entry), **entry)
+            raise ValueError(f"{prefix}.tiny.{key}: expected a positive {wanted.__name__}, got {value!r}")
+    config = FlamingoConfig(name=name, tiny=FlamingoTinyDims(**dims_entry), **entry)
     _validate_config(config)
     return config
 
@@ -473,7 +473,7 @@ def make_tiny_adapter(words: Sequence[str], dims: FlamingoTinyDims | None = None
         model_dir = tmp_root / "model"
         build_tiny_model_dir(model_dir, words, dims, seed)
         config = FlamingoConfig(name=config_fields.pop("name", "tiny_flamingo"), variant="tiny",
-                                model_dir=str(model_dir), seed=seed, tiny_dims=dims or FlamingoTinyDims(),
+                                model_dir=str(model_dir), seed=seed, tiny=dims or FlamingoTinyDims(),
                                 **config_fields)
         return load_flamingo_adapter(config)
     finally:

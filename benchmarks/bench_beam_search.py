@@ -100,14 +100,20 @@ def parameter_count(adapter) -> int:
     return sum(p.numel() for p in adapter.model.parameters()) if hasattr(adapter, "model") else -1
 
 
-def run_path(adapter, table, anchors, candidates, cfg):
-    adapter.vision_encoder_calls = 0
-    if hasattr(adapter, "text_tokens_computed"):
-        adapter.text_tokens_computed = 0
-    results, started = [], time.perf_counter()
+def run_paths(adapter, table, anchors, candidates, base_cfg):
+    """Both paths, interleaved anchor by anchor, so load from other processes hits both alike."""
+    totals = {name: {"results": [], "seconds": 0.0, "vision": 0, "lm_tokens": 0} for name in ("fast", "naive")}
     for anchor in anchors:
-        results.append(search_anchor(adapter, table, anchor, candidates[anchor], cfg))
-    return results, time.perf_counter() - started, adapter.vision_encoder_calls, getattr(adapter, "text_tokens_computed", None)
+        for name in ("fast", "naive"):
+            cfg = BeamSearchConfig(**base_cfg, use_fast_path=name == "fast")
+            adapter.vision_encoder_calls = 0
+            adapter.text_tokens_computed = 0  # counted by adapters that track LM work; harmless otherwise
+            started = time.perf_counter()
+            totals[name]["results"].append(search_anchor(adapter, table, anchor, candidates[anchor], cfg))
+            totals[name]["seconds"] += time.perf_counter() - started
+            totals[name]["vision"] += adapter.vision_encoder_calls
+            totals[name]["lm_tokens"] += adapter.text_tokens_computed
+    return totals
 
 
 def compare(fast, naive):
@@ -132,18 +138,15 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
     for fast in (True, False):
         search_anchor(adapter, table, anchors[0], warm[anchors[0]], BeamSearchConfig(**{**asdict(warm_cfg), "use_fast_path": fast}))
 
-    timings = {}
-    for name, fast in (("fast", True), ("naive", False)):
-        cfg = BeamSearchConfig(**base, use_fast_path=fast)
-        timings[name] = run_path(adapter, table, anchors, candidates, cfg)
-        results, seconds, vision_calls, lm_tokens = timings[name]
-        lm_text = "" if lm_tokens is None else f", LM tokens/anchor {lm_tokens / len(anchors):.0f}"
-        print(f"{name:>5}: {len(anchors) / seconds:.4f} anchors/s ({seconds / len(anchors):.1f} s/anchor), "
-              f"vision encoder calls/anchor {vision_calls / len(anchors):.0f}{lm_text}", flush=True)
-    same, max_delta = compare(timings["fast"][0], timings["naive"][0])
+    timings = run_paths(adapter, table, anchors, candidates, base)
+    for name, run in timings.items():
+        lm_text = f", LM tokens/anchor {run['lm_tokens'] / len(anchors):.0f}" if run["lm_tokens"] else ""
+        print(f"{name:>5}: {len(anchors) / run['seconds']:.4f} anchors/s ({run['seconds'] / len(anchors):.1f} s/anchor), "
+              f"vision encoder calls/anchor {run['vision'] / len(anchors):.0f}{lm_text}")
+    same, max_delta = compare(timings["fast"]["results"], timings["naive"]["results"])
     distinct_images = len({table.image_paths[i] for i in [anchors[0], *candidates[anchors[0]]]})
-    print(f"speed-up {timings['naive'][1] / timings['fast'][1]:.2f}x | distinct images per anchor {distinct_images} "
-          f"| same sequences: {same} | max |delta step score| {max_delta:.2e}")
+    print(f"speed-up {timings['naive']['seconds'] / timings['fast']['seconds']:.2f}x | distinct images per anchor "
+          f"{distinct_images} | same sequences: {same} | max |delta step score| {max_delta:.2e}", flush=True)
     return timings
 
 

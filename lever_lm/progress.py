@@ -7,15 +7,13 @@
 
 A line reads ``anchors 37/400 (9.2%) | 0.84 anchors/s | ETA 7m12s``. The rate counts only items done in
 this process, so a resumed run does not report the skipped items as instantaneous work.
-``setup_logging(log_path)`` sends log records to stderr and, optionally, to a file (Snakemake's ``log:``
-redirects nothing by itself, so workflow scripts call it with the rule's log file).
+Workflow scripts route `logging` to the rule's log file and the terminal with ``lever_lm.runlog.script_logging``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from typing import Callable
 
@@ -91,25 +89,3 @@ class ProgressReporter:
         """Log the final line unconditionally."""
         self._last_emit = self._clock()
         self.log.info(self.line())
-
-
-def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> logging.Logger:
-    """Route ``lever_lm`` loggers to stderr and, if given, to ``log_path`` (appended). Idempotent per target."""
-    root = logging.getLogger("lever_lm")
-    root.setLevel(level)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    targets = {getattr(h, "_lever_target", None) for h in root.handlers}
-    if "stderr" not in targets:
-        handler = logging.StreamHandler(sys.stderr)
-        handler._lever_target = "stderr"  # type: ignore[attr-defined]
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    if log_path is not None and f"file:{log_path}" not in targets:
-        from pathlib import Path
-
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_path, encoding="utf-8")
-        file_handler._lever_target = f"file:{log_path}"  # type: ignore[attr-defined]
-        file_handler.setFormatter(fmt)
-        root.addHandler(file_handler)
-    return root

@@ -86,7 +86,7 @@ rule candidates:
     params:
         candidates=config["candidates"],
     script:
-        "../workflow_scripts/candidates.py"
+        "../workflow_scripts/sample_candidates.py"
 
 
 rule test_pool:
@@ -111,4 +111,4 @@ rule test_pool:
     params:
         candidates=config["candidates"],
     script:
-        "../workflow_scripts/test_pool.py"
+        "../workflow_scripts/sample_candidates.py"

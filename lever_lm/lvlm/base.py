@@ -64,6 +64,16 @@ class LVLMAdapter(ABC):
         """Drop cached vision features and key/value blocks (beam search calls this per anchor)."""
 
 
+def select_device_dtype(precision: str):
+    """CUDA when available; ``auto`` means bf16 there and fp32 on the CPU."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return device, torch.bfloat16
+    return device, torch.float32
+
+
 def mean_token_probability(token_logprobs: np.ndarray) -> float:
     """P̄(y|ctx): geometric mean token probability, exp(mean log p)."""
     if token_logprobs.size == 0:

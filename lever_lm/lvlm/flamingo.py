@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt
+from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt, select_device_dtype
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,6 @@ def _check_paths(paths: _ResolvedPaths) -> None:
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _select_device_dtype(precision: str):
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
-        return device, torch.float32
-    return device, torch.bfloat16
-
-
 def _read_checkpoint(path: str, key: str) -> dict:
     import pickle
 
@@ -328,7 +319,7 @@ def load_flamingo_adapter(config: FlamingoConfig) -> "FlamingoAdapter":
     _validate_config(config)
     paths = _resolve_paths(config)
     model, image_processor, tokenizer = _load_model(paths, config.decoder_layers_attr_name)
-    device, dtype = _select_device_dtype(config.precision)
+    device, dtype = select_device_dtype(config.precision)
     model.to(device=device, dtype=dtype)
     return FlamingoAdapter(model, image_processor, tokenizer, config, device, dtype)
 

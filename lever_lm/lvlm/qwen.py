@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt
+from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt, select_device_dtype
 
 PROMPT_STYLES = ("single_user_message", "multi_turn")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -322,22 +322,13 @@ def _check_model_dir(config: QwenVLConfig) -> Path:
     return path
 
 
-def _device_and_dtype(config: QwenVLConfig):
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
-        return device, torch.bfloat16
-    return device, torch.float32
-
-
 def load_qwen_adapter(config: QwenVLConfig) -> "QwenVLAdapter":
     """Load model + processor from ``config.model_path`` (never the hub) and wrap them in an adapter."""
     import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     path = _check_model_dir(config)
-    device, dtype = _device_and_dtype(config)
+    device, dtype = select_device_dtype(config.precision)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True, use_fast=True)
     tokenizer = processor.tokenizer
     vocab = tokenizer.get_vocab()

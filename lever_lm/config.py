@@ -93,7 +93,31 @@ def check_config(config: dict) -> dict:
         )
     if "toy" in config["dataset"] and config["dataset"]["format"] != "okvqa":
         raise ConfigError("config key dataset.toy: the toy dataset is generated in OK-VQA format; set dataset.format: okvqa")
+    _check_stage_configs(config)
     return config
+
+
+def _check_stage_configs(config: dict) -> None:
+    """Build each stage's typed config now, so a bad field fails at planning time rather than inside a job."""
+    from lever_lm.beam_search import config_from_dict as beam_search_config
+    from lever_lm.embeddings import ClipEncoderConfig
+    from lever_lm.lvlm.factory import parse_config
+    from lever_lm.sampling import SamplerConfig
+
+    try:
+        for name, encoder in config["encoders"].items():
+            ClipEncoderConfig.from_config(name, encoder)
+        SamplerConfig.from_config(config["candidates"])
+        beam_search_config(
+            config["beam_search"],
+            ignore=("shards", "threads"),
+            cand_num=config["candidates"]["cand_num"],
+            sample_num=config["anchors"]["sample_num"],
+        )
+        for name, entry in config["beam_models"].items():
+            parse_config(name, entry)
+    except ValueError as err:
+        raise ConfigError(f"config key {err}") from None
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:

@@ -28,6 +28,11 @@ def test_default_and_real_configs_validate():
         ({"candidates": {"cand_num": 64, "mix_ratios": {"random": 0.5, "text": 0.5, "image": 0.5}}},
          "candidates.mix_ratios"),
         ({"candidates": {"cand_num": 3}}, "config key candidates.cand_num"),
+        ({"beam_models": {"q": {"family": "qwen2_5_vl", "variant": "tiny", "prompt_style": "chatty"}}},
+         "beam_models.q.prompt_style"),
+        ({"beam_models": {"f": {"family": "flamingo", "variant": "tiny", "colour": "red"}}}, "beam_models.f: unknown"),
+        ({"encoders": {"e": {"kind": "tiny", "tiny": {"depth": 3}}}, "sampler_encoder": "e", "selector_encoder": "e"},
+         "encoders.e.tiny: unknown keys"),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):

@@ -33,11 +33,16 @@ def load_adapter(name: str, entry: dict, tiny_model_dir: str | None = None) -> L
     return getattr(module, loader)(module.config_from_dict(name, entry))
 
 
+def parse_config(name: str, entry: dict) -> Any:
+    """The family's typed config for ``beam_models.<name>``; unknown or bad fields raise ValueError naming them."""
+    module, _, _ = _family(name, entry)
+    return module.config_from_dict(name, entry)
+
+
 def build_tiny_model(name: str, entry: dict, out_dir: str, texts: Iterable[str]) -> None:
     """Materialise the tiny variant of ``beam_models.<name>`` with a word vocabulary over ``texts``."""
     from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
 
     module, _, _ = _family(name, entry)
     cfg = module.config_from_dict(name, entry)
-    dims = cfg.tiny
-    module.build_tiny_model_dir(out_dir, collect_vocabulary(texts), dims, cfg.seed)
+    module.build_tiny_model_dir(out_dir, collect_vocabulary(texts), cfg.tiny, cfg.seed)

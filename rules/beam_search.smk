@@ -16,6 +16,7 @@ if TINY_BEAM_MODELS:
             beam_model=_one_of(TINY_BEAM_MODELS),
         conda:
             CONDA_ENV
+        threads: 1
         params:
             entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
         script:
@@ -60,5 +61,6 @@ rule beam_gather:
         "benchmarks/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
     script:
         "../workflow_scripts/beam_gather.py"

@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and path helpers shared by all rules.
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -7,6 +8,7 @@ from snakemake.utils import validate
 from lever_lm import paths as P
 from lever_lm.config import (
     LVLM_PATH_KEYS,
+    ConfigError,
     check_config,
     check_external_paths,
     schema_path,
@@ -14,10 +16,14 @@ from lever_lm.config import (
 )
 from lever_lm.data import layout_paths
 
-# lever_lm's check first: its message is one line naming the key; snakemake's validate then fills defaults.
-check_config(validate_schema(config))
+# lever_lm's checks first: one message naming the key (or every missing path), without a traceback;
+# snakemake's validate then fills the schema defaults.
+try:
+    check_config(validate_schema(config))
+    check_external_paths(config)
+except ConfigError as err:
+    sys.exit(f"Invalid config: {err}")
 validate(config, schema=str(schema_path()))
-check_external_paths(config)
 
 DATASET = config["dataset"]["name"]
 TINY_BEAM_MODELS = [

@@ -17,6 +17,7 @@ if "toy" in config["dataset"]:
             f"benchmarks/toy_dataset/{DATASET}.tsv"
         conda:
             CONDA_ENV
+        threads: 1
         params:
             root=lambda wildcards, output: Path(output.train).parent,
             toy=config["dataset"]["toy"],
@@ -35,6 +36,7 @@ rule records:
         "benchmarks/records/{dataset}_{split}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
     params:
         format=config["dataset"]["format"],
         root=config["dataset"]["root"],

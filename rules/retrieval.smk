@@ -38,6 +38,7 @@ rule faiss_index:
         "benchmarks/faiss_index/{dataset}_{encoder}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
     script:
         "../workflow_scripts/faiss_index.py"
 
@@ -53,6 +54,7 @@ rule anchors:
         "benchmarks/anchors/{dataset}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
     params:
         anchors=config["anchors"],
     script:

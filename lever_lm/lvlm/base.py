@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from collections import Counter
+from typing import Container, Hashable, Sequence
 
 import numpy as np
 
@@ -79,3 +80,17 @@ def mean_token_probability(token_logprobs: np.ndarray) -> float:
     if token_logprobs.size == 0:
         raise ValueError("empty answer span: cannot compute a mean token probability")
     return float(np.exp(np.mean(token_logprobs)))
+
+
+def choose_prefix_depths(prefix_keys: Sequence[Sequence[Hashable]], cached: Container) -> list[int]:
+    """Per prompt, how many leading ICDs to serve from the key/value cache (the fast paths' shared policy).
+
+    ``prefix_keys[i][d - 1]`` identifies prompt i's first d ICDs. The choice is the deepest prefix already cached
+    or shared by two or more prompts of the call; else the first ICD, the block that "left"-order beam search
+    finds again at its next step; 0 for a prompt without ICDs.
+    """
+    shared = Counter(key for keys in prefix_keys for key in keys)
+    return [
+        next((d for d in range(len(keys), 0, -1) if keys[d - 1] in cached or shared[keys[d - 1]] >= 2), min(1, len(keys)))
+        for keys in prefix_keys
+    ]

@@ -19,13 +19,13 @@ positions go through the LM head when the model exposes its base model and outpu
 from __future__ import annotations
 
 import inspect
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Example, Prompt
+from lever_lm.lvlm.base import Example, Prompt, choose_prefix_depths
 
 
 @dataclass(frozen=True)
@@ -81,23 +81,10 @@ class _Item:
         return self.prefix.length if self.prefix is not None else 0
 
 
-def choose_prefix_lengths(prompts: Sequence[Prompt], cached) -> list[int]:
-    """Number of leading ICDs to serve from the key/value cache, per prompt (0 when it has no ICDs)."""
-    shared = Counter(p.demos[:k] for p in prompts for k in range(1, len(p.demos) + 1))
-    chosen = []
-    for prompt in prompts:
-        k = next(
-            (j for j in range(len(prompt.demos), 0, -1) if prompt.demos[:j] in cached or shared[prompt.demos[:j]] >= 2),
-            min(1, len(prompt.demos)),
-        )
-        chosen.append(k)
-    return chosen
-
-
 def score_with_prefix_reuse(adapter, prompts: Sequence[Prompt], assembled: Sequence[Any]) -> list[np.ndarray]:
     """Per-token answer-span log-probs for ``prompts`` (assembled by the adapter), reusing prefix key/values."""
     cache = adapter._prefix_cache
-    prefix_lengths = choose_prefix_lengths(prompts, cache)
+    prefix_lengths = choose_prefix_depths([[p.demos[:k] for k in range(1, len(p.demos) + 1)] for p in prompts], cache)
     available: dict[tuple[Example, ...], PrefixKV] = {}
     owners: dict[tuple[Example, ...], int] = {}
     for index, (prompt, k) in enumerate(zip(prompts, prefix_lengths)):

@@ -18,13 +18,12 @@ Memory: cached prefixes live until ``clear()`` (beam search clears per anchor).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Prompt
+from lever_lm.lvlm.base import Prompt, choose_prefix_depths
 
 if TYPE_CHECKING:
     from lever_lm.lvlm.qwen import AssembledPrompt, QwenVLAdapter
@@ -92,7 +91,9 @@ class FastScorer:
             self.encode_images([e.image_path for p in prompts for e in (*p.demos, p.query)])
             counts = {path: embeds.shape[0] for path, (embeds, _) in self.features.items()}
             sequences = [self._sequence(p, counts) for p in prompts]
-            depths = self._choose_prefix_depths(sequences)
+            depths = choose_prefix_depths(
+                [[s.prefix_key(d) for d in range(1, len(s.assembled.demo_ends) + 1)] for s in sequences], self.prefixes
+            )
             self._compute_missing_prefixes(sequences, depths)
             tasks = []
             for sequence, depth in zip(sequences, depths):
@@ -112,19 +113,6 @@ class FastScorer:
             assembled.input_ids, self.adapter.model.config.image_token_id, grids, self.adapter.merge_size
         )
         return _Sequence(assembled, torch.from_numpy(positions))
-
-    def _choose_prefix_depths(self, sequences: Sequence[_Sequence]) -> list[int]:
-        shared = Counter(s.prefix_key(d) for s in sequences for d in range(1, len(s.assembled.demo_ends) + 1))
-        depths = []
-        for sequence in sequences:
-            n_demos = len(sequence.assembled.demo_ends)
-            depth = next(
-                (d for d in range(n_demos, 0, -1)
-                 if sequence.prefix_key(d) in self.prefixes or shared[sequence.prefix_key(d)] > 1),
-                min(n_demos, 1),
-            )
-            depths.append(depth)
-        return depths
 
     def _compute_missing_prefixes(self, sequences: Sequence[_Sequence], depths: Sequence[int]) -> None:
         missing: dict[tuple, tuple[_Sequence, int]] = {}

@@ -42,7 +42,7 @@ rule beam_shard:
         gpu=1,
     params:
         entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
-        beam_search=config["beam_search"],
+        beam_search=BEAM_SEARCH_PARAMS,
         cand_num=config["candidates"]["cand_num"],
         sample_num=config["anchors"]["sample_num"],
     script:

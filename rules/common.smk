@@ -30,6 +30,12 @@ TINY_BEAM_MODELS = [
     name for name, entry in config["beam_models"].items() if entry["variant"] == "tiny"
 ]
 CONDA_ENV = "../envs/lever.yaml"
+# what determines beam-search results: a change of shards or threads must not rerun the search
+BEAM_SEARCH_PARAMS = {
+    key: value
+    for key, value in config["beam_search"].items()
+    if key not in ("shards", "threads")
+}
 
 
 def _one_of(names):

@@ -270,6 +270,17 @@ def read_coco_captions(captions_json: str | os.PathLike, image_dir: str | os.Pat
 # ------------------------------------------------------------------------------------ records files
 
 
+def load_image(path: str | os.PathLike) -> Any:
+    """A record's image as RGB; an unreadable file raises ValueError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:  # FileNotFoundError and PIL's UnidentifiedImageError included
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
 def write_records(path: str | os.PathLike, records: pd.DataFrame) -> None:
     """Write a records table as parquet, atomically, after checking the contract's columns."""
     _check_record_columns(path, records)

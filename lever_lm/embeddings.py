@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lever_lm.data import load_image
 from lever_lm.io_utils import read_json, save_npy, write_json
 
 ENCODER_KINDS = ("tiny", "open_clip", "hf_clip")
@@ -361,13 +362,6 @@ def _validate_records(records: pd.DataFrame) -> str:
     return splits[0]
 
 
-def _load_rgb(path: str) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def compute_record_embeddings(
     records: pd.DataFrame,
     cfg: ClipEncoderConfig,
@@ -398,10 +392,10 @@ def compute_record_embeddings(
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
         starts = range(0, len(distinct_paths), encoder.batch_size)
         batches = [distinct_paths[s : s + encoder.batch_size] for s in starts]
-        pending = list(pool.map(_load_rgb, batches[0])) if batches else []
+        pending = list(pool.map(load_image, batches[0])) if batches else []
         for number, start in enumerate(starts):
             following = (
-                [pool.submit(_load_rgb, p) for p in batches[number + 1]] if number + 1 < len(batches) else []
+                [pool.submit(load_image, p) for p in batches[number + 1]] if number + 1 < len(batches) else []
             )
             image_features[start : start + len(pending)] = encoder.encode_images(pending)
             pending = [future.result() for future in following]

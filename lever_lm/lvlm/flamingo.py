@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lever_lm.data import load_image
 from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt, select_device_dtype
 
 log = logging.getLogger(__name__)
@@ -578,10 +579,7 @@ class FlamingoAdapter(LVLMAdapter):
         return assemble_prompt(prompt, self.tokenizer, with_answer, self._text_ids)
 
     def _pixels(self, image_path: str):
-        from PIL import Image
-
-        with Image.open(image_path) as image:
-            return self.image_processor(image.convert("RGB"))
+        return self.image_processor(load_image(image_path))
 
     def _encode_images(self, pixels):
         """(N, C, H, W) -> perceiver latents (N, n, d): Flamingo._encode_vision_x with T = F = 1 per image."""

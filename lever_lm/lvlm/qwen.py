@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lever_lm.data import load_image
 from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt, select_device_dtype
 
 PROMPT_STYLES = ("single_user_message", "multi_turn")
@@ -519,16 +520,6 @@ def mrope_positions(
         cursor = start + count
     positions[:, cursor:] = next_position + np.arange(len(ids) - cursor)
     return positions
-
-
-def load_image(path: str):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (FileNotFoundError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -97,6 +97,20 @@ def config_from_dict(
         raise ValueError(f"{key}: {err}") from None
 
 
+# keys of the config's beam_search section that spread the search over jobs without changing its result
+WORKFLOW_KEYS = ("shards", "threads")
+
+
+def from_pipeline_config(config: Mapping[str, Any]) -> BeamSearchConfig:
+    """The beam-search config of a validated pipeline config: its beam_search section plus cand_num and sample_num."""
+    return config_from_dict(
+        config["beam_search"],
+        ignore=WORKFLOW_KEYS,
+        cand_num=config["candidates"]["cand_num"],
+        sample_num=config["anchors"]["sample_num"],
+    )
+
+
 def ex_name(cfg: BeamSearchConfig) -> str:
     """Artifact name encoding the generation parameters, e.g. ``infoscore_left_beam5_shot2_cand64_sample800``."""
     return (

@@ -72,15 +72,6 @@ def check_config(config: dict) -> dict:
             raise ConfigError(
                 f"config key {role}: {config[role]!r} is not one of encoders ({', '.join(config['encoders'])})"
             )
-    for name, encoder in config["encoders"].items():
-        needs = {"tiny": "tiny", "open_clip": "checkpoint", "hf_clip": "checkpoint"}[encoder["kind"]]
-        if needs not in encoder:
-            raise ConfigError(f"config key encoders.{name}.{needs} is required for kind {encoder['kind']!r}")
-        if encoder["kind"] == "open_clip" and "model_name" not in encoder:
-            raise ConfigError(f"config key encoders.{name}.model_name is required for kind 'open_clip'")
-    ratios = config["candidates"].get("mix_ratios")
-    if ratios and abs(sum(ratios.values()) - 1.0) > 1e-6:
-        raise ConfigError(f"config key candidates.mix_ratios: ratios sum to {sum(ratios.values()):g}, not 1")
     beam = config["beam_search"]
     if config["candidates"]["cand_num"] < beam["beam_size"]:
         raise ConfigError(
@@ -99,7 +90,7 @@ def check_config(config: dict) -> dict:
 
 def _check_stage_configs(config: dict) -> None:
     """Build each stage's typed config now, so a bad field fails at planning time rather than inside a job."""
-    from lever_lm.beam_search import config_from_dict as beam_search_config
+    from lever_lm.beam_search import from_pipeline_config
     from lever_lm.embeddings import ClipEncoderConfig
     from lever_lm.lvlm.factory import parse_config
     from lever_lm.sampling import SamplerConfig
@@ -108,12 +99,7 @@ def _check_stage_configs(config: dict) -> None:
         for name, encoder in config["encoders"].items():
             ClipEncoderConfig.from_config(name, encoder)
         SamplerConfig.from_config(config["candidates"])
-        beam_search_config(
-            config["beam_search"],
-            ignore=("shards", "threads"),
-            cand_num=config["candidates"]["cand_num"],
-            sample_num=config["anchors"]["sample_num"],
-        )
+        from_pipeline_config(config)
         for name, entry in config["beam_models"].items():
             parse_config(name, entry)
     except ValueError as err:
@@ -134,16 +120,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     return check_config(validate_schema(config))
 
 
-# Local weights each LVLM family reads (variant "local"); the tiny variant is built by the pipeline instead.
-LVLM_PATH_KEYS = {
-    "flamingo": ("vision_encoder_path", "lang_encoder_path", "tokenizer_path", "checkpoint_path"),
-    "qwen2_5_vl": ("model_path",),
-}
-
-
 def external_paths(config: dict) -> list[tuple[str, str]]:
     """(config key, path) of every input the pipeline reads but does not produce: data files and weights."""
     from lever_lm.data import layout_paths
+    from lever_lm.lvlm.factory import local_weight_paths
     from lever_lm.paths import SPLITS
 
     found: list[tuple[str, str]] = []
@@ -156,11 +136,10 @@ def external_paths(config: dict) -> list[tuple[str, str]]:
         if encoder["kind"] != "tiny":
             found.append((f"encoders.{name}.checkpoint", encoder["checkpoint"]))
     for name, entry in config["beam_models"].items():
-        if entry["variant"] == "local":
-            for key in LVLM_PATH_KEYS[entry["family"]]:
-                if key not in entry:
-                    raise ConfigError(f"config key beam_models.{name}.{key} is required for variant 'local'")
-                found.append((f"beam_models.{name}.{key}", entry[key]))
+        try:
+            found += local_weight_paths(name, entry)
+        except ValueError as err:
+            raise ConfigError(f"config key {err}") from None
     return found
 
 

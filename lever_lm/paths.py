@@ -44,11 +44,9 @@ def pool_name(config: dict) -> str:
 
 def ex_name(config: dict) -> str:
     """Generation parameters of a beam-search run, e.g. infoscore_left_beam5_shot2_cand64_sample800."""
-    beam = config["beam_search"]
-    return (
-        f"{beam['scorer']}_{beam['construct_order']}_beam{beam['beam_size']}_shot{beam['shot_num']}"
-        f"_cand{config['candidates']['cand_num']}_sample{config['anchors']['sample_num']}"
-    )
+    from lever_lm import beam_search
+
+    return beam_search.ex_name(beam_search.from_pipeline_config(config))
 
 
 def fill(template: str, config: dict, **wildcards: str) -> str:

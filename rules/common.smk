@@ -6,8 +6,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lever_lm import paths as P
+from lever_lm.beam_search import WORKFLOW_KEYS
 from lever_lm.config import (
-    LVLM_PATH_KEYS,
     ConfigError,
     check_config,
     check_external_paths,
@@ -15,6 +15,7 @@ from lever_lm.config import (
     validate_schema,
 )
 from lever_lm.data import layout_paths
+from lever_lm.lvlm.factory import local_weight_paths
 
 # lever_lm's checks first: one message naming the key (or every missing path), without a traceback;
 # snakemake's validate then fills the schema defaults.
@@ -34,7 +35,7 @@ CONDA_ENV = "../envs/lever.yaml"
 BEAM_SEARCH_PARAMS = {
     key: value
     for key, value in config["beam_search"].items()
-    if key not in ("shards", "threads")
+    if key not in WORKFLOW_KEYS
 }
 
 
@@ -89,7 +90,7 @@ def lvlm_weights(wildcards):
     entry = config["beam_models"][wildcards.beam_model]
     if entry["variant"] == "tiny":
         return [path(P.TINY_LVLM, beam_model=wildcards.beam_model)]
-    return [entry[key] for key in LVLM_PATH_KEYS[entry["family"]] if key in entry]
+    return [path for _, path in local_weight_paths(wildcards.beam_model, entry)]
 
 
 def beam_shard_files(wildcards):

@@ -39,6 +39,17 @@ def parse_config(name: str, entry: dict) -> Any:
     return module.config_from_dict(name, entry)
 
 
+def local_weight_paths(name: str, entry: dict) -> list[tuple[str, str]]:
+    """(config key, path) of the local weights a ``variant: local`` entry reads; none for a tiny variant."""
+    module, _, _ = _family(name, entry)
+    if entry.get("variant") != "local":
+        return []
+    missing = [field for field in module.LOCAL_PATH_FIELDS if field not in entry]
+    if missing:
+        raise ValueError(f"beam_models.{name}.{missing[0]} is required for variant 'local'")
+    return [(f"beam_models.{name}.{field}", entry[field]) for field in module.LOCAL_PATH_FIELDS]
+
+
 def build_tiny_model(name: str, entry: dict, out_dir: str, texts: Iterable[str]) -> None:
     """Materialise the tiny variant of ``beam_models.<name>`` with a word vocabulary over ``texts``."""
     from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary

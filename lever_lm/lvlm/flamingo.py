@@ -94,7 +94,7 @@ class FlamingoConfig:
         return f"beam_models.{self.name}.{field_name}"
 
 
-_LOCAL_PATH_FIELDS = ("vision_encoder_path", "lang_encoder_path", "tokenizer_path", "checkpoint_path")
+LOCAL_PATH_FIELDS = ("vision_encoder_path", "lang_encoder_path", "tokenizer_path", "checkpoint_path")
 
 
 def config_from_dict(name: str, entry: dict[str, Any]) -> FlamingoConfig:
@@ -139,7 +139,7 @@ def _validate_config(config: FlamingoConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{config.key(int_field)}: expected a positive integer, got {value!r}")
     if config.variant == "local":
-        missing = [f for f in (*_LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
+        missing = [f for f in (*LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
         if missing:
             raise ValueError(f"{config.key(missing[0])}: required for variant 'local' (missing: {', '.join(missing)})")
     # a tiny variant's model_dir is checked at load time: the pipeline builds the dir from this same config
@@ -164,7 +164,7 @@ def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
     if config.variant == "local":
         return _ResolvedPaths(
             vision_encoder_name=config.vision_encoder_name,
-            **{f: (getattr(config, f), config.key(f)) for f in _LOCAL_PATH_FIELDS},
+            **{f: (getattr(config, f), config.key(f)) for f in LOCAL_PATH_FIELDS},
             open_clip_config_dir=None,
             cross_attn_every_n_layers=config.cross_attn_every_n_layers,
         )
@@ -178,7 +178,7 @@ def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
     info = json.loads(info_path.read_text(encoding="utf-8"))
     return _ResolvedPaths(
         vision_encoder_name=info["vision_encoder_name"],
-        **{f: (str(model_dir / info["files"][f]), f"{key} ({f})") for f in _LOCAL_PATH_FIELDS},
+        **{f: (str(model_dir / info["files"][f]), f"{key} ({f})") for f in LOCAL_PATH_FIELDS},
         open_clip_config_dir=str(model_dir / TINY_OPEN_CLIP_CONFIG_DIR),
         cross_attn_every_n_layers=int(info["cross_attn_every_n_layers"]),
         tokenizer_needs_special_tokens=True,

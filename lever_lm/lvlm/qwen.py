@@ -44,6 +44,7 @@ from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt, se
 PROMPT_STYLES = ("single_user_message", "multi_turn")
 PRECISIONS = ("auto", "fp32", "bf16")
 VARIANTS = ("local", "tiny")
+LOCAL_PATH_FIELDS = ("model_path",)  # what variant "local" reads
 
 IMAGE_TOKEN = "<|image_pad|>"
 END_TOKEN = "<|im_end|>"

@@ -12,6 +12,9 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/retrieval.smk"
 include: "rules/beam_search.smk"
+include: "rules/selectors.smk"
+include: "rules/inference.smk"
+include: "rules/report.smk"
 
 
 rule all:

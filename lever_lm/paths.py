@@ -8,6 +8,9 @@ filled by ``str.format`` where a concrete path is needed. Parameter-dependent na
 from __future__ import annotations
 
 SPLITS = ("train", "val")
+VERSIONS = ("v0", "v1", "v2", "v3", "v4")
+# ICL baselines that need no beams or selector; SimRetriever-{i2i,t2t,i2t}: RICES-style similarity retrieval
+BASELINES = ("RandomRetriever", "ZeroShot", "SimRetriever-i2i", "SimRetriever-t2t", "SimRetriever-i2t")
 
 RESULTS = "results/{dataset}"
 RECORDS = RESULTS + "/records/{split}.parquet"
@@ -24,6 +27,23 @@ TINY_LVLM = RESULTS + "/models/{beam_model}"
 BEAM_DIR = RESULTS + "/beam/{beam_model}/{sampler}/{ex_name}"
 BEAM_SHARD = BEAM_DIR + "/shards/{scatteritem}.jsonl"
 BEAMS = BEAM_DIR + "/beams.json"
+# Stage 5: one selector per (version, beam_model, sampler), under the seed's model_cpk/{version} prefix.
+SELECTOR_DIR = RESULTS + "/model_cpk/{version}/{beam_model}/{sampler}/{ex_name}/{lever_lm}"
+SELECTOR_BEST = SELECTOR_DIR + "/best.ckpt"
+SELECTOR_LAST = SELECTOR_DIR + "/last.ckpt"
+SELECTOR_METRICS = SELECTOR_DIR + "/metrics.json"
+SELECTOR_RESUME = SELECTOR_DIR + "/resume"  # not a rule output: survives a killed job, so training resumes
+# Stage 6: ICL inference of one selector cell, and the baselines (which need no beams or selector).
+INFERENCE_DIR = RESULTS + "/icl_inference/{version}/{beam_model}/{sampler}/{ex_name}/{lever_lm}"
+INFERENCE_METRICS = INFERENCE_DIR + "/metrics.json"
+INFERENCE_PREDICTIONS = INFERENCE_DIR + "/predictions.parquet"
+BASELINE_PREFIX = RESULTS + "/icl_inference/baseline/{beam_model}_{baseline}_baseline"
+BASELINE_METRICS = BASELINE_PREFIX + "_metrics.json"
+BASELINE_PREDICTIONS = BASELINE_PREFIX + "_predictions.parquet"
+REPORT_DIR = RESULTS + "/report"
+REPORT_TABLES = REPORT_DIR + "/tables.md"
+REPORT_OVERLAP = REPORT_DIR + "/selection_overlap.csv"
+REPORT_PLOT = REPORT_DIR + "/plots/{beam_model}_{version}.png"
 
 
 def anchor_name(config: dict) -> str:
@@ -57,6 +77,7 @@ def fill(template: str, config: dict, **wildcards: str) -> str:
         "candidate_name": candidate_name(config),
         "pool_name": pool_name(config),
         "ex_name": ex_name(config),
+        "lever_lm": config.get("lever_lm", "query_img_text_icd_img_text"),
     }
     names.update(wildcards)
 
@@ -75,12 +96,44 @@ def embedding_targets(config: dict, encoder: str) -> list[str]:
     ]
 
 
+def selector_cells(config: dict) -> list[dict[str, str]]:
+    """The (version, beam_model, sampler) wildcards of every configured selector, in table order."""
+    return [
+        {"version": version, "beam_model": beam_model, "sampler": sampler}
+        for version in config["versions"]
+        for beam_model in config["beam_models"]
+        for sampler in config["samplers"]
+    ]
+
+
+def baseline_cells(config: dict) -> list[dict[str, str]]:
+    return [
+        {"beam_model": beam_model, "baseline": baseline}
+        for beam_model in config["beam_models"]
+        for baseline in config["inference"]["baselines"]
+    ]
+
+
+def plot_cells(config: dict) -> list[dict[str, str]]:
+    """One accuracy-vs-shots plot per (version, beam_model)."""
+    return [
+        {"version": version, "beam_model": beam_model}
+        for version in config["versions"]
+        for beam_model in config["beam_models"]
+    ]
+
+
 def all_targets(config: dict) -> list[str]:
-    """Every final artifact of the configured matrix that the implemented stages produce."""
+    """Every final artifact of the configured matrix: beams, selectors, inference cells, baselines, report."""
     targets = embedding_targets(config, config["selector_encoder"])
     for sampler in config["samplers"]:
         targets.append(fill(CANDIDATES, config, sampler=sampler))
         targets.append(fill(TEST_POOL, config, sampler=sampler))
         for beam_model in config["beam_models"]:
             targets.append(fill(BEAMS, config, sampler=sampler, beam_model=beam_model))
+    for cell in selector_cells(config):
+        targets.append(fill(SELECTOR_METRICS, config, **cell))
+        targets.append(fill(INFERENCE_METRICS, config, **cell))
+    targets += [fill(BASELINE_METRICS, config, **cell) for cell in baseline_cells(config)]
+    targets.append(fill(REPORT_TABLES, config))
     return targets

@@ -51,6 +51,9 @@ wildcard_constraints:
     beam_model=_one_of(config["beam_models"]),
     ex_name=re.escape(P.ex_name(config)),
     scatteritem=r"\d+-of-\d+",
+    version="|".join(P.VERSIONS),
+    lever_lm=re.escape(config["lever_lm"]),
+    baseline=_one_of(P.BASELINES),
 
 
 scattergather:
@@ -96,3 +99,23 @@ def lvlm_weights(wildcards):
 def beam_shard_files(wildcards):
     """The N shard files of one beam-search run (scattergather)."""
     return gather.beam_shard(P.BEAM_SHARD, **dict(wildcards.items()))
+
+
+def selector_embeddings(split):
+    """The selector encoder's stored embeddings of one split (image, text and their meta)."""
+    encoder = config["selector_encoder"]
+    return {
+        f"{split}_image": path(P.EMBEDDING_IMAGE, split=split, encoder=encoder),
+        f"{split}_text": path(P.EMBEDDING_TEXT, split=split, encoder=encoder),
+        f"{split}_meta": path(P.EMBEDDING_META, split=split, encoder=encoder),
+    }
+
+
+SELECTOR_TRAIN_EMBEDDINGS = selector_embeddings("train")
+
+
+def selector_init_checkpoint(wildcards):
+    """v4 starts from (and keeps a KL penalty to) the v3 selector of the same beam model and sampler."""
+    if wildcards.version != "v4":
+        return []
+    return [P.fill(P.SELECTOR_BEST, config, **{**dict(wildcards.items()), "version": "v3"})]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lever_lm import paths as P
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
@@ -80,6 +82,8 @@ def test_real_okvqa_config_plans_the_full_matrix(tmp_path):
     config = yaml.safe_load(config_path.read_text())
     samplers, models = len(config["samplers"]), len(config["beam_models"])
     shards = config["beam_search"]["shards"]
+    versions = len(config["versions"])
+    baselines = len(config["inference"].get("baselines", P.BASELINES))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(config_path), cwd=tmp_path))
     assert jobs == {
         "records": 2,
@@ -90,10 +94,15 @@ def test_real_okvqa_config_plans_the_full_matrix(tmp_path):
         "test_pool": samplers,
         "beam_shard": models * samplers * shards,
         "beam_gather": models * samplers,
+        "train_selector": versions * models * samplers,
+        "icl_inference": versions * models * samplers,
+        "baseline_inference": models * baselines,
+        "report": 1,
         "all": 1,
-        "total": 2 + 4 + 1 + 1 + 2 * samplers + models * samplers * (shards + 1) + 1,
+        "total": 2 + 4 + 1 + 1 + 2 * samplers + models * samplers * (shards + 1)
+        + 2 * versions * models * samplers + models * baselines + 1 + 1,
     }
-    assert (samplers, models, shards) == (4, 2, 8)
+    assert (samplers, models, shards, versions, baselines) == (4, 2, 8, 5, 5)
 
 
 def test_real_config_with_missing_paths_names_them_without_traceback(tmp_path):
@@ -115,6 +124,17 @@ def test_default_config_plans_toy_matrix(tmp_path):
     assert jobs["tiny_lvlm"] == 2
     assert jobs["beam_shard"] == 2 * 4 * 2
     assert jobs["beam_gather"] == 8
+    assert jobs["train_selector"] == jobs["icl_inference"] == 5 * 2 * 4
+    assert jobs["baseline_inference"] == 2 * 5
+    assert jobs["report"] == 1
+
+
+def test_v4_selector_depends_on_v3_even_when_v3_is_not_listed(tmp_path):
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+                       "--config", "versions=[v4]", "samplers=[rand_sampler]")
+    jobs = planned_jobs(result)
+    assert jobs["train_selector"] == 2 * 2  # v3 and v4, for each beam model
+    assert jobs["icl_inference"] == 2  # only the listed version is evaluated
 
 
 @pytest.mark.parametrize(

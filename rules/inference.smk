@@ -1,0 +1,62 @@
+# Stage 6: ICL inference of every selector cell and of the baselines, scored (VQA accuracy or CIDEr).
+
+INFERENCE_INPUTS = dict(
+    train_records=path(P.RECORDS, split="train"),
+    val_records=path(P.RECORDS, split="val"),
+    **selector_embeddings("train"),
+    **selector_embeddings("val"),
+)
+# the baselines list decides which baseline jobs exist, not how any job runs
+INFERENCE_PARAMS = {
+    key: value for key, value in config["inference"].items() if key != "baselines"
+}
+
+
+rule icl_inference:
+    input:
+        **INFERENCE_INPUTS,
+        checkpoint=P.SELECTOR_BEST,
+        test_pool=path(P.TEST_POOL),
+        weights=lvlm_weights,
+    output:
+        metrics=P.INFERENCE_METRICS,
+        predictions=P.INFERENCE_PREDICTIONS,
+    log:
+        "logs/icl_inference/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.log",
+    benchmark:
+        "benchmarks/icl_inference/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.tsv"
+    conda:
+        CONDA_ENV
+    threads: config["threads"]["inference"]
+    resources:
+        gpu=1,
+    params:
+        entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
+        inference=INFERENCE_PARAMS,
+        task=config["task"],
+    script:
+        "../workflow_scripts/icl_inference.py"
+
+
+rule baseline_inference:
+    input:
+        **INFERENCE_INPUTS,
+        weights=lvlm_weights,
+    output:
+        metrics=P.BASELINE_METRICS,
+        predictions=P.BASELINE_PREDICTIONS,
+    log:
+        "logs/baseline_inference/{dataset}_{beam_model}_{baseline}.log",
+    benchmark:
+        "benchmarks/baseline_inference/{dataset}_{beam_model}_{baseline}.tsv"
+    conda:
+        CONDA_ENV
+    threads: config["threads"]["inference"]
+    resources:
+        gpu=1,
+    params:
+        entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
+        inference=INFERENCE_PARAMS,
+        task=config["task"],
+    script:
+        "../workflow_scripts/baseline_inference.py"

@@ -1,0 +1,26 @@
+# Stage 5: one selector ("Lever-LM", versions v0-v4) per (beam_model, sampler, version), trained on the beams.
+
+
+rule train_selector:
+    input:
+        beams=path(P.BEAMS),
+        candidates=path(P.CANDIDATES),
+        **SELECTOR_TRAIN_EMBEDDINGS,
+        init_checkpoint=selector_init_checkpoint,
+    output:
+        best=P.SELECTOR_BEST,
+        last=P.SELECTOR_LAST,
+        metrics=P.SELECTOR_METRICS,
+    log:
+        "logs/train_selector/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.log",
+    benchmark:
+        "benchmarks/train_selector/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.tsv"
+    conda:
+        CONDA_ENV
+    threads: config["threads"]["selector"]
+    resources:
+        gpu=1,
+    params:
+        selector=config["selector"],
+    script:
+        "../workflow_scripts/train_selector.py"

@@ -82,6 +82,12 @@ def check_config(config: dict) -> dict:
         raise ConfigError(
             f"config key beam_search.shards: {beam['shards']} shards for only {config['anchors']['sample_num']} anchors"
         )
+    too_many = [shot for shot in config["inference"]["shots"] if shot > config["candidates"]["cand_num"]]
+    if too_many:
+        raise ConfigError(
+            f"config key inference.shots: {too_many[0]} shots exceed the test pools' size "
+            f"(candidates.cand_num {config['candidates']['cand_num']})"
+        )
     if "toy" in config["dataset"] and config["dataset"]["format"] != "okvqa":
         raise ConfigError("config key dataset.toy: the toy dataset is generated in OK-VQA format; set dataset.format: okvqa")
     _check_stage_configs(config)

@@ -42,6 +42,7 @@ BASELINE_METRICS = BASELINE_PREFIX + "_metrics.json"
 BASELINE_PREDICTIONS = BASELINE_PREFIX + "_predictions.parquet"
 REPORT_DIR = RESULTS + "/report"
 REPORT_TABLES = REPORT_DIR + "/tables.md"
+REPORT_TABLES_HTML = REPORT_DIR + "/tables.html"  # what `snakemake --report` shows inline (it cannot render .md)
 REPORT_OVERLAP = REPORT_DIR + "/selection_overlap.csv"
 REPORT_PLOT = REPORT_DIR + "/plots/{beam_model}_{version}.png"
 

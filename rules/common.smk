@@ -118,4 +118,6 @@ def selector_init_checkpoint(wildcards):
     """v4 starts from (and keeps a KL penalty to) the v3 selector of the same beam model and sampler."""
     if wildcards.version != "v4":
         return []
-    return [P.fill(P.SELECTOR_BEST, config, **{**dict(wildcards.items()), "version": "v3"})]
+    return [
+        P.fill(P.SELECTOR_BEST, config, **{**dict(wildcards.items()), "version": "v3"})
+    ]

@@ -3,9 +3,9 @@
 
 rule train_selector:
     input:
+        **SELECTOR_TRAIN_EMBEDDINGS,
         beams=path(P.BEAMS),
         candidates=path(P.CANDIDATES),
-        **SELECTOR_TRAIN_EMBEDDINGS,
         init_checkpoint=selector_init_checkpoint,
     output:
         best=P.SELECTOR_BEST,

@@ -23,6 +23,7 @@ open_flamingo's layer lookup knows), so the tiny model exercises the same attent
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -655,44 +656,111 @@ class FlamingoAdapter(LVLMAdapter):
 
     # -- generation
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
-        """Batched (score_batch_size) beam search with left padding, on cached vision features; new text only."""
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int,
+                 batch_size: int | None = None) -> list[str]:
+        """Batched beam search (greedy for ``num_beams=1``) with left padding on cached vision features; new text only.
+
+        Prompts of one call may hold different image counts: each row's media is zero-padded to the batch's largest
+        count and its text attends only to its own images (media locations are per row; ALiBi and the padding mask
+        make left padding exact), so a row's answer does not depend on its batch-mates (tests compare with batch 1).
+        Rows are batched in order of token length to cut padding (``batch_size`` rows, default
+        ``score_batch_size``) and returned in the order given. See ``_generate_batch`` for what keeps it exact and
+        cheap.
+        """
+        size = batch_size or self.config.score_batch_size
+        if size < 1:
+            raise ValueError(f"generate: batch_size must be >= 1, got {size}")
+        if num_beams < 1 or max_new_tokens < 1:
+            raise ValueError(f"generate: num_beams and max_new_tokens must be >= 1, got {num_beams}, {max_new_tokens}")
+        assembled = [self.assemble(p, with_answer=False) for p in prompts]
+        order = sorted(range(len(assembled)), key=lambda i: len(assembled[i].input_ids))
+        outputs: list[str] = [""] * len(assembled)
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            for i, text in zip(rows, self._generate_batch([assembled[i] for i in rows], max_new_tokens, num_beams)):
+                outputs[i] = text
+        return outputs
+
+    def _generate_batch(self, batch: Sequence[AssembledPrompt], max_new_tokens: int, num_beams: int) -> list[str]:
+        """One left-padded batch through HF ``generate`` of the Flamingo-extended language model.
+
+        - The ``<image>`` token is never generated: open_flamingo recomputes the media locations of the WHOLE batch
+          from a step's new tokens as soon as one row emits it, which would change every other row's cross-attention
+          (batched answers would then differ from batch-1 answers); an answer has no use for it anyway.
+        - With a native HF cache, the prompt is prefilled ONCE per row (all but its last token) and its key/values
+          are repeated for the beams; HF beam search alone runs the whole prompt once per beam.
+        - Cross-attention does only the work its mask keeps (``_GenerationCrossAttention``): the distinct images'
+          keys/values once per batch, each prompt token against its own image, each new token against its row's
+          last image (open_flamingo's cached-media mode), instead of every token against every padded image slot.
+        """
         import torch
 
-        assembled = [self.assemble(p, with_answer=False) for p in prompts]
+        from lever_lm.lvlm.flamingo_fast import _model_parts
+
         lang = self.model.lang_encoder
-        outputs: list[str] = []
-        step = self.config.score_batch_size
-        for start in range(0, len(assembled), step):
-            batch = assembled[start : start + step]
-            max_len = max(len(a.input_ids) for a in batch)
-            input_ids = torch.full((len(batch), max_len), self.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), max_len), dtype=torch.long)
+        max_len = max(len(a.input_ids) for a in batch)
+        input_ids = torch.full((len(batch), max_len), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), max_len), dtype=torch.long)
+        for row, item in enumerate(batch):
+            ids = item.input_ids
+            input_ids[row, max_len - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, max_len - len(ids) :] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        base, _, _, native_cache = _model_parts(lang)
+        attns = [layer.attn for layer in getattr(lang, "gated_cross_attn_layers", []) if layer is not None]
+        fast = bool(attns) and all(getattr(a, "only_attend_immediate_media", False) for a in attns)
+        if fast:  # distinct images once; rows index them
+            paths = list(dict.fromkeys(p for a in batch for p in a.image_paths))
+            features = self.vision_features(paths)
+            media = torch.stack([features[p] for p in paths])  # (U, n, d)
+            slot = {p: u for u, p in enumerate(paths)}
+            index = torch.full((len(batch), max(len(a.image_paths) for a in batch)), -1, dtype=torch.long)
             for row, item in enumerate(batch):
-                ids = item.input_ids
-                input_ids[row, max_len - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, max_len - len(ids) :] = 1
+                index[row, : len(item.image_paths)] = torch.tensor([slot[p] for p in item.image_paths])
+            vision = media
+            context = _generation_cross_attention(attns, media, index.to(media.device))
+        else:
             vision = self.stack_vision([a.image_paths for a in batch])
-            try:
-                with torch.inference_mode():
-                    lang._use_cached_vision_x = True
+            context = contextlib.nullcontext()
+        kwargs: dict[str, Any] = {}
+        try:
+            with torch.inference_mode(), context:
+                lang._use_cached_vision_x = True
+                for layer in lang._get_decoder_layers():
+                    layer.condition_vis_x(vision)
+                if native_cache and max_len > 1:
+                    media_locations = input_ids[:, :-1] == self.media_token_id
+                    for layer in lang._get_decoder_layers():
+                        layer.condition_media_locations(media_locations)
+                        layer.condition_use_cached_media(False)
+                    prefix = (base or lang)(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                                            use_cache=True)
+                    past = prefix.past_key_values
+                    past.batch_repeat_interleave(num_beams)
+                    kwargs["past_key_values"] = past
+                    # the remaining steps see no <image> token: each row attends to its last image (cached media)
+                    media_locations = media_locations.repeat_interleave(num_beams, dim=0)
+                    for layer in lang._get_decoder_layers():
+                        layer.condition_media_locations(media_locations)
+                if not fast:
                     for layer in lang._get_decoder_layers():
                         layer.condition_vis_x(vision.repeat_interleave(num_beams, dim=0))
-                    generated = lang.generate(
-                        input_ids=input_ids.to(self.device),
-                        attention_mask=attention_mask.to(self.device),
-                        max_new_tokens=max_new_tokens,
-                        num_beams=num_beams,
-                        do_sample=False,
-                        eos_token_id=self.eoc_token_id,
-                        pad_token_id=self.pad_token_id,
-                    )
-            finally:
-                lang.clear_conditioned_layers()
-                lang._use_cached_vision_x = False
-            new_tokens = generated[:, max_len:].cpu()
-            outputs.extend(t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-        return outputs
+                generated = lang.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    num_beams=num_beams,
+                    do_sample=False,
+                    eos_token_id=self.eoc_token_id,
+                    pad_token_id=self.pad_token_id,
+                    suppress_tokens=[self.media_token_id],
+                    **kwargs,
+                )
+        finally:
+            lang.clear_conditioned_layers()
+            lang._use_cached_vision_x = False
+        texts = self.tokenizer.batch_decode(generated[:, max_len:].cpu(), skip_special_tokens=True)
+        return [t.strip() for t in texts]
 
     def stack_vision(self, image_lists: Sequence[Sequence[str]]):
         """(B, T_max, n, d) cached latents, zero-padded; a row never attends past its own media count."""
@@ -706,3 +774,85 @@ class FlamingoAdapter(LVLMAdapter):
             for slot, path in enumerate(paths):
                 out[row, slot] = features[path]
         return out
+
+
+
+class _GenerationCrossAttention:
+    """Exact stand-in for open_flamingo's ``MaskedCrossAttention.forward`` (``only_attend_immediate_media``) during
+    ``generate``, doing only the work its mask keeps.
+
+    open_flamingo scores every text token against the latents of EVERY (padded) image slot of its row, masks all but
+    its immediate image, and re-projects the media to keys/values at every decoding step. Here ``media`` is the
+    table of the batch's DISTINCT images (U, n, d) and ``index`` (B, T) names each prompt's images in order (-1:
+    none); rows beyond B are beams (row r belongs to prompt r // (rows / B)). Keys/values are projected once per
+    image; a prompt token is scored only against its own image (tokens grouped by image into a padded
+    (row, image, token) layout); a token in cached-media mode only against its row's last image. Masked scores are
+    exactly 0 after open_flamingo's softmax, so the results agree up to float summation order (tests compare
+    ``generate`` with open_flamingo's own path).
+    """
+
+    def __init__(self, attn, media, index):
+        self.attn, self.media, self.index = attn, media, index
+        self._kv = None
+        self._last: dict = {}
+
+    def _media_kv(self):
+        """(k, v) of the distinct images, each (U, heads, n, d_head), projected once."""
+        if self._kv is None:
+            u, n, _ = self.media.shape
+            k, v = self.attn.to_kv(self.media).chunk(2, dim=-1)
+            self._kv = tuple(z.reshape(u, n, self.attn.heads, -1).transpose(1, 2).contiguous() for z in (k, v))
+        return self._kv
+
+    def __call__(self, x, media, media_locations=None, use_cached_media=False):
+        import torch
+
+        attn = self.attn
+        if media_locations is None:
+            raise RuntimeError("generate: cross-attention called without media locations")
+        k, v = self._media_kv()
+        rows, n_txt = x.shape[:2]
+        heads = attn.heads
+        index = self.index.repeat_interleave(rows // self.index.shape[0], dim=0)  # prompt rows -> beam rows
+        q = attn.to_q(attn.norm(x)).reshape(rows, n_txt, heads, -1).transpose(1, 2) * attn.scale  # (B, h, L, d)
+        out = torch.zeros_like(q)
+        if use_cached_media:  # every token comes after its row's last image
+            if rows not in self._last:  # fixed for the batch: beam search only reorders beams of one prompt
+                count = torch.count_nonzero(media_locations, dim=1)
+                has = torch.nonzero(count > 0).flatten()
+                last = index[has, count[has] - 1]
+                self._last[rows] = (has, k[last], v[last])
+            has, k_last, v_last = self._last[rows]
+            if has.numel():
+                sim = q[has] @ k_last.transpose(-1, -2)  # (b, h, L, n)
+                sim = sim - sim.amax(dim=-1, keepdim=True)
+                out[has] = sim.softmax(dim=-1) @ v_last
+        else:
+            text_time = media_locations.cumsum(dim=-1)  # the image (1-based) each token attends to; 0: none
+            row_idx, pos_idx = torch.nonzero(text_time > 0, as_tuple=True)
+            if row_idx.numel():
+                image_idx = text_time[row_idx, pos_idx] - 1
+                media_pos = torch.zeros(index.shape, dtype=torch.long, device=x.device)
+                m_row, m_pos = torch.nonzero(media_locations, as_tuple=True)
+                media_pos[m_row, text_time[m_row, m_pos] - 1] = m_pos
+                rank = pos_idx - media_pos[row_idx, image_idx]  # position inside the image's token group
+                grouped = q.new_zeros((rows, index.shape[1], heads, int(rank.max()) + 1, q.shape[-1]))
+                grouped[row_idx, image_idx, :, rank] = q[row_idx, :, pos_idx]
+                images = index.clamp(min=0).flatten()
+                k_rows, v_rows = (z.index_select(0, images).view(*index.shape, *z.shape[1:]) for z in (k, v))
+                sim = grouped @ k_rows.transpose(-1, -2)  # (B, T, h, group, n)
+                sim = sim - sim.amax(dim=-1, keepdim=True)
+                out[row_idx, :, pos_idx] = (sim.softmax(dim=-1) @ v_rows)[row_idx, image_idx, :, rank]
+        return attn.to_out(out.transpose(1, 2).reshape(rows, n_txt, -1))
+
+
+@contextlib.contextmanager
+def _generation_cross_attention(attns, media, index):
+    """Route the given cross-attention modules through ``_GenerationCrossAttention`` for the block, then restore."""
+    try:
+        for attn in attns:
+            object.__setattr__(attn, "forward", _GenerationCrossAttention(attn, media, index))  # instance attribute
+        yield
+    finally:
+        for attn in attns:
+            attn.__dict__.pop("forward", None)

@@ -617,28 +617,89 @@ class QwenVLAdapter(LVLMAdapter):
                 )
         return results
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int,
+                 batch_size: int | None = None) -> list[str]:
+        """Batched beam search (greedy for ``num_beams=1``) with left padding; the new text of each prompt.
+
+        Prompts of one call may hold different image counts: each row's image embeddings go to its own
+        ``<|image_pad|>`` positions (row-major, images in prompt order), and its 3-D rope positions are computed from
+        its unpadded tokens and its own image grids (``get_rope_index`` with the attention mask), so a row's answer
+        does not depend on its batch-mates (tests compare with batch 1). Rows are batched in order of size
+        (image count, then text length) to cut padding, ``batch_size`` rows (default ``score_batch_size``), and
+        returned in the order given. See ``_generate_batch`` for what keeps it cheap.
+        """
         import torch
 
-        outputs: list[str] = []
-        pad_id = self._pad_token_id()
+        size = batch_size or self.config.score_batch_size
+        if size < 1:
+            raise ValueError(f"generate: batch_size must be >= 1, got {size}")
+        if num_beams < 1 or max_new_tokens < 1:
+            raise ValueError(f"generate: num_beams and max_new_tokens must be >= 1, got {num_beams}, {max_new_tokens}")
+
+        def prompt_size(i: int) -> tuple[int, int]:
+            examples = (*prompts[i].demos, prompts[i].query)
+            return len(examples), sum(len(e.question) + len(e.answer or "") for e in examples)
+
+        order = sorted(range(len(prompts)), key=prompt_size)
+        outputs: list[str] = [""] * len(prompts)
         with torch.inference_mode():
-            for first in range(0, len(prompts), self.config.score_batch_size):
-                batch = prompts[first: first + self.config.score_batch_size]
-                paths = [e.image_path for p in batch for e in (*p.demos, p.query)]
-                pixel_values, grid_thw = self.preprocess_images(paths)
-                counts = dict(zip(paths, self.tokens_per_image(grid_thw)))
-                assembled = [self.assemble(p, counts, for_generation=True) for p in batch]
-                input_ids, attention_mask = self._pad([a.input_ids for a in assembled], left=True)
-                generated = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                    image_grid_thw=grid_thw, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                    do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
-                )
-                self.vision_encoder_calls += len(paths)
-                new_tokens = generated[:, input_ids.shape[1]:]
-                outputs += [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            for first in range(0, len(order), size):
+                rows = order[first: first + size]
+                texts = self._generate_batch([prompts[i] for i in rows], max_new_tokens, num_beams)
+                for i, text in zip(rows, texts):
+                    outputs[i] = text
         return outputs
+
+    def _generate_batch(self, batch: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
+        """One left-padded batch: vision once per distinct image, prompt prefilled once per row, then HF ``generate``.
+
+        HF's own path runs the vision tower on every image of every row and the whole prompt once per BEAM (it expands
+        the inputs before the first step). Here the distinct images of the batch are encoded once (or taken from the
+        scoring cache), the prompt minus its last token is prefilled once per row, its key/values are repeated for
+        the beams, and ``generate`` continues from them; the model's rope deltas of the prefill carry the 3-D
+        positions on (``prepare_inputs_for_generation`` repeats them per beam).
+        """
+        import torch
+
+        model = self.model
+        paths = list(dict.fromkeys(e.image_path for p in batch for e in (*p.demos, p.query)))
+        cached = self._fast.features
+        missing = [p for p in paths if p not in cached]
+        features = {p: cached[p] for p in paths if p in cached}
+        if missing:
+            pixel_values, grid_thw = self.preprocess_images(missing)
+            embeds = model.model.visual(pixel_values.type(model.model.visual.dtype), grid_thw=grid_thw)
+            for path, image_embeds, grid in zip(missing, torch.split(embeds, self.tokens_per_image(grid_thw)),
+                                                grid_thw.cpu()):
+                features[path] = (image_embeds, grid)
+            self.vision_encoder_calls += len(missing)
+        counts = {path: embeds.shape[0] for path, (embeds, _) in features.items()}
+        assembled = [self.assemble(p, counts, for_generation=True) for p in batch]
+        input_ids, attention_mask = self._pad([a.input_ids for a in assembled], left=True)
+        occurrences = [path for a in assembled for path in a.image_paths]  # row-major, prompt order
+        prefix_ids, prefix_mask = input_ids[:, :-1], attention_mask[:, :-1]  # a prompt never ends with an image
+        inputs_embeds = model.model.get_input_embeddings()(prefix_ids)
+        image_mask = (prefix_ids == model.config.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
+        image_embeds = torch.cat([features[p][0] for p in occurrences]).to(inputs_embeds.dtype)
+        inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_embeds)
+        grid_thw = torch.stack([features[p][1] for p in occurrences]).to(self.device)
+        model.model.rope_deltas = None
+        prefix = model.model(
+            input_ids=prefix_ids, inputs_embeds=inputs_embeds, attention_mask=prefix_mask, image_grid_thw=grid_thw,
+            use_cache=True,
+        )
+        past = prefix.past_key_values
+        past.batch_repeat_interleave(num_beams)
+        try:
+            generated = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, past_key_values=past,
+                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, temperature=None, top_p=None,
+                top_k=None, pad_token_id=self._pad_token_id(),
+            )
+        finally:
+            model.model.rope_deltas = None
+        new_tokens = generated[:, input_ids.shape[1]:]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def clear_cache(self) -> None:
         self._fast.clear()

@@ -1,0 +1,30 @@
+"""Rule report: the result tables (Markdown + HTML), plots and the selection diagnostic."""
+
+from lever_lm.runlog import script_logging
+
+with script_logging(snakemake.log[0], "report") as log:
+    from dataclasses import asdict
+
+    from lever_lm.inference import InferenceConfig
+    from lever_lm.report import build_report
+
+    inp, out, params = snakemake.input, snakemake.output, snakemake.params
+    expected = asdict(InferenceConfig.from_config(params.inference, params.task))
+    warnings = build_report(
+        inp.cell_metrics,
+        inp.cell_predictions,
+        inp.baseline_metrics,
+        inp.baseline_predictions,
+        expected_inference=expected,
+        out_tables=out.tables,
+        out_overlap=out.overlap,
+        out_html=out.html,
+        out_plots={
+            (cell["beam_model"], cell["version"]): plot
+            for cell, plot in zip(params.plot_cells, out.plots)
+        },
+        beam_models=params.beam_models,
+        samplers=params.samplers,
+    )
+    for warning in warnings:
+        log.warning(warning)

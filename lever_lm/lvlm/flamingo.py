@@ -660,14 +660,15 @@ class FlamingoAdapter(LVLMAdapter):
                  batch_size: int | None = None) -> list[str]:
         """Batched beam search (greedy for ``num_beams=1``) with left padding on cached vision features; new text only.
 
-        Prompts of one call may hold different image counts: each row's media is zero-padded to the batch's largest
-        count and its text attends only to its own images (media locations are per row; ALiBi and the padding mask
-        make left padding exact), so a row's answer does not depend on its batch-mates (tests compare with batch 1).
+        Prompts of one call may hold different image counts: each row names its own images, in order, in the batch's
+        table of distinct images, and its text attends only to its own images (media locations are per row; ALiBi
+        and the padding mask make left padding exact), so a row's answer does not depend on its batch-mates (tests
+        compare with batch 1 and with open_flamingo's own generation path).
         Rows are batched in order of token length to cut padding (``batch_size`` rows, default
         ``score_batch_size``) and returned in the order given. See ``_generate_batch`` for what keeps it exact and
         cheap.
         """
-        size = batch_size or self.config.score_batch_size
+        size = self.config.score_batch_size if batch_size is None else batch_size
         if size < 1:
             raise ValueError(f"generate: batch_size must be >= 1, got {size}")
         if num_beams < 1 or max_new_tokens < 1:
@@ -828,21 +829,21 @@ class _GenerationCrossAttention:
                 sim = sim - sim.amax(dim=-1, keepdim=True)
                 out[has] = sim.softmax(dim=-1) @ v_last
         else:
+            # group the tokens by the (row, image) pair they attend to: one group per <image> token, in order
             text_time = media_locations.cumsum(dim=-1)  # the image (1-based) each token attends to; 0: none
             row_idx, pos_idx = torch.nonzero(text_time > 0, as_tuple=True)
             if row_idx.numel():
-                image_idx = text_time[row_idx, pos_idx] - 1
-                media_pos = torch.zeros(index.shape, dtype=torch.long, device=x.device)
-                m_row, m_pos = torch.nonzero(media_locations, as_tuple=True)
-                media_pos[m_row, text_time[m_row, m_pos] - 1] = m_pos
-                rank = pos_idx - media_pos[row_idx, image_idx]  # position inside the image's token group
-                grouped = q.new_zeros((rows, index.shape[1], heads, int(rank.max()) + 1, q.shape[-1]))
-                grouped[row_idx, image_idx, :, rank] = q[row_idx, :, pos_idx]
-                images = index.clamp(min=0).flatten()
-                k_rows, v_rows = (z.index_select(0, images).view(*index.shape, *z.shape[1:]) for z in (k, v))
-                sim = grouped @ k_rows.transpose(-1, -2)  # (B, T, h, group, n)
+                m_row, m_pos = torch.nonzero(media_locations, as_tuple=True)  # the pairs, row-major
+                counts = media_locations.sum(dim=-1)
+                first_pair = torch.cumsum(counts, dim=0) - counts
+                pair = first_pair[row_idx] + text_time[row_idx, pos_idx] - 1
+                rank = pos_idx - m_pos[pair]  # position inside the pair's token group
+                grouped = q.new_zeros((len(m_row), heads, int(rank.max()) + 1, q.shape[-1]))
+                grouped[pair, :, rank] = q[row_idx, :, pos_idx]
+                images = index[m_row, text_time[m_row, m_pos] - 1]
+                sim = grouped @ k.index_select(0, images).transpose(-1, -2)  # (pairs, h, group, n)
                 sim = sim - sim.amax(dim=-1, keepdim=True)
-                out[row_idx, :, pos_idx] = (sim.softmax(dim=-1) @ v_rows)[row_idx, image_idx, :, rank]
+                out[row_idx, :, pos_idx] = (sim.softmax(dim=-1) @ v.index_select(0, images))[pair, :, rank]
         return attn.to_out(out.transpose(1, 2).reshape(rows, n_txt, -1))
 
 

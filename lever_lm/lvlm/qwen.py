@@ -630,7 +630,7 @@ class QwenVLAdapter(LVLMAdapter):
         """
         import torch
 
-        size = batch_size or self.config.score_batch_size
+        size = self.config.score_batch_size if batch_size is None else batch_size
         if size < 1:
             raise ValueError(f"generate: batch_size must be >= 1, got {size}")
         if num_beams < 1 or max_new_tokens < 1:
@@ -656,8 +656,8 @@ class QwenVLAdapter(LVLMAdapter):
         HF's own path runs the vision tower on every image of every row and the whole prompt once per BEAM (it expands
         the inputs before the first step). Here the distinct images of the batch are encoded once (or taken from the
         scoring cache), the prompt minus its last token is prefilled once per row, its key/values are repeated for
-        the beams, and ``generate`` continues from them; the model's rope deltas of the prefill carry the 3-D
-        positions on (``prepare_inputs_for_generation`` repeats them per beam).
+        the beams, and ``generate`` continues from them; the rope deltas set on the model after the prefill carry the
+        3-D positions on (``prepare_inputs_for_generation`` repeats them per beam).
         """
         import torch
 
@@ -682,12 +682,22 @@ class QwenVLAdapter(LVLMAdapter):
         image_mask = (prefix_ids == model.config.image_token_id).unsqueeze(-1).expand_as(inputs_embeds)
         image_embeds = torch.cat([features[p][0] for p in occurrences]).to(inputs_embeds.dtype)
         inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_embeds)
-        grid_thw = torch.stack([features[p][1] for p in occurrences]).to(self.device)
-        model.model.rope_deltas = None
+        # 3-D rope positions of each row's unpadded prefix (``mrope_positions`` equals the model's get_rope_index,
+        # which loops in Python per row); the rope delta of a row makes token L-1 (its last) take the next position
+        width = prefix_ids.shape[1]
+        positions = np.ones((3, len(batch), width), dtype=np.int64)
+        deltas = np.zeros((len(batch), 1), dtype=np.int64)
+        for row, item in enumerate(assembled):
+            ids = item.input_ids[:-1]
+            grids = [features[p][1].tolist() for p in item.image_paths]
+            own = mrope_positions(ids, model.config.image_token_id, grids, self.merge_size)
+            positions[:, row, width - len(ids):] = own
+            deltas[row, 0] = own.max() + 1 - width
         prefix = model.model(
-            input_ids=prefix_ids, inputs_embeds=inputs_embeds, attention_mask=prefix_mask, image_grid_thw=grid_thw,
-            use_cache=True,
+            input_ids=prefix_ids, inputs_embeds=inputs_embeds, attention_mask=prefix_mask,
+            position_ids=torch.from_numpy(positions).to(self.device), use_cache=True,
         )
+        model.model.rope_deltas = torch.from_numpy(deltas).to(self.device)
         past = prefix.past_key_values
         past.batch_repeat_interleave(num_beams)
         try:

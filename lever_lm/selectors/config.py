@@ -111,9 +111,10 @@ class RankingConfig:
 
 @dataclass(frozen=True)
 class RLConfig:
-    """v4: RCE warm-up epochs, then GRPO epochs (their own learning rate), from the v3 checkpoint."""
+    """v4: RCE warm-up epochs, then GRPO epochs, each with its own learning rate, from the v3 checkpoint."""
 
     rce_epochs: int = 5
+    rce_lr: float = 1e-4
     rce_temperature: float = 0.1
     grpo_epochs: int = 5
     grpo_lr: float = 1e-5
@@ -126,6 +127,7 @@ class RLConfig:
         if self.rce_epochs + self.grpo_epochs < 1:
             _fail(f"{key}.grpo_epochs", "rce_epochs + grpo_epochs must be >= 1")
         _check_number(f"{key}.rce_temperature", self.rce_temperature, 0.0, low_open=True)
+        _check_number(f"{key}.rce_lr", self.rce_lr, 0.0, low_open=True)
         _check_number(f"{key}.grpo_lr", self.grpo_lr, 0.0, low_open=True)
         _check_number(f"{key}.clip_eps", self.clip_eps, 0.0, low_open=True)
         _check_number(f"{key}.kl_beta", self.kl_beta, 0.0)
@@ -139,8 +141,8 @@ _SECTIONS = {"v0": GPTConfig, "pointer": PointerConfig, "cross_attention": Cross
 class SelectorConfig:
     """config.yaml ``selector``: the common training fields plus one nested section per model part.
 
-    ``top_k`` is the k of the Top-k validation metric. v4 trains ``rl.rce_epochs + rl.grpo_epochs`` epochs
-    (``epochs`` is for v0-v3).
+    ``top_k`` is the k of the Top-k validation metric. v4 trains ``rl.rce_epochs + rl.grpo_epochs`` epochs at
+    ``rl.rce_lr`` then ``rl.grpo_lr`` (``epochs`` and ``lr`` are for v0-v3).
     """
 
     seed: int = 0

@@ -163,32 +163,29 @@ def split_by_anchor(n_anchors: int, val_ratio: float, seed: int) -> tuple[np.nda
 class EpochBatches:
     """Batches of anchor positions; the shuffle depends only on (seed, epoch), so a resumed run repeats it.
 
-    Lightning calls ``set_epoch`` before each training epoch. Under DDP each rank takes every world-th batch
-    (the list padded by wrapping around so all ranks step equally often).
+    ``epoch`` is a callable read when an epoch's iteration starts (the trainer counts completed epochs).
+    Under DDP each rank takes every world-th batch (the list padded by wrapping around so all ranks step
+    equally often).
     """
 
     def __init__(self, items: Sequence[int], anchors_per_batch: int, seed: int, shuffle: bool,
-                 rank: int = 0, world: int = 1) -> None:
+                 epoch: Any = lambda: 0, rank: int = 0, world: int = 1) -> None:
         self.items = np.asarray(items, dtype=np.int64)
         self.anchors_per_batch = max(1, int(anchors_per_batch))
-        self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world
-        self.epoch = 0
+        self.seed, self.shuffle, self.epoch, self.rank, self.world = seed, shuffle, epoch, rank, world
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _all_batches(self) -> list[list[int]]:
+    def batches(self, epoch: int) -> list[list[int]]:
         items = self.items
         if self.shuffle:
-            items = items[np.random.default_rng([self.seed, self.epoch]).permutation(len(items))]
+            items = items[np.random.default_rng([self.seed, epoch]).permutation(len(items))]
         size = self.anchors_per_batch
-        return [items[i : i + size].tolist() for i in range(0, len(items), size)]
+        batches = [items[i : i + size].tolist() for i in range(0, len(items), size)]
+        per_rank = len(self)
+        padded = (batches * self.world)[: per_rank * self.world] if batches else []
+        return padded[self.rank :: self.world]
 
     def __iter__(self):
-        batches = self._all_batches()
-        per_rank = -(-len(batches) // self.world)
-        padded = (batches * self.world)[: per_rank * self.world] if batches else []
-        return iter(padded[self.rank :: self.world])
+        return iter(self.batches(int(self.epoch())))
 
     def __len__(self) -> int:
         n_batches = -(-len(self.items) // self.anchors_per_batch)

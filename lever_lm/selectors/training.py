@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import warnings
@@ -144,7 +145,8 @@ def train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threa
     if not isinstance(cfg, SelectorConfig):
         raise ValueError(f"cfg must be a SelectorConfig, got {type(cfg).__name__}")
     out_dir = Path(paths.out_dir)
-    _remove([out_dir / name for name in OUTPUTS])
+    if _launching_process():
+        _remove([out_dir / name for name in OUTPUTS])
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:
@@ -197,14 +199,29 @@ def _train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_
     resume_from = _resume_state(resume_dir, fingerprint)
     module.resume_path = resume_dir / RESUME_STATE
 
-    trainer = _trainer(cfg.total_epochs(version), resume_dir, val_idx.size > 0, callbacks)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(does not have many workers|num_workers).*")
-        warnings.filterwarnings("ignore", message=r".*(smaller than the logging interval|log_every_n_steps).*")
-        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+    lightning_info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = lightning_info.level
+    lightning_info.setLevel(logging.WARNING)  # its start-up chatter (accelerator, tips) is noise in job logs
+    try:
+        trainer = _trainer(cfg.total_epochs(version), resume_dir, val_idx.size > 0, callbacks)
+        logger.info("training %s (%s) on %s x%d: %d train / %d val anchors, %d epochs%s", version,
+                    identity.lever_lm, type(trainer.accelerator).__name__, trainer.num_devices, train_idx.size,
+                    val_idx.size, cfg.total_epochs(version), f", resuming from {resume_from}" if resume_from else "")
+        with warnings.catch_warnings():
+            for noise in ("does not have many workers", "num_workers", "log_every_n_steps", "LeafSpec"):
+                warnings.filterwarnings("ignore", message=f".*{noise}.*")
+            trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+    finally:
+        lightning_info.setLevel(level)
     if not trainer.is_global_zero:
         return {}
     return _write_outputs(module, meta, data, train_idx, val_idx, out_dir, started, resume_from is not None)
+
+
+def _launching_process() -> bool:
+    """False in the extra processes Lightning's DDP launcher starts (they re-run the script: only the first
+    process may delete or create files before training)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _resume_state(resume_dir: Path, fingerprint: dict[str, Any]) -> Path | None:
@@ -218,6 +235,8 @@ def _resume_state(resume_dir: Path, fingerprint: dict[str, Any]) -> Path | None:
         except ValueError:
             pass
         logger.warning("%s was made from other inputs or config: starting over", resume_dir)
+    if not _launching_process():
+        return None
     if resume_dir.exists():
         shutil.rmtree(resume_dir)
     write_json(stamp, fingerprint)
@@ -265,14 +284,16 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
         # ---- data
         def _batches(self, items: np.ndarray, shuffle: bool) -> EpochBatches:
             size = anchors_per_batch(data.examples, cfg.batch_size)
-            rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
-            return EpochBatches(items, size, cfg.seed, shuffle, rank if shuffle else 0, world if shuffle else 1)
+            rank, world = (self.global_rank, self.trainer.world_size) if shuffle else (0, 1)
+            # the epoch = completed epochs in our history, which is right whenever Lightning builds the
+            # iterator (before or after on_train_epoch_start, fresh or resumed)
+            return EpochBatches(items, size, cfg.seed, shuffle, lambda: len(self.history), rank, world)
 
         def _loader(self, items: np.ndarray, shuffle: bool) -> Any:
-            examples = data.examples
             return torch.utils.data.DataLoader(
-                examples, batch_sampler=self._batches(items, shuffle), num_workers=0,
+                data.examples, batch_sampler=self._batches(items, shuffle), num_workers=0,
                 collate_fn=lambda batch: collate(batch, query_features),
+                generator=torch.Generator(),  # its own seed draw, so the global RNG (dropout) is left alone
             )
 
         def train_dataloader(self) -> Any:
@@ -283,11 +304,12 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
 
         # ---- optimisation
         def configure_optimizers(self) -> Any:
-            optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            lr = cfg.rl.rce_lr if version == "v4" else cfg.lr
+            optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
             steps_per_epoch = len(self._batches(train_idx, shuffle=True))  # per rank
             schedule = LRSchedule(steps_per_epoch, cfg.total_epochs(version), cfg.warmup_ratio)
             if version == "v4":
-                schedule.rce_epochs, schedule.grpo_scale = cfg.rl.rce_epochs, cfg.rl.grpo_lr / cfg.lr
+                schedule.rce_epochs, schedule.grpo_scale = cfg.rl.rce_epochs, cfg.rl.grpo_lr / lr
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -305,7 +327,7 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
 
         def on_train_epoch_start(self) -> None:
             torch.manual_seed(epoch_seed(cfg.seed, self.current_epoch))  # dropout depends on (seed, epoch) only
-            if self.frozen and version_mod.phase(self.current_epoch, cfg.rl) == "grpo":
+            if self.frozen and self.current_epoch == cfg.rl.rce_epochs:  # the GRPO phase starts
                 self.frozen["old"].load_state_dict(self.model.state_dict())
             self._train_sum, self._train_n, self._train_seconds = 0.0, 0, 0.0
             self._val_sum, self._val_n, self._val_rows = 0.0, 0, []
@@ -331,6 +353,8 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
 
         def on_train_epoch_end(self) -> None:
             epoch = self.current_epoch
+            if epoch != len(self.history):
+                raise RuntimeError(f"epoch {epoch} but {len(self.history)} epochs recorded: resume state out of sync")
             train_loss = self.trainer.strategy.reduce(torch.tensor(self._train_sum / max(1, self._train_n),
                                                                    device=self.device), reduce_op="mean")
             entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(train_loss),
@@ -345,6 +369,9 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
                 entry.update({f"val_{k}": v for k, v in summary.items() if not k.startswith("random_")})
                 self.random = {k.removeprefix("random_"): v for k, v in summary.items() if k.startswith("random_")}
             self.history.append(entry)
+            logger.info("epoch %d/%d %s", epoch + 1, cfg.total_epochs(version),
+                        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in entry.items() if k != "epoch"))
             self.timing.append({"epoch": epoch + 1, "train_seconds": self._train_seconds,
                                 "train_examples": self._train_n,
                                 "train_examples_per_s": self._train_n / max(self._train_seconds, 1e-9)})
@@ -365,11 +392,15 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             checkpoint["lever_selector"] = {"history": self.history, "timing": self.timing, "best": self.best,
                                             "random": getattr(self, "random", None)}
+            if self.frozen:  # v4: the GRPO phase's old policy (a resumed run cannot rebuild it otherwise)
+                checkpoint["lever_selector"]["old"] = self.frozen["old"].state_dict()
 
         def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             saved = checkpoint["lever_selector"]
             self.history, self.timing, self.best = saved["history"], saved["timing"], saved["best"]
             self.random = saved["random"]
+            if self.frozen:
+                self.frozen["old"].load_state_dict(saved["old"])
             self.resumed_after = len(self.history)
 
     return SelectorModule()

@@ -1,11 +1,12 @@
 """v4: v3 plus offline reinforcement learning on the beams, starting from the v3 checkpoint.
 
-Phase 1, RCE warm-up (``rl.rce_epochs``): reward-weighted cross-entropy; an anchor's beams are weighted by
+Phase 1, RCE warm-up (``rl.rce_epochs``, learning rate ``rl.rce_lr``): reward-weighted cross-entropy; an anchor's beams are weighted by
 softmax(score / τ) over that anchor's beams.
 Phase 2, GRPO (``rl.grpo_epochs``, learning rate ``rl.grpo_lr``): the group is an anchor's beams, the reward
 a beam's InfoScore, the advantage (r − mean) / std within the group. Per step (token) the PPO-clipped
 surrogate min(ρA, clip(ρ, 1 − ε, 1 + ε)A) with ρ = π(a) / π_old(a), π_old = the policy at the start of the
-epoch, plus β · KL(π || π_v3) to the frozen v3 policy, exact over the pool at each teacher-forced step.
+GRPO phase (fixed: the beams are offline data, so the clip bounds the total drift from it, not a per-epoch
+step), plus β · KL(π || π_v3) to the frozen v3 policy, exact over the pool at each teacher-forced step.
 Validation uses the RCE objective in both phases (it ranks checkpoints by how much probability goes to the
 high-reward beams). Network and decoding are v3's (hence v1's or v2's).
 """

@@ -1,0 +1,532 @@
+"""Stage 6: ICL inference of the selector cells and of the baselines, scored per shot number.
+
+For each shot number k and every evaluated val query, a chooser (``lever_lm.retrievers``) picks k train ICDs in
+prompt order; the prompt is the ICDs with their label answers, then the query without one; the LVLM generates
+(batched, see ``generate_answers``); VQA answers are post-processed and scored with the official VQA accuracy,
+captions with corpus CIDEr. Scores are reported x100, unrounded.
+
+Public API
+- ``BASELINES``, ``TASKS``, ``InferenceConfig.from_config(config["inference"], task)``.
+- ``InferenceInputs``: the records and selector-encoder embeddings of train and val (rule inputs).
+- ``run_selector_cell(...)`` / ``run_baseline(...)``: load, check, evaluate, write ``metrics.json`` +
+  ``predictions.parquet``. Every bad input (checkpoint of another beam model or version, a val question without
+  its answers, a shot of 0 or larger than the test pool, embeddings of another encoder) stops before the LVLM
+  loads, with one message naming the culprit, and leaves no ``metrics.json``.
+- ``evaluate(adapter, chooser, queries, train, shots, cfg, task)`` -> (per-shot scores, predictions frame).
+- ``generate_answers(adapter, prompts, max_new_tokens, num_beams, batch_size)``: batched generation in order of
+  prompt size, results in the order given.
+- ``select_queries(n_val, max_queries, seed)``, ``write_inference_outputs(...)`` (predictions first, metrics last,
+  both atomic), ``config_digest(...)``.
+
+Output formats: ``metrics.json`` and ``predictions.parquet`` as in the shared contracts (kind, dataset, task,
+beam_model, metric, version, sampler, baseline, shots {k: {score, n}}, n_queries, max_queries, query_seed,
+inference, checkpoint, config_digest; predictions: question_id, shot, icd_ids, raw_output, answer, score).
+Heavy imports (torch, transformers, the adapters, the selectors' networks) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lever_lm.beam_search import ExampleTable
+    from lever_lm.lvlm.base import LVLMAdapter, Prompt
+    from lever_lm.retrievers import Retriever
+    from lever_lm.selectors import FeatureTable
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("RandomRetriever", "ZeroShot", "SimRetriever-i2i", "SimRetriever-t2t", "SimRetriever-i2t")
+TASKS = ("vqa", "caption")
+DEFAULT_MAX_NEW_TOKENS = {"vqa": 5, "caption": 20}
+METRIC_OF_TASK = {"vqa": "vqa_accuracy", "caption": "cider"}
+VQA_ANSWERS_PER_QUESTION = 10
+PREDICTION_COLUMNS = ("question_id", "shot", "icd_ids", "raw_output", "answer", "score")
+IDENTITY_KEYS = ("dataset", "beam_model", "sampler", "ex_name", "version", "lever_lm")
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def _int_field(section: Mapping[str, Any], name: str, default: Any, low: int, allow_none: bool = False) -> Any:
+    value = section.get(name, default)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        kind = "an integer or null" if allow_none else "an integer"
+        raise ValueError(f"inference.{name}: expected {kind} >= {low}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """``config["inference"]``, typed. ``max_new_tokens`` is resolved for the task (null: 5 for vqa, 20 for caption)."""
+
+    shots: tuple[int, ...] = (1, 2, 3, 4)
+    max_queries: int | None = None  # None: the full val split; N: a seeded subset of N questions
+    query_seed: int = 0
+    num_beams: int = 3
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS["vqa"]
+    batch_size: int = 16
+    retriever_seed: int = 0
+    always_normalize: bool = False
+
+    KNOWN_KEYS = ("shots", "max_queries", "query_seed", "num_beams", "max_new_tokens", "batch_size", "retriever_seed",
+                  "always_normalize", "baselines")
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None, task: str) -> "InferenceConfig":
+        """Errors name the key: ``inference.shots: ...``. ``baselines`` (which baseline jobs exist) is accepted and
+        not part of the config of a job."""
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(f"inference: expected a mapping, got {type(section).__name__}")
+        section = dict(section or {})
+        unknown = sorted(set(section) - set(cls.KNOWN_KEYS))
+        if unknown:
+            raise ValueError(f"inference: unknown key(s) {', '.join(unknown)} (known: {', '.join(cls.KNOWN_KEYS)})")
+        shots = section.get("shots", list(cls.shots))
+        if isinstance(shots, (str, bytes)) or not isinstance(shots, Sequence) or not shots:
+            raise ValueError(f"inference.shots: expected a non-empty list of shot numbers, got {shots!r}")
+        for shot in shots:
+            if isinstance(shot, bool) or not isinstance(shot, (int, np.integer)) or shot < 0:
+                raise ValueError(f"inference.shots: shot {shot!r} is not an integer >= 0")
+        if len(set(shots)) != len(shots):
+            raise ValueError(f"inference.shots: repeated shot numbers in {list(shots)}")
+        always = section.get("always_normalize", False)
+        if not isinstance(always, bool):
+            raise ValueError(f"inference.always_normalize: expected true or false, got {always!r}")
+        max_new = _int_field(section, "max_new_tokens", None, 1, allow_none=True)
+        return cls(
+            shots=tuple(int(s) for s in shots),
+            max_queries=_int_field(section, "max_queries", None, 1, allow_none=True),
+            query_seed=_int_field(section, "query_seed", 0, 0),
+            num_beams=_int_field(section, "num_beams", 3, 1),
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS[task] if max_new is None else max_new,
+            batch_size=_int_field(section, "batch_size", 16, 1),
+            retriever_seed=_int_field(section, "retriever_seed", 0, 0),
+            always_normalize=always,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["shots"] = list(self.shots)
+        return out
+
+
+def config_digest(**parts: Any) -> str:
+    """sha256 of the canonical json of what decides a job's results (config, identity, model entry)."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class InferenceInputs:
+    """Rule inputs: records and the selector encoder's embeddings of both splits (meta: sibling ``{split}.meta.json``
+    of ``{split}.image.npy`` when not given)."""
+
+    train_records: str
+    val_records: str
+    train_image: str
+    train_text: str
+    val_image: str
+    val_text: str
+    train_meta: str | None = None
+    val_meta: str | None = None
+
+    @classmethod
+    def from_named(cls, named: Any) -> "InferenceInputs":
+        """From ``snakemake.input`` (or any object/mapping with these names)."""
+        def get(name: str) -> Any:
+            value = named.get(name) if isinstance(named, Mapping) else getattr(named, name, None)
+            return None if value is None else str(value)
+
+        values = {f.name: get(f.name) for f in dataclasses.fields(cls)}
+        missing = [name for name, value in values.items() if value is None and not name.endswith("_meta")]
+        if missing:
+            raise ValueError(f"inference inputs: missing {', '.join(missing)}")
+        return cls(**values)
+
+    def meta_path(self, split: str) -> str:
+        given = getattr(self, f"{split}_meta")
+        if given:
+            return given
+        image = Path(getattr(self, f"{split}_image"))
+        if not image.name.endswith(".image.npy"):
+            raise ValueError(f"{image}: cannot derive the meta file; expected a name like {split}.image.npy")
+        return str(image.with_name(image.name.removesuffix(".image.npy") + ".meta.json"))
+
+
+@dataclass(frozen=True)
+class _Split:
+    records: "pd.DataFrame"
+    features: "FeatureTable"
+    meta: dict
+    meta_path: str
+
+
+def _load_split(inputs: InferenceInputs, split: str) -> _Split:
+    from lever_lm.data import load_records
+    from lever_lm.embeddings import EmbeddingPaths, load_embeddings
+    from lever_lm.selectors import FeatureTable
+
+    records_path = getattr(inputs, f"{split}_records")
+    meta_path = inputs.meta_path(split)
+    result = load_embeddings(EmbeddingPaths(Path(getattr(inputs, f"{split}_image")),
+                                            Path(getattr(inputs, f"{split}_text")), Path(meta_path)))
+    if result.meta.get("split", split) != split:
+        raise ValueError(f"{meta_path}: split is {result.meta.get('split')!r}, expected {split!r}")
+    records = load_records(records_path)
+    if len(records) != len(result.image):
+        raise ValueError(f"{records_path}: {len(records)} records but {meta_path} says n = {len(result.image)}")
+    if not np.array_equal(records["idx"].to_numpy(), np.arange(len(records))):
+        raise ValueError(f"{records_path}: column idx must be 0..n-1 in row order (embedding rows follow it)")
+    return _Split(records, FeatureTable(result.image, result.text), dict(result.meta), meta_path)
+
+
+def _check_same_encoder(train: _Split, val: _Split) -> str:
+    a, b = train.meta.get("encoder_id"), val.meta.get("encoder_id")
+    if a != b:
+        raise ValueError(f"{val.meta_path}: val embeddings come from encoder {b!r} but the train embeddings "
+                         f"({train.meta_path}) from {a!r}")
+    return str(a)
+
+
+@dataclass(frozen=True)
+class ValQueries:
+    """The evaluated val queries: record rows (idx), question ids, the queries as ``Example``s, their references."""
+
+    rows: np.ndarray
+    question_ids: np.ndarray
+    examples: list
+    answers: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def select_queries(n_val: int, max_queries: int | None, seed: int) -> np.ndarray:
+    """Val rows to evaluate: all of them, or a seeded subset of ``max_queries`` (sorted)."""
+    if max_queries is None or max_queries >= n_val:
+        return np.arange(n_val, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n_val, size=max_queries, replace=False)).astype(np.int64)
+
+
+def val_queries(records: "pd.DataFrame", rows: np.ndarray, task: str, source: str) -> ValQueries:
+    """The queries of ``rows``; a question without its reference answers (VQA: 10) is an error naming it."""
+    from lever_lm.lvlm.base import Example
+
+    examples, answers, qids = [], [], []
+    for row in rows:
+        record = records.iloc[int(row)]
+        qid = int(record["question_id"])
+        refs = record["answers"]
+        refs = [] if refs is None or (isinstance(refs, float) and math.isnan(refs)) else list(refs)
+        if not refs or not all(isinstance(a, str) for a in refs) or not any(a.strip() for a in refs):
+            raise ValueError(f"{source}: val question_id {qid} has no reference answers")
+        if task == "vqa" and len(refs) != VQA_ANSWERS_PER_QUESTION:
+            raise ValueError(f"{source}: val question_id {qid} has {len(refs)} answers, "
+                             f"expected {VQA_ANSWERS_PER_QUESTION}")
+        examples.append(Example(str(record["image_path"]), str(record["question"])))
+        answers.append(refs)
+        qids.append(qid)
+    return ValQueries(np.asarray(rows, dtype=np.int64), np.asarray(qids, dtype=np.int64), examples, answers)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+def _prompt_size(prompt: "Prompt") -> tuple[int, int]:
+    examples = (*prompt.demos, prompt.query)
+    return len(examples), sum(len(e.question) + len(e.answer or "") for e in examples)
+
+
+def _takes_batch_size(adapter: Any) -> bool:
+    try:
+        return "batch_size" in inspect.signature(adapter.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def generate_answers(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_new_tokens: int, num_beams: int,
+                     batch_size: int, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Raw generations, batched: prompts sorted by size (image count, text length) so a batch pads little, then
+    ``batch_size`` at a time through ``adapter.generate``; results in the order of ``prompts``.
+
+    The adapters handle batches of mixed image counts exactly (tests: batched answers == batch-1 answers).
+    """
+    if batch_size < 1:
+        raise ValueError(f"inference.batch_size: expected >= 1, got {batch_size}")
+    order = sorted(range(len(prompts)), key=lambda i: _prompt_size(prompts[i]))
+    extra = {"batch_size": batch_size} if _takes_batch_size(adapter) else {}
+    out: list[str | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        texts = adapter.generate([prompts[i] for i in chunk], max_new_tokens, num_beams, **extra)
+        if len(texts) != len(chunk):
+            raise RuntimeError(f"adapter.generate returned {len(texts)} answers for {len(chunk)} prompts")
+        for i, text in zip(chunk, texts):
+            out[i] = text
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order))
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def _checked_icds(icds: Sequence[Sequence[int]], n_queries: int, k: int, n_train: int, who: str) -> list[list[int]]:
+    if len(icds) != n_queries:
+        raise RuntimeError(f"{who}: chose ICDs for {len(icds)} of {n_queries} queries (shot {k})")
+    out = []
+    for ids in icds:
+        ids = [int(i) for i in ids]
+        if len(ids) != k or len(set(ids)) != k or any(i < 0 or i >= n_train for i in ids):
+            raise RuntimeError(f"{who}: shot {k}: expected {k} distinct train ids in 0..{n_train - 1}, got {ids}")
+        out.append(ids)
+    return out
+
+
+def score_answers(task: str, answers: Sequence[str], references: Sequence[Sequence[str]],
+                  question_ids: Sequence[int], always_normalize: bool) -> tuple[list[float], float]:
+    """(per-question scores, the shot's score x100): VQA accuracy per question and its mean, or corpus CIDEr
+    (per-question NaN)."""
+    from lever_lm import metrics
+
+    if task == "vqa":
+        per_question = [metrics.vqa_accuracy(a, list(r), always_normalize) for a, r in zip(answers, references)]
+        return per_question, 100.0 * float(np.mean(per_question))
+    corpus = metrics.cider(dict(zip((int(q) for q in question_ids), answers)),
+                           {int(q): list(r) for q, r in zip(question_ids, references)})
+    return [float("nan")] * len(answers), 100.0 * float(corpus)
+
+
+def postprocess(task: str, raw: str) -> str:
+    from lever_lm.metrics import postprocess_vqa
+
+    return postprocess_vqa(raw) if task == "vqa" else raw.strip()
+
+
+def evaluate(adapter: "LVLMAdapter", chooser: "Retriever", queries: ValQueries, train: "ExampleTable",
+             shots: Sequence[int], cfg: InferenceConfig, task: str,
+             logger: logging.Logger | None = None) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame"]:
+    """Every shot for every query: choose ICDs, generate, post-process, score. Returns (shots dict, predictions)."""
+    import pandas as pd
+
+    from lever_lm.lvlm.base import Prompt
+
+    logger = logger or log
+    who = type(chooser).__name__
+    shot_scores: dict[str, dict[str, Any]] = {}
+    frames = []
+    for k in shots:
+        started = time.perf_counter()
+        icds = _checked_icds(chooser.choose(queries.rows, k), len(queries), k, len(train), who)
+        empty = train.empty_label_ids(sorted({i for ids in icds for i in ids}))
+        if empty:
+            raise ValueError(f"train records: ICD id(s) {empty[:5]} have an empty label answer (shot {k})")
+        prompts = [Prompt(tuple(train.example(i) for i in ids), query) for ids, query in zip(icds, queries.examples)]
+        step = max(1, len(prompts) // 10)
+        last = [0]
+
+        def progress(done: int, total: int) -> None:
+            if done - last[0] >= step or done == total:
+                last[0] = done
+                logger.info("shot %d: generated %d/%d (%.1f queries/s)", k, done, total,
+                            done / max(1e-9, time.perf_counter() - started))
+
+        raw = generate_answers(adapter, prompts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, progress)
+        answers = [postprocess(task, text) for text in raw]
+        per_question, score = score_answers(task, answers, queries.answers, queries.question_ids,
+                                            cfg.always_normalize)
+        shot_scores[str(k)] = {"score": score, "n": len(queries)}
+        logger.info("shot %d: %s %.2f over %d queries in %.1f s", k, METRIC_OF_TASK[task], score, len(queries),
+                    time.perf_counter() - started)
+        frames.append(pd.DataFrame({
+            "question_id": pd.Series(queries.question_ids, dtype="int64"),
+            "shot": pd.Series(np.full(len(queries), k), dtype="int64"),
+            "icd_ids": pd.Series(icds, dtype=object),
+            "raw_output": pd.Series(raw, dtype=object),
+            "answer": pd.Series(answers, dtype=object),
+            "score": pd.Series(per_question, dtype="float64"),
+        }))
+    predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+    return shot_scores, predictions
+
+
+def write_inference_outputs(metrics: Mapping[str, Any], predictions: "pd.DataFrame", metrics_path: str | os.PathLike,
+                            predictions_path: str | os.PathLike) -> None:
+    """Predictions first, metrics last, each atomically: a present metrics.json means a complete job."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lever_lm.io_utils import atomic_path, write_json
+
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions: missing column(s) {missing}")
+    schema = pa.schema([("question_id", pa.int64()), ("shot", pa.int64()), ("icd_ids", pa.list_(pa.int64())),
+                        ("raw_output", pa.string()), ("answer", pa.string()), ("score", pa.float64())])
+    # an explicit schema: the ICD lists stay list<int64> even when all are empty (zero-shot)
+    table = pa.Table.from_pandas(predictions[list(PREDICTION_COLUMNS)], schema=schema, preserve_index=False)
+    with atomic_path(predictions_path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    write_json(metrics_path, dict(metrics))
+
+
+def _remove_stale(metrics_path: str | os.PathLike) -> None:
+    """A failed job must leave no metrics.json, not even one of an earlier run."""
+    Path(metrics_path).unlink(missing_ok=True)
+
+
+def _metrics(*, kind: str, dataset: str, task: str, beam_model: str, version: str | None, sampler: str | None,
+             baseline: str | None, shots: dict, queries: ValQueries, cfg: InferenceConfig,
+             checkpoint: dict | None, digest: str) -> dict[str, Any]:
+    return {
+        "kind": kind, "dataset": dataset, "task": task, "beam_model": beam_model, "metric": METRIC_OF_TASK[task],
+        "version": version, "sampler": sampler, "baseline": baseline, "shots": shots,
+        "n_queries": len(queries), "max_queries": cfg.max_queries, "query_seed": cfg.query_seed,
+        "inference": cfg.to_dict(), "checkpoint": checkpoint, "config_digest": digest,
+    }
+
+
+def _load_lvlm(beam_model: str, entry: Mapping[str, Any], weights: Sequence[str] | None) -> "LVLMAdapter":
+    from lever_lm.lvlm.factory import load_adapter
+
+    tiny_dir = None
+    if entry.get("variant") == "tiny":
+        if not weights:
+            raise ValueError(f"beam_models.{beam_model}: a tiny variant needs its model dir as the first weights input")
+        tiny_dir = str(weights[0])
+    return load_adapter(beam_model, dict(entry), tiny_dir)
+
+
+def _retriever_shots(cfg: InferenceConfig, baseline: str, n_train: int) -> tuple[int, ...]:
+    if baseline == "ZeroShot":
+        return (0,)
+    for shot in cfg.shots:
+        if shot < 1:
+            raise ValueError(f"inference.shots: shot {shot} is not valid for {baseline} (use the ZeroShot baseline)")
+        if shot > n_train:
+            raise ValueError(f"inference.shots: shot {shot} exceeds the {n_train} train ICDs")
+    return cfg.shots
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+
+
+def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool: str | None, inputs: InferenceInputs,
+                      weights: Sequence[str] | None, entry: Mapping[str, Any], inference: Mapping[str, Any] | None,
+                      task: str, metrics_path: str, predictions_path: str, adapter: "LVLMAdapter | None" = None,
+                      logger: logging.Logger | None = None) -> dict[str, Any]:
+    """ICL inference of one selector cell (rule icl_inference); returns the metrics written.
+
+    ``identity``: dataset, beam_model, sampler, ex_name, version, lever_lm of the rule (the checkpoint's meta must
+    agree). ``test_pool``: the sampler's test-pool json (val idx -> train ids; v1-v4 select within it).
+    ``adapter``: an already loaded LVLM (tests); else loaded from ``entry`` (``weights[0]`` is a tiny model's dir).
+    """
+    from lever_lm.beam_search import ExampleTable
+    from lever_lm.selectors import load_selector
+    from lever_lm.retrievers import SelectorRetriever
+
+    logger = logger or log
+    _remove_stale(metrics_path)
+    missing = [key for key in IDENTITY_KEYS if key not in identity]
+    if missing:
+        raise ValueError(f"selector cell identity: missing {', '.join(missing)}")
+    cfg = InferenceConfig.from_config(inference, task)
+    for shot in cfg.shots:
+        if shot < 1:
+            raise ValueError(f"inference.shots: shot {shot} is not valid for a selector cell (shots must be >= 1)")
+    train, val = _load_split(inputs, "train"), _load_split(inputs, "val")
+    encoder_id = _check_same_encoder(train, val)
+    selector = load_selector(checkpoint, train.features, expect={key: identity[key] for key in IDENTITY_KEYS})
+    if "encoder_id" in selector.meta and str(selector.meta["encoder_id"]) != encoder_id:
+        raise ValueError(f"{checkpoint}: selector trained on encoder {selector.meta['encoder_id']!r} features but the "
+                         f"val embeddings ({val.meta_path}) come from {encoder_id!r}")
+    pools = None
+    if selector.needs_pools:
+        if not test_pool:
+            raise ValueError(f"{checkpoint}: a {selector.version} selector needs the test pool of its sampler")
+        from lever_lm.sampling import read_candidates
+
+        pool_file = read_candidates(test_pool)
+        pool_sampler = pool_file.params.get("sampler", identity["sampler"])
+        if pool_sampler != identity["sampler"]:
+            raise ValueError(f"{test_pool}: test pool of sampler {pool_sampler!r}, this cell is {identity['sampler']!r}")
+        pools = pool_file.candidates
+    rows = select_queries(len(val.records), cfg.max_queries, cfg.query_seed)
+    queries = val_queries(val.records, rows, task, inputs.val_records)
+    chooser = SelectorRetriever(selector, val.features, pools, pool_source=str(test_pool))
+    for shot in cfg.shots:
+        chooser.check(rows, shot)
+    examples = ExampleTable.from_records(train.records, name=inputs.train_records)
+    adapter = adapter or _load_lvlm(identity["beam_model"], entry, weights)
+    logger.info("%s %s %s: %d val queries, shots %s", identity["version"], identity["beam_model"], identity["sampler"],
+                len(queries), list(cfg.shots))
+    shots, predictions = evaluate(adapter, chooser, queries, examples, cfg.shots, cfg, task, logger)
+    checkpoint_info = {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "meta": selector.meta}
+    digest = config_digest(kind="selector", task=task, inference=cfg.to_dict(), identity=dict(identity),
+                           entry=dict(entry), checkpoint_sha256=checkpoint_info["sha256"])
+    metrics = _metrics(kind="selector", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
+                       version=identity["version"], sampler=identity["sampler"], baseline=None, shots=shots,
+                       queries=queries, cfg=cfg, checkpoint=checkpoint_info, digest=digest)
+    write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
+    return metrics
+
+
+def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: InferenceInputs,
+                 weights: Sequence[str] | None, entry: Mapping[str, Any], inference: Mapping[str, Any] | None,
+                 task: str, metrics_path: str, predictions_path: str, adapter: "LVLMAdapter | None" = None,
+                 logger: logging.Logger | None = None) -> dict[str, Any]:
+    """ICL inference of one baseline (rule baseline_inference): RandomRetriever, ZeroShot or SimRetriever-*."""
+    from lever_lm.beam_search import ExampleTable
+    from lever_lm.retrievers import make_baseline_retriever
+
+    logger = logger or log
+    _remove_stale(metrics_path)
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline {baseline!r} is not one of {list(BASELINES)}")
+    cfg = InferenceConfig.from_config(inference, task)
+    train, val = _load_split(inputs, "train"), _load_split(inputs, "val")
+    _check_same_encoder(train, val)
+    shots = _retriever_shots(cfg, baseline, len(train.records))
+    rows = select_queries(len(val.records), cfg.max_queries, cfg.query_seed)
+    queries = val_queries(val.records, rows, task, inputs.val_records)
+    chooser = make_baseline_retriever(baseline, len(train.records), cfg.retriever_seed, val.features, train.features)
+    examples = ExampleTable.from_records(train.records, name=inputs.train_records)
+    adapter = adapter or _load_lvlm(beam_model, entry, weights)
+    logger.info("%s %s: %d val queries, shots %s", baseline, beam_model, len(queries), list(shots))
+    scores, predictions = evaluate(adapter, chooser, queries, examples, shots, cfg, task, logger)
+    digest = config_digest(kind="baseline", task=task, inference=cfg.to_dict(), dataset=dataset,
+                           beam_model=beam_model, baseline=baseline, entry=dict(entry))
+    metrics = _metrics(kind="baseline", dataset=dataset, task=task, beam_model=beam_model, version=None, sampler=None,
+                       baseline=baseline, shots=scores, queries=queries, cfg=cfg, checkpoint=None, digest=digest)
+    write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
+    return metrics

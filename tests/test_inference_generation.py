@@ -1,0 +1,142 @@
+"""Batched generation is exact: for prompts of MIXED image counts (0-4 ICDs + the query) in one batch, both tiny
+LVLMs give the same answers batched as one prompt at a time, greedy and with 3 beams, and the same answers as the
+libraries' own unoptimised generate (open_flamingo's cross-attention over all padded media with HF beam search over
+the whole prompt per beam; Qwen2.5-VL's generate with pixel values)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lever_lm.lvlm.base import Example, Prompt
+from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
+
+QA = [("what color is the cat ?", "red"), ("how many dogs are there ?", "2"), ("is it raining ?", "no"),
+      ("what is the man holding ?", "tennis racket"), ("where is the bus ?", "street"), ("what sport is this ?", "ski"),
+      ("what animal is shown ?", "zebra"), ("what color is the sky ?", "blue")]
+WORDS = collect_vocabulary([t for pair in QA for t in pair])
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("generation_images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(len(QA)):
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    demos = [Example(paths[i], q, a) for i, (q, a) in enumerate(QA)]
+    # 0..4 ICDs, interleaved so that every batch mixes image counts and prompt lengths
+    return [Prompt(tuple(demos[(i + j + 1) % len(demos)] for j in range(i % 5)),
+                   Example(paths[i % len(paths)], QA[(3 * i) % len(QA)][0])) for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def flamingo():
+    from lever_lm.lvlm.flamingo import make_tiny_adapter
+
+    torch.set_num_threads(1)
+    return make_tiny_adapter(WORDS, seed=0, score_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    from lever_lm.lvlm.qwen import make_tiny_adapter
+
+    torch.set_num_threads(1)
+    adapter = make_tiny_adapter(WORDS, seed=0, score_batch_size=16, precision="fp32")
+    torch.manual_seed(1)  # random init answers near-uniformly; larger weights make answers depend on the prompt
+    with torch.no_grad():
+        for name, parameter in adapter.model.named_parameters():
+            if "norm" not in name:
+                parameter.normal_(0.0, 0.15)
+    return adapter
+
+
+def flamingo_reference(adapter, prompt: Prompt, num_beams: int, max_new_tokens: int) -> str:
+    """open_flamingo's own generation path for one prompt: cached vision conditioning, HF generate on the whole
+    prompt (per beam), stock cross-attention. Only the <image> suppression of ``generate`` is shared."""
+    item = adapter.assemble(prompt, with_answer=False)
+    lang = adapter.model.lang_encoder
+    ids = torch.tensor([item.input_ids])
+    vision = adapter.stack_vision([item.image_paths])
+    try:
+        with torch.inference_mode():
+            lang._use_cached_vision_x = True
+            for layer in lang._get_decoder_layers():
+                layer.condition_vis_x(vision.repeat_interleave(num_beams, dim=0))
+            out = lang.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                num_beams=num_beams, do_sample=False, eos_token_id=adapter.eoc_token_id,
+                                pad_token_id=adapter.pad_token_id, suppress_tokens=[adapter.media_token_id])
+    finally:
+        lang.clear_conditioned_layers()
+        lang._use_cached_vision_x = False
+    return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def qwen_reference(adapter, prompt: Prompt, num_beams: int, max_new_tokens: int) -> str:
+    """Qwen2.5-VL's own generate for one prompt: pixel values in, the model runs vision and rope itself."""
+    paths = [e.image_path for e in (*prompt.demos, prompt.query)]
+    pixel_values, grid = adapter.preprocess_images(paths)
+    item = adapter.assemble(prompt, dict(zip(paths, adapter.tokens_per_image(grid))), for_generation=True)
+    ids = torch.tensor([item.input_ids])
+    with torch.inference_mode():
+        out = adapter.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixel_values,
+                                     image_grid_thw=grid, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                     do_sample=False, temperature=None, top_p=None, top_k=None,
+                                     pad_token_id=adapter._pad_token_id())
+    return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("family", ["flamingo", "qwen"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_generation_equals_batch_one_and_the_reference(request, prompts, family, num_beams):
+    adapter = request.getfixturevalue(family)
+    reference = flamingo_reference if family == "flamingo" else qwen_reference
+    batched = adapter.generate(prompts, max_new_tokens=5, num_beams=num_beams)  # one batch of 12, 1-5 images
+    single = [adapter.generate([p], max_new_tokens=5, num_beams=num_beams)[0] for p in prompts]
+    assert len({len(p.demos) for p in prompts}) == 5
+    assert len(set(single)) >= 6, single  # answers depend on the prompt, so a mix-up between rows would show
+    assert batched == single
+    assert [reference(adapter, p, num_beams, 5) for p in prompts] == single
+    # smaller batches (sorted by length inside generate) give the same answers in the order given
+    assert adapter.generate(prompts, max_new_tokens=5, num_beams=num_beams, batch_size=5) == batched
+    assert all("<" not in text for text in batched)  # special tokens removed
+
+
+def test_flamingo_generate_restores_the_model(flamingo, prompts, monkeypatch):
+    """The generation-only cross-attention is swapped in for the call and out afterwards, also on errors."""
+    lang = flamingo.model.lang_encoder
+    attns = [layer.attn for layer in lang.gated_cross_attn_layers if layer is not None]
+
+    def restored() -> bool:
+        return (all("forward" not in vars(attn) for attn in attns) and not lang._use_cached_vision_x
+                and not any(layer.is_conditioned() for layer in lang._get_decoder_layers()))
+
+    flamingo.generate(prompts[:3], max_new_tokens=2, num_beams=2)
+    assert restored()
+
+    def broken(*args, **kwargs):
+        assert all("forward" in vars(attn) for attn in attns)  # swapped in during the call
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lang, "generate", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        flamingo.generate(prompts[:3], max_new_tokens=2, num_beams=2)
+    assert restored()
+
+
+def test_generate_checks_its_arguments(flamingo, qwen, prompts):
+    for adapter in (flamingo, qwen):
+        with pytest.raises(ValueError, match="batch_size"):
+            adapter.generate(prompts[:3], max_new_tokens=2, num_beams=2, batch_size=0)
+        with pytest.raises(ValueError, match="num_beams"):
+            adapter.generate(prompts[:3], max_new_tokens=2, num_beams=0)
+
+
+def test_generate_of_no_prompts(flamingo, qwen):
+    assert flamingo.generate([], max_new_tokens=3, num_beams=3) == [] == qwen.generate([], 3, 3)

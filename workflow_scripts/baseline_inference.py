@@ -1,0 +1,25 @@
+"""Rule baseline_inference: the LVLM answers every val query with baseline ICDs (random, similar, none)."""
+
+from lever_lm.gpu_lease import gpu_lease
+from lever_lm.runlog import script_logging
+
+with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
+    import torch
+
+    from lever_lm.inference import InferenceInputs, run_baseline
+
+    torch.set_num_threads(snakemake.threads)
+    inp, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
+    run_baseline(
+        dataset=wildcards.dataset,
+        beam_model=wildcards.beam_model,
+        baseline=wildcards.baseline,
+        inputs=InferenceInputs.from_named(inp),
+        weights=list(inp.weights),
+        entry=params.entry,
+        inference=params.inference,
+        task=params.task,
+        metrics_path=snakemake.output.metrics,
+        predictions_path=snakemake.output.predictions,
+        logger=log,
+    )

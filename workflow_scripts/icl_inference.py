@@ -1,0 +1,25 @@
+"""Rule icl_inference: the LVLM answers every val query with the ICDs a trained selector picks, per shot number."""
+
+from lever_lm.gpu_lease import gpu_lease
+from lever_lm.runlog import script_logging
+
+with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
+    import torch
+
+    from lever_lm.inference import IDENTITY_KEYS, InferenceInputs, run_selector_cell
+
+    torch.set_num_threads(snakemake.threads)
+    inp, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
+    run_selector_cell(
+        identity={key: getattr(wildcards, key) for key in IDENTITY_KEYS},
+        checkpoint=inp.checkpoint,
+        test_pool=inp.test_pool,
+        inputs=InferenceInputs.from_named(inp),
+        weights=list(inp.weights),
+        entry=params.entry,
+        inference=params.inference,
+        task=params.task,
+        metrics_path=snakemake.output.metrics,
+        predictions_path=snakemake.output.predictions,
+        logger=log,
+    )

@@ -98,8 +98,10 @@ def _check_stage_configs(config: dict) -> None:
     """Build each stage's typed config now, so a bad field fails at planning time rather than inside a job."""
     from lever_lm.beam_search import from_pipeline_config
     from lever_lm.embeddings import ClipEncoderConfig
+    from lever_lm.inference import InferenceConfig
     from lever_lm.lvlm.factory import parse_config
     from lever_lm.sampling import SamplerConfig
+    from lever_lm.selectors import SelectorConfig
 
     try:
         for name, encoder in config["encoders"].items():
@@ -108,8 +110,15 @@ def _check_stage_configs(config: dict) -> None:
         from_pipeline_config(config)
         for name, entry in config["beam_models"].items():
             parse_config(name, entry)
+        SelectorConfig.from_config(config["selector"])
+        InferenceConfig.from_config(inference_params(config), config["task"])
     except ValueError as err:
         raise ConfigError(f"config key {err}") from None
+
+
+def inference_params(config: dict) -> dict:
+    """The inference settings every inference job runs with; the baselines list only decides which jobs exist."""
+    return {key: value for key, value in config["inference"].items() if key != "baselines"}
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:

@@ -136,7 +136,13 @@ class SelectorRetriever:
         """Shot ``k`` is decodable for every query: k >= 1 and, with pools, no larger than each query's pool."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"inference.shots: shot {k!r} is not valid for a selector cell (shots must be >= 1)")
-        if not getattr(self.selector, "needs_pools", True):
+        if not getattr(self.selector, "needs_pools", True):  # v0 decodes over the train set, up to its max_k
+            meta = getattr(self.selector, "meta", {})
+            limit = min(int(meta.get("max_k", k)), int(meta.get("n_train", k)))
+            if k > limit:
+                where = getattr(self.selector, "path", "the selector")
+                raise ValueError(f"inference.shots: shot {k} exceeds what {where} can decode "
+                                 f"(max_k {meta.get('max_k')}, n_train {meta.get('n_train')})")
             return
         for row in _rows(query_rows, len(self.queries)):
             pool = self.pools.get(int(row))

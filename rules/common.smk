@@ -11,6 +11,7 @@ from lever_lm.config import (
     ConfigError,
     check_config,
     check_external_paths,
+    inference_params,
     schema_path,
     validate_schema,
 )

@@ -6,10 +6,7 @@ INFERENCE_INPUTS = dict(
     **selector_embeddings("train"),
     **selector_embeddings("val"),
 )
-# the baselines list decides which baseline jobs exist, not how any job runs
-INFERENCE_PARAMS = {
-    key: value for key, value in config["inference"].items() if key != "baselines"
-}
+INFERENCE_PARAMS = inference_params(config)
 
 
 rule icl_inference:

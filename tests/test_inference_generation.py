@@ -40,7 +40,7 @@ def flamingo():
     from lever_lm.lvlm.flamingo import make_tiny_adapter
 
     torch.set_num_threads(1)
-    return make_tiny_adapter(WORDS, seed=0, score_batch_size=16)
+    return make_tiny_adapter(WORDS, seed=0, score_batch_size=16, precision="fp32")  # exact equality: no bf16
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from lever_lm.selectors import (
     VERSIONS,
     FeatureTable,
     SelectorConfig,
-    TrainIdentity,
     load_selector,
     parse_feature_choice,
     select,
@@ -73,8 +72,9 @@ def assert_no_outputs(out_dir: Path) -> None:
 # ---------------------------------------------------------------- import, features, config
 
 def test_import_does_not_load_torch():
-    code = ("import sys, lever_lm.selectors as s; s.SelectorConfig.from_config({}); s.parse_feature_choice(s.FEATURE_CHOICES[0]);"
-            "heavy = [m for m in ('torch', 'pytorch_lightning', 'transformers') if m in sys.modules]; print(heavy)")
+    code = ("import sys, lever_lm.selectors as s; s.SelectorConfig.from_config({});"
+            "s.parse_feature_choice(s.FEATURE_CHOICES[0]);"
+            "print([m for m in ('torch', 'pytorch_lightning', 'transformers') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -290,7 +290,7 @@ def test_corrupt_and_code_carrying_checkpoints_are_refused(trained, tiny_task, t
     data = torch.load(trained["v1"] / "best.ckpt", weights_only=True)
     data["meta"]["payload"] = Payload()
     with open(evil, "wb") as fh:
-        pickle.dump(data, fh)
+        pickle.dump(data, fh, protocol=2)
     with pytest.raises(ValueError, match=str(evil)):
         load_selector(evil, tiny_task.train_features)
     assert not marker.exists()
@@ -423,40 +423,50 @@ def test_beams_params_must_match_the_job(tiny_task, tmp_path, key):
     out.mkdir()
     (out / "best.ckpt").write_text("stale")  # a failed run leaves nothing that looks complete
     identity = tiny_task.identity("v1", **{key: "something_else"})
-    with pytest.raises(ValueError, match=rf"{tiny_task.beams}: params\.{key} = .* but this job is for {key} = 'something_else'"):
+    expected = rf"{tiny_task.beams}: params\.{key} = .* but this job is for {key} = 'something_else'"
+    with pytest.raises(ValueError, match=expected):
         train(tiny_cfg(), identity, tiny_task.paths(out))
     assert_no_outputs(out)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("anchor_outside", r"anchor 999: anchor id outside the train set \(0\.\.59\)"),
-    ("no_anchors", r": no anchors"),
-    ("not_in_pool", r"anchor \d+: beam 0 has ids \[59\] not in the anchor's candidate pool"),
-    ("all_negative", r"no beams left after dropping negative-score beams"),
-    ("candidates_changed", r"params\.candidates differ from the params of"),
-])
-def test_bad_beams_files(tiny_task, tmp_path, case, message):
-    def change(data):
-        if case == "anchor_outside":
-            data["anchors"][0]["anchor_id"] = 999
-        elif case == "no_anchors":
-            data["anchors"] = []
-        elif case == "not_in_pool":
-            record = data["anchors"][0]
-            pool = set(json.loads(tiny_task.candidates.read_text())["candidates"][str(record["anchor_id"])])
-            outsider = next(i for i in range(59, -1, -1) if i not in pool and i != record["anchor_id"])
-            record["sequences"][0][0] = outsider
-            message_id[0] = outsider
-        elif case == "all_negative":
-            for record in data["anchors"]:
-                record["scores"] = [-abs(s) - 0.01 for s in record["scores"]]
-        elif case == "candidates_changed":
-            data["params"]["candidates"]["seed"] = 12345
+def _outsider(task, record) -> int:
+    """A train id that is not in the anchor's candidate pool."""
+    pool = set(json.loads(task.candidates.read_text())["candidates"][str(record["anchor_id"])])
+    return next(i for i in range(59, -1, -1) if i not in pool and i != record["anchor_id"])
 
-    message_id = [59]
-    beams = _rewrite_beams(tiny_task, tmp_path / "beams.json", change)
-    message = message.replace("[59]", f"[{message_id[0]}]")
-    cfg = tiny_cfg(drop_negative_beams=case == "all_negative")
+
+def _bad_anchor_id(data, task):
+    data["anchors"][0]["anchor_id"] = 999
+
+
+def _no_anchors(data, task):
+    data["anchors"] = []
+
+
+def _beam_outside_pool(data, task):
+    record = data["anchors"][0]
+    record["sequences"][0][0] = _outsider(task, record)
+
+
+def _all_negative(data, task):
+    for record in data["anchors"]:
+        record["scores"] = [-abs(s) - 0.01 for s in record["scores"]]
+
+
+def _other_candidates(data, task):
+    data["params"]["candidates"]["seed"] = 12345
+
+
+@pytest.mark.parametrize("change, message", [
+    (_bad_anchor_id, r"anchor 999: anchor id outside the train set \(0\.\.59\)"),
+    (_no_anchors, r": no anchors"),
+    (_beam_outside_pool, r"anchor \d+: beam 0 has ids \[\d+\] not in the anchor's candidate pool"),
+    (_all_negative, r"no beams left after dropping negative-score beams"),
+    (_other_candidates, r"params\.candidates differ from the params of"),
+])
+def test_bad_beams_files(tiny_task, tmp_path, change, message):
+    beams = _rewrite_beams(tiny_task, tmp_path / "beams.json", lambda data: change(data, tiny_task))
+    cfg = tiny_cfg(drop_negative_beams=change is _all_negative)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=rf"{beams}.*{message}"):
         train(cfg, tiny_task.identity("v1"), tiny_task.paths(out, beams=str(beams)))

@@ -59,7 +59,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: not a readable selector checkpoint ({first_line})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("meta"), dict) or not isinstance(data.get("state_dict"), dict):
+    if not (isinstance(data, dict) and isinstance(data.get("meta"), dict) and isinstance(data.get("state_dict"), dict)):
         raise ValueError(f"{path}: not a selector checkpoint (expected keys 'state_dict' and 'meta')")
     meta = data["meta"]
     missing = [key for key in REQUIRED_META if key not in meta]
@@ -107,7 +107,8 @@ class Selector:
 
 def check_features(table: FeatureTable, meta: Mapping[str, Any], what: str, path: Any, n: int | None = None) -> None:
     if table.dims != dict(meta["feature_dims"]):
-        raise ValueError(f"{path}: {what} feature dims {table.dims} differ from the checkpoint's {meta['feature_dims']}")
+        raise ValueError(f"{path}: {what} feature dims {table.dims} differ from the checkpoint's "
+                         f"{meta['feature_dims']}")
     if n is not None and len(table) != n:
         raise ValueError(f"{path}: {what} has {len(table)} rows but the checkpoint was trained on n_train = {n}")
 
@@ -183,11 +184,12 @@ def select(selector: Selector, queries: FeatureTable, k: int, pools: Sequence[Se
     device = next(selector.model.parameters()).device
     out: list[list[int]] = []
     with torch.no_grad():
+        table = selector.model.embedding_table() if checked is None else None  # v0: once, not per batch
         for start in range(0, n, batch_size):
             rows = slice(start, min(n, start + batch_size))
             q = torch.from_numpy(query[rows]).to(device)
             if checked is None:
-                picks = selector.model.decode(q, k)
+                picks = selector.model.decode(q, k, table=table)
             else:
                 part = checked[rows]
                 pool = np.full((len(part), max(len(p) for p in part)), -1, dtype=np.int64)

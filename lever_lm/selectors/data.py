@@ -110,7 +110,8 @@ def load_beam_data(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPat
             raise ValueError(f"{where}: no candidate set in {paths.candidates}")
         pool = np.asarray(candidates.candidates[anchor], dtype=np.int64)
         if pool.size and pool.max() >= n_train:
-            raise ValueError(f"{paths.candidates}: anchor {anchor}: candidate ids outside the train set (0..{n_train - 1})")
+            raise ValueError(f"{paths.candidates}: anchor {anchor}: candidate ids outside the train set "
+                             f"(0..{n_train - 1})")
         sequences, scores = record["sequences"], record["scores"]
         if not isinstance(sequences, list) or not isinstance(scores, list) or len(sequences) != len(scores):
             raise ValueError(f"{where}: 'sequences' and 'scores' must be lists of the same length")

@@ -80,7 +80,8 @@ def make_task(root: str | Path, n_train: int = 400, dim: int = 16, n_anchors: in
     train = FeatureTable(_unit(rng, n_train, dim), _unit(rng, n_train, dim))
     heldout_table = FeatureTable(_unit(rng, n_heldout, dim), _unit(rng, n_heldout, dim))
     # low rank, so a few hundred beams pin it down well enough to rank beams, not only to find the best ICD
-    hidden = (rng.standard_normal((2 * dim, hidden_rank)) @ rng.standard_normal((hidden_rank, 2 * dim))).astype(np.float32)
+    hidden = rng.standard_normal((2 * dim, hidden_rank)) @ rng.standard_normal((hidden_rank, 2 * dim))
+    hidden = hidden.astype(np.float32)
     icd = np.concatenate([train.image, train.text], axis=1)
 
     def pool_and_beams(query: np.ndarray, exclude: int | None) -> tuple[np.ndarray, list, list]:

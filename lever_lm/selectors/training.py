@@ -189,7 +189,8 @@ def _train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_
         "n_train": n_train, "feature_dims": dims, "query_dim": choice.query_dim(dims), "icd_dim": choice.icd_dim(dims),
         "encoder_id": str(embedding_meta.get("encoder_id")), "model": params, "selector_config": cfg.to_dict(),
         "beams_params": data.params,
-        "init_checkpoint": None if init is None else {"path": str(paths.init_checkpoint), "epoch": init[1].get("epoch")},
+        "init_checkpoint": None if init is None else {"path": str(paths.init_checkpoint),
+                                                      "epoch": init[1].get("epoch")},
     }
     meta = json.loads(json.dumps(meta))  # plain str/int/float/list/dict only
 
@@ -415,7 +416,10 @@ def _write_outputs(module: Any, meta: dict[str, Any], data: BeamData, train_idx:
                          {**meta, "checkpoint": "best", "epoch": best["epoch"], "val_loss": best["val_loss"]})
     ckpt.save_checkpoint(out_dir / "last.ckpt", last_state,
                          {**meta, "checkpoint": "last", "epoch": final_epoch, "val_loss": history[-1].get("val_loss")})
-    n_examples = lambda idx: int(sum(len(data.examples[i].choices) for i in idx))  # noqa: E731
+
+    def n_examples(positions: np.ndarray) -> int:
+        return int(sum(len(data.examples[i].choices) for i in positions))
+
     timing = module.timing
     train_seconds = sum(t["train_seconds"] for t in timing)
     metrics = {

@@ -87,10 +87,12 @@ class GPTSelector(nn.Module):
         return hidden @ table[: self.n_train].T, ids
 
     @torch.no_grad()
-    def decode(self, query: torch.Tensor, k: int, pool: Any = None, pool_mask: Any = None) -> torch.Tensor:
-        """Greedy: (Q, k) train ids in choice order, no special token and no repeat within a row."""
+    def decode(self, query: torch.Tensor, k: int, pool: Any = None, pool_mask: Any = None,
+               table: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy: (Q, k) train ids in choice order, no special token and no repeat within a row.
+        ``table``: ``embedding_table()`` computed once for many batches (it projects every train ICD)."""
         n = len(query)
-        table = self.embedding_table()
+        table = self.embedding_table() if table is None else table
         tokens = self.prefix(n, query.device)
         banned = torch.zeros(n, table.shape[0], dtype=torch.bool, device=query.device)
         banned[:, self.n_train :] = True

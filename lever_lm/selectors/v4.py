@@ -1,7 +1,7 @@
 """v4: v3 plus offline reinforcement learning on the beams, starting from the v3 checkpoint.
 
-Phase 1, RCE warm-up (``rl.rce_epochs``, learning rate ``rl.rce_lr``): reward-weighted cross-entropy; an anchor's beams are weighted by
-softmax(score / τ) over that anchor's beams.
+Phase 1, RCE warm-up (``rl.rce_epochs``, learning rate ``rl.rce_lr``): reward-weighted cross-entropy; an
+anchor's beams are weighted by softmax(score / τ) over that anchor's beams.
 Phase 2, GRPO (``rl.grpo_epochs``, learning rate ``rl.grpo_lr``): the group is an anchor's beams, the reward
 a beam's InfoScore, the advantage (r − mean) / std within the group. Per step (token) the PPO-clipped
 surrogate min(ρA, clip(ρ, 1 − ε, 1 + ε)A) with ρ = π(a) / π_old(a), π_old = the policy at the start of the

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from lever_lm.paths import BASELINES
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("RandomRetriever", "ZeroShot", "SimRetriever-i2i", "SimRetriever-t2t", "SimRetriever-i2t")
 TASKS = ("vqa", "caption")
 DEFAULT_MAX_NEW_TOKENS = {"vqa": 5, "caption": 20}
 METRIC_OF_TASK = {"vqa": "vqa_accuracy", "caption": "cider"}

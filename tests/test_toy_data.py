@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lever_lm import toy_data
+from lever_lm.toy import data as toy_data
 from lever_lm.data import build_records
-from lever_lm.toy_data import (
+from lever_lm.toy.data import (
     BACKGROUND_COLORS,
     CODE_LETTERS,
     CODE_MARKER,

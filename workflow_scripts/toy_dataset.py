@@ -3,6 +3,6 @@
 from lever_lm.runlog import script_logging
 
 with script_logging(snakemake.log[0], "toy_dataset"):
-    from lever_lm.toy_data import ToyDatasetConfig, generate_toy_okvqa
+    from lever_lm.toy.data import ToyDatasetConfig, generate_toy_okvqa
 
     generate_toy_okvqa(snakemake.params.root, ToyDatasetConfig(**snakemake.params.toy))

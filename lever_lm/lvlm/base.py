@@ -82,6 +82,24 @@ def mean_token_probability(token_logprobs: np.ndarray) -> float:
     return float(np.exp(np.mean(token_logprobs)))
 
 
+def answer_token_span(offsets: Sequence[tuple[int, int]], char_start: int, char_end: int) -> tuple[int, int]:
+    """Token indices ``[first, stop)`` of the answer occupying characters ``[char_start, char_end)`` of a text
+    tokenised AS ONE STRING, from the tokenizer's offset mapping (spec stage 4, both adapters).
+
+    The answer's tokens are every token whose characters overlap the answer's. A token that merges the ``:``
+    before the answer with its first characters (Qwen's byte-level BPE has ``:red``, ``:no``, ``:white``) overlaps
+    the answer, so it belongs to y: the model must produce it to produce the answer, and splitting the text at the
+    ``:`` instead would feed the model a token stream its tokenizer never produces. The caller adds the closing
+    end token (``stop`` is its index) and checks that it is the expected one.
+    """
+    if char_end <= char_start:
+        raise ValueError(f"empty answer at characters [{char_start}, {char_end})")
+    inside = [i for i, (start, end) in enumerate(offsets) if start < char_end and end > char_start]
+    if not inside:
+        raise ValueError(f"no token overlaps the answer at characters [{char_start}, {char_end})")
+    return inside[0], inside[-1] + 1
+
+
 def choose_prefix_depths(prefix_keys: Sequence[Sequence[Hashable]], cached: Container) -> list[int]:
     """Per prompt, how many leading ICDs to serve from the key/value cache (the fast paths' shared policy).
 

@@ -39,7 +39,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lever_lm.data import load_image
-from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt, select_device_dtype
+from lever_lm.lvlm.base import (
+    Example,
+    LVLMAdapter,
+    LVLMConfigError,
+    Prompt,
+    answer_token_span,
+    select_device_dtype,
+)
 
 PROMPT_STYLES = ("single_user_message", "multi_turn")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -434,6 +441,19 @@ def render_chat(tokenizer, chat_template: str, messages: list[dict], add_generat
     )
 
 
+def _strip_answer_markers(marked: str) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text without the answer markers, and each answer's character range ``[start, end)`` in it."""
+    pieces = marked.replace(_ANSWER_END, _ANSWER_START).split(_ANSWER_START)
+    if len(pieces) % 2 == 0:
+        raise ValueError("chat template dropped an answer boundary marker")
+    ranges, length = [], 0
+    for index, piece in enumerate(pieces):
+        if index % 2 == 1:
+            ranges.append((length, length + len(piece)))
+        length += len(piece)
+    return "".join(pieces), ranges
+
+
 def assemble_prompt(
     prompt: Prompt,
     tokenizer,
@@ -442,44 +462,44 @@ def assemble_prompt(
     system_prompt: str | None,
     image_token_counts: Mapping[str, int],
     for_generation: bool,
-    piece_cache: dict[str, tuple[int, ...]] | None = None,
 ) -> AssembledPrompt:
     """THE prompt assembly (scoring, reference scoring, generation and pretraining all use it).
 
-    Renders the chat template (with the generation prompt iff ``for_generation``), tokenises it piecewise at
-    the answer boundaries and expands each ``<|image_pad|>`` to the image's number of merged patches.
-    ``piece_cache`` (text piece -> ids) saves re-tokenising the blocks that recur across prompts.
+    Renders the chat template (with the generation prompt iff ``for_generation``), tokenises the rendered text AS
+    ONE STRING, as the model's own processor does (spec stage 4), locates each answer from the tokenizer's
+    character offsets (``base.answer_token_span``: a token merging the ``:`` with the answer's first characters
+    belongs to the answer), and expands each ``<|image_pad|>`` to the image's number of merged patches.
     """
     messages = build_messages(prompt, style, system_prompt, with_query_answer=not for_generation)
-    text = render_chat(tokenizer, chat_template, messages, for_generation)
+    text, answer_chars = _strip_answer_markers(render_chat(tokenizer, chat_template, messages, for_generation))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     image_paths = [demo.image_path for demo in prompt.demos] + [prompt.query.image_path]
+    # token index -> position in the expanded sequence (each <|image_pad|> becomes the image's merged patches)
     input_ids: list[int] = []
-    spans: list[tuple[int, int]] = []
+    position_of: list[int] = []
     images_seen = 0
-    for piece_index, piece in enumerate(text.replace(_ANSWER_END, _ANSWER_START).split(_ANSWER_START)):
-        is_answer = piece_index % 2 == 1
-        start = len(input_ids)
-        piece_ids = piece_cache.get(piece) if piece_cache is not None else None
-        if piece_ids is None:
-            piece_ids = tuple(tokenizer(piece, add_special_tokens=False)["input_ids"])
-            if piece_cache is not None:
-                piece_cache[piece] = piece_ids
-        for token in piece_ids:
-            if token == image_token_id:
-                if images_seen >= len(image_paths):
-                    raise ValueError(f"chat template rendered more images than the prompt has ({image_paths})")
-                input_ids.extend([token] * image_token_counts[image_paths[images_seen]])
-                images_seen += 1
-            else:
-                input_ids.append(token)
-        if is_answer:
-            spans.append((start, len(input_ids)))
+    for token in ids:
+        position_of.append(len(input_ids))
+        if token == image_token_id:
+            if images_seen >= len(image_paths):
+                raise ValueError(f"chat template rendered more images than the prompt has ({image_paths})")
+            input_ids.extend([token] * image_token_counts[image_paths[images_seen]])
+            images_seen += 1
+        else:
+            input_ids.append(token)
     if images_seen != len(image_paths):
         raise ValueError(f"chat template rendered {images_seen} images for a prompt with {len(image_paths)}")
-    answer_spans = tuple((start, end + 1) for start, end in spans)
-    if any(end > len(input_ids) for _, end in answer_spans):
-        raise LVLMConfigError("chat template puts nothing after an answer: no end-of-answer token to score")
+    answer_spans = []
+    for char_start, char_end in answer_chars:
+        first, stop = answer_token_span(offsets, char_start, char_end)
+        if stop >= len(ids):
+            raise LVLMConfigError("chat template puts nothing after an answer: no end-of-answer token to score")
+        if ids[stop] == image_token_id:
+            raise LVLMConfigError("chat template puts an image right after an answer: no end-of-answer token")
+        # the answer's tokens plus the one token that closes it
+        answer_spans.append((position_of[first], position_of[stop] + 1))
     if not for_generation:
         end_token_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
         if input_ids[answer_spans[-1][1] - 1] != end_token_id:
@@ -487,7 +507,7 @@ def assemble_prompt(
     return AssembledPrompt(
         input_ids=tuple(input_ids),
         image_paths=tuple(image_paths),
-        answer_spans=answer_spans,
+        answer_spans=tuple(answer_spans),
         demo_ends=tuple(end - 1 for _, end in answer_spans[: len(prompt.demos)]),
     )
 
@@ -545,7 +565,6 @@ class QwenVLAdapter(LVLMAdapter):
         self._image_kwargs = {
             k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v is not None
         }
-        self._piece_cache: dict[str, tuple[int, ...]] = {}
         self._fast = FastScorer(self)
 
     # -- shared pieces ------------------------------------------------------------------------------------
@@ -553,7 +572,7 @@ class QwenVLAdapter(LVLMAdapter):
     def assemble(self, prompt: Prompt, image_token_counts: Mapping[str, int], for_generation: bool) -> AssembledPrompt:
         return assemble_prompt(
             prompt, self.tokenizer, self.chat_template, self.config.prompt_style, self.config.system_prompt,
-            image_token_counts, for_generation, self._piece_cache,
+            image_token_counts, for_generation,
         )
 
     def preprocess_images(self, paths: Sequence[str]):
@@ -713,8 +732,6 @@ class QwenVLAdapter(LVLMAdapter):
 
     def clear_cache(self) -> None:
         self._fast.clear()
-        if len(self._piece_cache) > 100_000:  # token ids of text pieces stay valid; only bound the memory
-            self._piece_cache.clear()
 
     # -- helpers ------------------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-VERSIONS = ("v0", "v1", "v2", "v3", "v4")
+from lever_lm.paths import VERSIONS
+
 #: longest sequence ``select`` decodes (v0 sizes its position table for it; k may exceed the trained shots)
 MAX_K = 8
 

@@ -36,6 +36,7 @@ def validate_schema(config: dict) -> dict:
     import jsonschema
 
     schema = _load_schema()
+    _coerce_strings(config, schema)
     validator_cls = jsonschema.validators.validator_for(schema)
     errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -48,6 +49,51 @@ def validate_schema(config: dict) -> dict:
         raise ConfigError(f"config key {key}: {first.message}")
     _fill_defaults(config, schema)
     return config
+
+
+_SCALAR_PARSERS = {"integer": int, "number": float}
+
+
+def _coerce_scalar(value: str, types: list[str]) -> Any:
+    """A string as the scalar type the schema asks for; unchanged when it does not parse (validation names it)."""
+    text = value.strip()
+    if "null" in types and text.lower() in ("null", "none", "~"):
+        return None
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for name in ("integer", "number"):
+        if name in types:
+            try:
+                return _SCALAR_PARSERS[name](text)
+            except ValueError:
+                pass
+    return value
+
+
+def _coerce_strings(instance: Any, schema: dict) -> None:
+    """Nested `--config key={a: 8}` values reach the config as strings ('8'); read them as the schema's types."""
+    if isinstance(instance, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if sub is None:
+                continue
+            if isinstance(value, str) and "string" not in _types(sub):
+                instance[key] = _coerce_scalar(value, _types(sub))
+            else:
+                _coerce_strings(value, sub)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for position, value in enumerate(instance):
+            if isinstance(value, str) and "string" not in _types(schema["items"]):
+                instance[position] = _coerce_scalar(value, _types(schema["items"]))
+            else:
+                _coerce_strings(value, schema["items"])
+
+
+def _types(schema: dict) -> list[str]:
+    kind = schema.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
 
 
 def _fill_defaults(instance: Any, schema: dict) -> None:

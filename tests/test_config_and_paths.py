@@ -18,6 +18,20 @@ def test_default_and_real_configs_validate():
     assert P.ex_name(real) == "infoscore_left_beam5_shot2_cand64_sample800"
 
 
+def test_nested_command_line_values_are_read_as_the_schema_types():
+    """`--config 'anchors={sample_num: 8, seed: 42}'` hands Snakemake's config nested strings."""
+    config = load_config(REPO / "config.yaml", {
+        "anchors": {"sample_num": "8", "seed": "42"},
+        "inference": {"shots": ["1", "2"], "max_queries": "null", "always_normalize": "true"},
+        "selector": {"lr": "3e-4", "v0": {"n_layer": "1"}},
+    })
+    assert config["anchors"] == {"sample_num": 8, "seed": 42}
+    assert config["inference"]["shots"] == [1, 2] and config["inference"]["max_queries"] is None
+    assert config["inference"]["always_normalize"] is True
+    assert config["selector"]["lr"] == 3e-4 and config["selector"]["v0"]["n_layer"] == 1
+    assert load_config(REPO / "config.yaml", {"dataset": {**config["dataset"], "name": "123"}})["dataset"]["name"] == "123"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

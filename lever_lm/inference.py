@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -269,13 +268,6 @@ def _prompt_size(prompt: "Prompt") -> tuple[int, int]:
     return len(examples), sum(len(e.question) + len(e.answer or "") for e in examples)
 
 
-def _takes_batch_size(adapter: Any) -> bool:
-    try:
-        return "batch_size" in inspect.signature(adapter.generate).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def generate_answers(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_new_tokens: int, num_beams: int,
                      batch_size: int, progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Raw generations, batched: prompts sorted by size (image count, text length) so a batch pads little, then
@@ -286,11 +278,10 @@ def generate_answers(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_ne
     if batch_size < 1:
         raise ValueError(f"inference.batch_size: expected >= 1, got {batch_size}")
     order = sorted(range(len(prompts)), key=lambda i: _prompt_size(prompts[i]))
-    extra = {"batch_size": batch_size} if _takes_batch_size(adapter) else {}
     out: list[str | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        texts = adapter.generate([prompts[i] for i in chunk], max_new_tokens, num_beams, **extra)
+        texts = adapter.generate([prompts[i] for i in chunk], max_new_tokens, num_beams, batch_size)
         if len(texts) != len(chunk):
             raise RuntimeError(f"adapter.generate returned {len(texts)} answers for {len(chunk)} prompts")
         for i, text in zip(chunk, texts):

@@ -58,8 +58,10 @@ class LVLMAdapter(ABC):
         """
 
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
-        """Answer text for each prompt's query (the query's ``answer`` is ignored)."""
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int,
+                 batch_size: int | None = None) -> list[str]:
+        """Answer text for each prompt's query (the query's ``answer`` is ignored), ``batch_size`` prompts at a
+        time (default: the adapter's ``score_batch_size``); rows may hold different numbers of images."""
 
     def clear_cache(self) -> None:
         """Drop cached vision features and key/value blocks (beam search calls this per anchor)."""

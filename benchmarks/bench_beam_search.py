@@ -25,7 +25,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lever_lm.beam_search import BeamSearchConfig, ExampleTable, search_anchor  # noqa: E402
-from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary  # noqa: E402
+from lever_lm.toy.tokenizer import collect_vocabulary  # noqa: E402
 
 IMAGE_SIZE = 224
 SUBJECTS = ["man", "woman", "dog", "cat", "boy", "girl", "bus", "train", "horse", "bird", "player", "child"]
@@ -68,14 +68,14 @@ def make_records(image_dir: Path, n_train: int, seed: int) -> pd.DataFrame:
 def model_dims(model: str):
     """Scaled-down dims in the proportions of the 3B models (depth:width ratios, image tokens per image)."""
     if model == "flamingo":
-        from lever_lm.lvlm.flamingo import FlamingoTinyDims
+        from lever_lm.toy.lvlm import FlamingoTinyDims
 
         # ViT-L/14 at 224px: 257 tokens (24 layers x 1024) -> 6 x 256; MPT-1B (24 x 2048) -> 6 x 512;
         # perceiver 64 latents (fixed by open_flamingo), cross-attention every layer
         return FlamingoTinyDims(lang_width=512, lang_layers=6, lang_heads=8, max_seq_len=1024, vision_width=256,
                                 vision_layers=6, vision_head_width=64, image_size=IMAGE_SIZE, patch_size=14,
                                 clip_embed_dim=256, init_std=0.02)
-    from lever_lm.lvlm.qwen import QwenTinyDims
+    from lever_lm.toy.lvlm import QwenTinyDims
 
     # Qwen2.5-VL-3B: LM 36 x 2048 (16 heads, 2 kv heads), vision 32 x 1280 -> LM 8 x 512, vision 6 x 256;
     # 224x224 -> 16x16 patches -> 2x2 merge -> 64 image tokens
@@ -85,15 +85,11 @@ def model_dims(model: str):
 
 
 def build_adapter(model: str, words: list[str], seed: int, batch_size: int):
+    from lever_lm.toy.lvlm import make_tiny_adapter
+
     dims = model_dims(model)
-    if model == "flamingo":
-        from lever_lm.lvlm.flamingo import make_tiny_adapter
-
-        return make_tiny_adapter(words, dims, seed=seed, precision="fp32", score_batch_size=batch_size), dims
-    from lever_lm.lvlm.qwen import make_tiny_adapter, tiny_vocabulary_words
-
-    words = sorted(set(words) | set(tiny_vocabulary_words()))
-    return make_tiny_adapter(words, dims, seed=seed, precision="fp32", score_batch_size=batch_size), dims
+    family = "flamingo" if model == "flamingo" else "qwen2_5_vl"
+    return make_tiny_adapter(family, words, dims, seed=seed, precision="fp32", score_batch_size=batch_size), dims
 
 
 def parameter_count(adapter) -> int:

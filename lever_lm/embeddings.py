@@ -5,7 +5,8 @@ Public API
 - ``ClipEncoderConfig`` / ``TinyClipDims``: frozen encoder config; ``ClipEncoderConfig.from_config(name, section)``
   builds one from the ``encoders.<name>`` section of config.yaml.
 - ``build_clip_encoder(cfg) -> ClipEncoder``: one interface for the three kinds
-    * ``tiny``: a real open_clip ``CLIP`` with tiny dims, seeded random init, real CLIP BPE tokenizer;
+    * ``tiny``: a real open_clip ``CLIP`` with tiny dims, seeded random init, real CLIP BPE tokenizer
+      (``lever_lm.toy.clip`` builds it);
     * ``open_clip``: an open_clip architecture (``model_name``) with weights from a local file (``checkpoint``);
     * ``hf_clip``: transformers ``CLIPModel`` + ``CLIPProcessor`` from a local directory (``checkpoint``).
   ``encoder.encode_images(list[PIL.Image])`` / ``encoder.encode_texts(list[str])`` return float32 [n, dim],
@@ -23,7 +24,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,25 +33,10 @@ import pandas as pd
 
 from lever_lm.data import load_image
 from lever_lm.io_utils import read_json, save_npy, write_json
+from lever_lm.toy.clip import TinyClipDims, tiny_model_name  # noqa: F401  (the tiny CLIP lives with the toy world)
 
 ENCODER_KINDS = ("tiny", "open_clip", "hf_clip")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-@dataclass(frozen=True)
-class TinyClipDims:
-    """Dimensions of the tiny open_clip CLIP (vision ViT + text transformer)."""
-
-    embed_dim: int = 64
-    image_size: int = 64
-    patch_size: int = 16
-    width: int = 64
-    layers: int = 2
-    heads: int = 2
-    text_width: int = 64
-    text_layers: int = 2
-    text_heads: int = 2
-    context_length: int = 32
 
 
 @dataclass(frozen=True)
@@ -189,62 +175,12 @@ def _sha256_prefix(paths: Sequence[Path], length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def tiny_model_name(dims: TinyClipDims, seed: int) -> str:
-    """Deterministic name of the tiny architecture + init seed; the encoder id is derived from it."""
-    payload = json.dumps({"dims": asdict(dims), "seed": seed}, sort_keys=True)
-    return "lever-tiny-clip-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def _open_clip_tiny_config(dims: TinyClipDims) -> dict:
-    if dims.width % dims.heads or dims.text_width % dims.text_heads:
-        raise ValueError(f"tiny CLIP dims: width must be divisible by heads (got {asdict(dims)})")
-    if dims.image_size % dims.patch_size:
-        raise ValueError(f"tiny CLIP dims: image_size must be divisible by patch_size (got {asdict(dims)})")
-    return {
-        "embed_dim": dims.embed_dim,
-        "vision_cfg": {
-            "image_size": dims.image_size,
-            "layers": dims.layers,
-            "width": dims.width,
-            "head_width": dims.width // dims.heads,
-            "patch_size": dims.patch_size,
-        },
-        "text_cfg": {
-            "context_length": dims.context_length,
-            "vocab_size": 49408,  # the real CLIP BPE vocabulary
-            "width": dims.text_width,
-            "heads": dims.text_heads,
-            "layers": dims.text_layers,
-        },
-    }
-
-
-def _register_tiny_config(model_name: str, dims: TinyClipDims) -> None:
-    import tempfile
-
-    import open_clip
-
-    if model_name in open_clip.list_models():
-        return
-    # open_clip's registry only reads json files; keep the folder for the process lifetime.
-    folder = Path(tempfile.mkdtemp(prefix="lever_tiny_clip_"))
-    (folder / f"{model_name}.json").write_text(json.dumps(_open_clip_tiny_config(dims)), encoding="utf-8")
-    open_clip.add_model_config(folder / f"{model_name}.json")
-
-
 def _build_tiny(cfg: ClipEncoderConfig) -> ClipEncoder:
-    import open_clip
-    import torch
+    from lever_lm.toy.clip import new_tiny_clip
 
-    model_name = tiny_model_name(cfg.tiny, cfg.seed)
-    _register_tiny_config(model_name, cfg.tiny)
     device = _resolve_device(cfg)
-    # Seed only inside a forked RNG so building an encoder never shifts the caller's random stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+    model, preprocess, tokenizer, model_name = new_tiny_clip(cfg.tiny, cfg.seed)
     model = model.to(device).eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
     return _OpenClipEncoder(
         model, preprocess, tokenizer,
         encoder_id=f"tiny:{model_name.removeprefix('lever-tiny-clip-')}",

@@ -1,27 +1,5 @@
 # Stage 4: InfoScore beam search per (beam_model, sampler), sharded by anchor (one GPU job per shard), then gathered.
-
-if TINY_BEAM_MODELS:
-
-    rule tiny_lvlm:
-        input:
-            train=path(P.RECORDS, split="train"),
-            val=path(P.RECORDS, split="val"),
-        output:
-            model_dir=directory(P.TINY_LVLM),
-        log:
-            "logs/tiny_lvlm/{dataset}_{beam_model}.log",
-        benchmark:
-            "benchmarks/tiny_lvlm/{dataset}_{beam_model}.tsv"
-        wildcard_constraints:
-            beam_model=_one_of(TINY_BEAM_MODELS),
-        conda:
-            CONDA_ENV
-        threads: 1
-        params:
-            entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
-        script:
-            "../workflow_scripts/tiny_lvlm.py"
-
+# A tiny beam model's dir comes from rule tiny_lvlm (rules/toy.smk).
 
 rule beam_shard:
     input:

@@ -16,7 +16,7 @@ from lever_lm.config import (
     validate_schema,
 )
 from lever_lm.data import layout_paths
-from lever_lm.lvlm.factory import local_weight_paths
+from lever_lm.lvlm.factory import is_pretrained, local_weight_paths
 
 # lever_lm's checks first: one message naming the key (or every missing path), without a traceback;
 # snakemake's validate then fills the schema defaults.

@@ -321,18 +321,12 @@ def tiny_adapter_records(tmp_path, n=9):
 def test_fast_path_beams_equal_naive_path_beams_on_tiny_models(tmp_path, family):
     import torch
 
-    from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
+    from lever_lm.toy.lvlm import make_tiny_adapter
 
     torch.set_num_threads(1)
     records = tiny_adapter_records(tmp_path)
-    words = collect_vocabulary(list(records["question"]) + list(records["label"]))
-    if family == "flamingo":
-        from lever_lm.lvlm.flamingo import make_tiny_adapter
-    else:
-        from lever_lm.lvlm.qwen import make_tiny_adapter, tiny_vocabulary_words
-
-        words = sorted(set(words) | set(tiny_vocabulary_words()))
-    adapter = make_tiny_adapter(words, seed=0, precision="fp32")
+    words = list(records["question"]) + list(records["label"])
+    adapter = make_tiny_adapter("flamingo" if family == "flamingo" else "qwen2_5_vl", words, seed=0, precision="fp32")
     anchor, candidates = 0, [3, 1, 7, 4, 8, 2]
     distinct_images = len({records["image_path"][i] for i in [anchor, *candidates]})
     for order in ("left", "right"):

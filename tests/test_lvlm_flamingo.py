@@ -13,14 +13,21 @@ from lever_lm.lvlm.base import Example, LVLMConfigError, Prompt
 from lever_lm.lvlm.flamingo import (
     END_OF_CHUNK_TOKEN,
     FlamingoConfig,
-    FlamingoTinyDims,
     assemble_prompt,
-    build_tiny_model_dir,
     config_from_dict,
     load_flamingo_adapter,
-    make_tiny_adapter,
 )
-from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary, split_words
+from lever_lm.toy import lvlm as toy_lvlm
+from lever_lm.toy.lvlm import FlamingoTinyDims
+from lever_lm.toy.tokenizer import collect_vocabulary, split_words
+
+
+def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
+    toy_lvlm.build_tiny_model_dir("flamingo", out_dir, words, dims, seed)
+
+
+def make_tiny_adapter(words, dims=None, seed=0, **config_fields):
+    return toy_lvlm.make_tiny_adapter("flamingo", words, dims, seed, **config_fields)
 
 QUESTIONS = [
     ("what color is the cat ?", "red"),
@@ -225,13 +232,16 @@ def test_generate_is_deterministic_and_padding_invariant(adapter, examples):
 
 
 def test_config_from_dict(tmp_path):
-    cfg = config_from_dict("flamingo_tiny", {"family": "flamingo", "variant": "tiny", "seed": 3,
-                                             "tiny": {"lang_layers": 1}})
-    assert cfg.seed == 3 and cfg.tiny == FlamingoTinyDims(lang_layers=1) and cfg.score_batch_size == 32
+    from lever_lm.lvlm.factory import parse_config, tiny_spec
+
+    entry = {"family": "flamingo", "variant": "tiny", "seed": 3, "tiny": {"lang_layers": 1}}
+    cfg = parse_config("flamingo_tiny", entry)
+    assert cfg.seed == 3 and cfg.score_batch_size == 32
+    assert tiny_spec("flamingo_tiny", entry)[1] == FlamingoTinyDims(lang_layers=1)
     with pytest.raises(ValueError, match=r"beam_models\.m: unknown field\(s\) bogus"):
         config_from_dict("m", {"variant": "tiny", "bogus": 1})
-    with pytest.raises(ValueError, match=r"beam_models\.m\.tiny: unknown field\(s\) depth"):
-        config_from_dict("m", {"variant": "tiny", "tiny": {"depth": 2}})
+    with pytest.raises(ValueError, match=r"beam_models\.m\.tiny: unknown field\(s\) \['depth'\]"):
+        parse_config("m", {"family": "flamingo", "variant": "tiny", "tiny": {"depth": 2}})
     with pytest.raises(ValueError, match=r"beam_models\.m\.variant"):
         config_from_dict("m", {"variant": "huge"})
     with pytest.raises(ValueError, match=r"beam_models\.m\.precision"):
@@ -320,7 +330,7 @@ def test_checkpoint_missing_trainable_tensor(tiny_dir, tmp_path):
 def test_tokenizer_without_special_tokens(tiny_dir, tmp_path, words):
     from transformers import PreTrainedTokenizerFast
 
-    from lever_lm.lvlm.tiny_tokenizer import build_word_tokenizer
+    from lever_lm.toy.tokenizer import build_word_tokenizer
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)

@@ -12,14 +12,21 @@ torch = pytest.importorskip("torch")
 from lever_lm.lvlm.base import Example, LVLMConfigError, Prompt  # noqa: E402
 from lever_lm.lvlm.qwen import (  # noqa: E402
     QWEN2_5_VL_CHAT_TEMPLATE,
-    QwenTinyDims,
     assemble_prompt,
-    build_tiny_model_dir,
     config_from_dict,
     load_qwen_adapter,
-    make_tiny_adapter,
 )
-from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary  # noqa: E402
+from lever_lm.toy import lvlm as toy_lvlm  # noqa: E402
+from lever_lm.toy.lvlm import QwenTinyDims  # noqa: E402
+from lever_lm.toy.tokenizer import collect_vocabulary  # noqa: E402
+
+
+def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
+    toy_lvlm.build_tiny_model_dir("qwen2_5_vl", out_dir, words, dims, seed)
+
+
+def make_tiny_adapter(words, dims=None, seed=0, **options):
+    return toy_lvlm.make_tiny_adapter("qwen2_5_vl", words, dims, seed, **options)
 
 QUESTIONS = ["What color is the background?", "How many objects are there?", "What shape is it?"]
 ANSWERS = ["red", "# a", "two", "blue", "# b", "three"]
@@ -161,29 +168,76 @@ def test_query_span_decodes_to_answer_and_end_token(adapter, images):
     assert text.rstrip().endswith("<|im_start|> assistant") and "two" not in text
 
 
-def test_answer_is_tokenised_apart_from_the_colon_before_it():
-    """With a tokenizer that would merge 'answer:red' into one token, the span is still exactly the answer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def _byte_level_bpe(merges):
+    """A byte-level BPE tokenizer with Qwen2's pre-tokenisation (its regex glues one punctuation character to the
+    letters after it, so ':red' is one pre-token), built offline: byte alphabet + the given merges."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
     from lever_lm.lvlm.qwen import QWEN_SPECIAL_TOKENS
 
-    words = ["system", "You", "are", "a", "helpful", "assistant.", "user", "Question:what?", "Short",
-             "answer:", "answer:red", "red", "\n"]
-    vocab = {token: index for index, token in enumerate([*QWEN_SPECIAL_TOKENS, "<unk>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: index for index, token in enumerate(sorted(alphabet))}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    qwen_split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(qwen_split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(QWEN_SPECIAL_TOKENS))
-    tokenizer = Qwen2TokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", bos_token=None)
-    assert tokenizer.convert_ids_to_tokens(tokenizer("Short answer:red")["input_ids"]) == ["Short", "answer:red"]
-    prompt = Prompt((), Example("q.png", "what?", "red"))
-    assembled = assemble_prompt(prompt, tokenizer, QWEN2_5_VL_CHAT_TEMPLATE, "single_user_message", None,
-                                {"q.png": 3}, for_generation=False)
-    start, end = assembled.query_span
-    assert tokenizer.convert_ids_to_tokens(list(assembled.input_ids[start - 1:end])) == [
-        "answer:", "red", "<|im_end|>"]
+    return Qwen2TokenizerFast(tokenizer_object=backend, unk_token=None, eos_token="<|im_end|>",
+                              pad_token="<|endoftext|>", bos_token=None)
+
+
+def test_span_from_offsets_with_a_bpe_that_merges_the_colon_into_the_answer():
+    """Spec stage 4: the prompt is tokenised as one string; with a BPE that merges ':red' into one token the query's
+    span is that merged token plus <|im_end|> (the token belongs to y), and an answer without such a merge ('blue')
+    spans exactly its own tokens plus <|im_end|>. Demo spans follow the same rule."""
+    merges = [("r", "e"), ("re", "d"), (":", "red"), ("b", "l"), ("bl", "u"), ("blu", "e"), ("#", "e")]
+    tokenizer = _byte_level_bpe(merges)
+    convert = tokenizer.convert_ids_to_tokens
+    assert convert(tokenizer("er:red")["input_ids"]) == ["e", "r", ":red"]  # merged with the ':'
+    assert convert(tokenizer("er:blue")["input_ids"]) == ["e", "r", ":", "blue"]  # not merged
+    for style in ("single_user_message", "multi_turn"):
+        demo = Example("d.png", "What color is it?", "red")
+        for answer, expected in (("red", [":red"]), ("blue", ["blue"]), ("# e", ["#", "Ġ", "e"])):
+            prompt = Prompt((demo,), Example("q.png", "What color is it?", answer))
+            assembled = assemble_prompt(prompt, tokenizer, QWEN2_5_VL_CHAT_TEMPLATE, style, None,
+                                        {"d.png": 2, "q.png": 3}, for_generation=False)
+            start, end = assembled.query_span
+            if style == "multi_turn":  # the answer is alone in the assistant turn: nothing to merge with
+                expected = convert(tokenizer(answer)["input_ids"])
+            assert convert(list(assembled.input_ids[start:end])) == [*expected, "<|im_end|>"], (style, answer)
+            # the whole prompt is the tokenizer's own tokenisation of the rendered text (image pads expanded)
+            text = tokenizer.decode(list(assembled.input_ids))
+            ids = [t for t in tokenizer(text.replace("<|image_pad|>" * 3, "<|image_pad|>").replace(
+                "<|image_pad|>" * 2, "<|image_pad|>"))["input_ids"]]
+            expanded = []
+            counts = iter([2, 3])
+            for token in ids:
+                expanded += [token] * (next(counts) if token == tokenizer.convert_tokens_to_ids("<|image_pad|>") else 1)
+            assert expanded == list(assembled.input_ids)
+            demo_start, demo_end = assembled.answer_spans[0]
+            demo_tokens = convert(list(assembled.input_ids[demo_start:demo_end]))
+            assert demo_tokens[0] == (":red" if style == "single_user_message" else "red")
+            assert demo_end - 1 == assembled.demo_ends[0]
+
+
+def test_span_rule_is_shared_and_covers_merged_and_plain_answers():
+    from lever_lm.lvlm.base import answer_token_span
+
+    text = "Short answer:red<|im_end|>"
+    offsets = [(0, 5), (5, 12), (12, 16), (16, 26)]  # 'Short', ' answer', ':red', '<|im_end|>'
+    assert answer_token_span(offsets, 13, 16) == (2, 3)  # the ':red' token overlaps the answer
+    offsets = [(0, 5), (5, 12), (12, 13), (13, 16), (16, 26)]
+    assert answer_token_span(offsets, 13, 16) == (3, 4)
+    with pytest.raises(ValueError, match="no token overlaps"):
+        answer_token_span(offsets[:3], 13, 16)
+    assert text[13:16] == "red"
 
 
 def test_score_rejects_queries_without_answer(adapter, images):
@@ -250,18 +304,27 @@ def test_tokenizer_without_image_token_is_rejected(tmp_path, tiny_dir):
 
 
 def test_config_from_dict_rejects_bad_fields():
+    from lever_lm.lvlm.factory import parse_config
+
     with pytest.raises(ValueError, match=r"beam_models\.q: unknown field\(s\) \['beams'\]"):
         config_from_dict("q", {"variant": "tiny", "beams": 3})
     with pytest.raises(ValueError, match=r"beam_models\.q\.prompt_style"):
         config_from_dict("q", {"variant": "tiny", "prompt_style": "chat"})
+    with pytest.raises(ValueError, match=r"beam_models\.q: unknown field\(s\) \['tiny'\]"):
+        config_from_dict("q", {"variant": "tiny", "tiny": {}})  # the factory strips a tiny variant's sizes
+    entry = {"family": "qwen2_5_vl", "variant": "tiny"}
     with pytest.raises(ValueError, match=r"beam_models\.q\.tiny: unknown field\(s\) \['width'\]"):
-        config_from_dict("q", {"variant": "tiny", "tiny": {"width": 3}})
+        parse_config("q", {**entry, "tiny": {"width": 3}})
     with pytest.raises(ValueError, match=r"beam_models\.q\.tiny\.mrope_section"):
-        config_from_dict("q", {"variant": "tiny", "tiny": {"mrope_section": [4, 4, 4]}})
+        parse_config("q", {**entry, "tiny": {"mrope_section": [4, 4, 4]}})
+    with pytest.raises(ValueError, match=r"beam_models\.q\.pretrain\.steps"):
+        parse_config("q", {**entry, "pretrain": {"steps": 0}})
+    with pytest.raises(ValueError, match=r"beam_models\.q\.pretrain: only a variant 'tiny'"):
+        parse_config("q", {**entry, "variant": "local", "model_path": "x", "pretrain": {}})
     with pytest.raises(ValueError, match=r"beam_models\.q\.family"):
         config_from_dict("q", {"family": "flamingo", "variant": "tiny"})
-    config = config_from_dict("q", {"family": "qwen2_5_vl", "variant": "tiny", "seed": 2, "tiny": {"text_layers": 1}})
-    assert config.tiny.text_layers == 1 and config.seed == 2 and config.score_batch_size == 32
+    config = parse_config("q", {**entry, "seed": 2, "tiny": {"text_layers": 1}})
+    assert config.seed == 2 and config.score_batch_size == 32
 
 
 def test_non_square_images_positions_and_fast_path(tmp_path, tiny_dir, images):
@@ -308,3 +371,19 @@ def test_fast_template_rendering_equals_apply_chat_template(adapter, images):
 
 def test_empty_call_returns_empty_lists(adapter):
     assert adapter.score([]) == [] and adapter.score_naive([]) == [] and adapter.generate([], 3, 1) == []
+
+
+def test_answer_as_reply_continues_the_generation_prompt(adapter, images):
+    """Pretraining's second format: the query's answer as the assistant reply, i.e. exactly the generation prompt
+    followed by the answer and <|im_end|> (the sequence ``generate`` should produce)."""
+    demo = Example(images[0], QUESTIONS[1], "# a")
+    prompt = Prompt((demo,), Example(images[1], QUESTIONS[0], "two"))
+    counts = {images[0]: 4, images[1]: 4}
+    reply = adapter.assemble(prompt, counts, for_generation=False, answer_as_reply=True)
+    generation = adapter.assemble(prompt, counts, for_generation=True)
+    start, end = reply.query_span
+    assert reply.input_ids[:start] == generation.input_ids
+    assert adapter.tokenizer.convert_ids_to_tokens(list(reply.input_ids[start:end])) == ["two", "<|im_end|>"]
+    assert reply.answer_spans[0] == adapter.assemble(prompt, counts, for_generation=False).answer_spans[0]
+    with pytest.raises(ValueError, match="answer_as_reply"):
+        adapter.assemble(prompt, counts, for_generation=True, answer_as_reply=True)

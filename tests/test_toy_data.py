@@ -185,6 +185,16 @@ def test_labels_are_canonical_and_convention_follows_the_visible_cue(default_rec
     assert min(cue_seen.values()) > 0.35 * sum(cue_seen.values())
 
 
+@pytest.mark.parametrize("cue_probability", [0.0, 0.25, 1.0])
+def test_each_split_has_exactly_the_configured_share_of_cued_images(tmp_path, cue_probability):
+    cfg = ToyDatasetConfig(seed=4, train_images=12, val_images=6, cue_probability=cue_probability)
+    generate_toy_okvqa(tmp_path / "toy", cfg)
+    for split, images in (("train", 12), ("val", 6)):
+        records = build_records("okvqa", tmp_path / "toy", split)
+        code_images = records.loc[records["label"].str.startswith(CODE_MARKER), "image_id"].nunique()
+        assert code_images == round(cue_probability * images), split
+
+
 def test_every_question_text_appears_with_both_conventions(default_records):
     for records in default_records.values():
         families = collections.Counter(family_of(q, label) for q, label in zip(records["question"], records["label"]))

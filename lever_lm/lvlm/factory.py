@@ -1,4 +1,10 @@
-"""Build an LVLM adapter (or materialise a tiny model) from a ``beam_models.<name>`` config entry."""
+"""Build an LVLM adapter (or materialise a tiny model) from a ``beam_models.<name>`` config entry.
+
+A ``variant: tiny`` entry may carry two fields the adapters do not know: ``tiny`` (the model's sizes,
+``lever_lm.toy.lvlm.QwenTinyDims`` / ``FlamingoTinyDims``) and ``pretrain`` (``lever_lm.toy.pretrain.PretrainConfig``;
+absent or null: the tiny model stays randomly initialised). This module strips them before the family's own
+config parser sees the entry, and checks them here, so a bad field fails at planning time.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ _FAMILIES = {
     "flamingo": ("lever_lm.lvlm.flamingo", "load_flamingo_adapter", "model_dir"),
     "qwen2_5_vl": ("lever_lm.lvlm.qwen", "load_qwen_adapter", "model_path"),
 }
+TINY_ONLY_FIELDS = ("tiny", "pretrain")
 
 
 def _family(name: str, entry: dict) -> tuple[Any, str, str]:
@@ -22,21 +29,53 @@ def _family(name: str, entry: dict) -> tuple[Any, str, str]:
     return importlib.import_module(module_name), loader, dir_field
 
 
+def _adapter_entry(name: str, entry: dict) -> dict:
+    """The entry without the tiny-only fields (which only a tiny variant may have)."""
+    present = [f for f in TINY_ONLY_FIELDS if f in entry]
+    if present and entry.get("variant") != "tiny":
+        raise ValueError(f"beam_models.{name}.{present[0]}: only a variant 'tiny' entry has it")
+    return {k: v for k, v in entry.items() if k not in TINY_ONLY_FIELDS}
+
+
 def load_adapter(name: str, entry: dict, tiny_model_dir: str | None = None) -> LVLMAdapter:
     """The adapter for ``beam_models.<name>``; a tiny variant loads from ``tiny_model_dir`` like a real model."""
     module, loader, dir_field = _family(name, entry)
-    entry = dict(entry)
+    entry = _adapter_entry(name, entry)
     if entry.get("variant") == "tiny":
         if tiny_model_dir is None:
-            raise ValueError(f"beam_models.{name}: a tiny variant needs its built model dir (rule tiny_lvlm)")
+            raise ValueError(f"beam_models.{name}: a tiny variant needs its model dir (rule tiny_lvlm)")
         entry[dir_field] = str(tiny_model_dir)
     return getattr(module, loader)(module.config_from_dict(name, entry))
 
 
 def parse_config(name: str, entry: dict) -> Any:
-    """The family's typed config for ``beam_models.<name>``; unknown or bad fields raise ValueError naming them."""
+    """The family's typed config for ``beam_models.<name>``; unknown or bad fields raise ValueError naming them.
+
+    A tiny variant's ``tiny`` and ``pretrain`` sections are checked too (see ``tiny_spec``)."""
     module, _, _ = _family(name, entry)
-    return module.config_from_dict(name, entry)
+    config = module.config_from_dict(name, _adapter_entry(name, entry))
+    if entry.get("variant") == "tiny":
+        tiny_spec(name, entry)
+    return config
+
+
+def tiny_spec(name: str, entry: dict):
+    """(family, sizes, pretraining config or None, seed) of a tiny ``beam_models.<name>`` entry."""
+    from lever_lm.toy.lvlm import tiny_dims
+    from lever_lm.toy.pretrain import PretrainConfig
+
+    _family(name, entry)
+    if entry.get("variant") != "tiny":
+        raise ValueError(f"beam_models.{name}.variant: expected 'tiny', got {entry.get('variant')!r}")
+    dims = tiny_dims(name, entry["family"], entry.get("tiny"))
+    section = entry.get("pretrain")
+    pretrain = None if section is None else PretrainConfig.from_config(section, f"beam_models.{name}.pretrain")
+    return entry["family"], dims, pretrain, int(entry.get("seed", 0))
+
+
+def is_pretrained(entry: dict) -> bool:
+    """Whether a tiny entry's model is pretrained (``pretrain`` set) rather than left at random init."""
+    return entry.get("variant") == "tiny" and entry.get("pretrain") is not None
 
 
 def local_weight_paths(name: str, entry: dict) -> list[tuple[str, str]]:
@@ -51,9 +90,8 @@ def local_weight_paths(name: str, entry: dict) -> list[tuple[str, str]]:
 
 
 def build_tiny_model(name: str, entry: dict, out_dir: str, texts: Iterable[str]) -> None:
-    """Materialise the tiny variant of ``beam_models.<name>`` with a word vocabulary over ``texts``."""
-    from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
+    """Materialise the random-init tiny variant of ``beam_models.<name>`` with a word vocabulary over ``texts``."""
+    from lever_lm.toy.lvlm import build_tiny_model_dir
 
-    module, _, _ = _family(name, entry)
-    cfg = module.config_from_dict(name, entry)
-    module.build_tiny_model_dir(out_dir, collect_vocabulary(texts), cfg.tiny, cfg.seed)
+    family, dims, _, seed = tiny_spec(name, entry)
+    build_tiny_model_dir(family, out_dir, list(texts), dims, seed)

@@ -1,24 +1,24 @@
-"""OpenFlamingo adapter: loading (real local weights or a tiny model built in code), prompt, scoring, generation.
+"""OpenFlamingo adapter: loading (real local weights, or a tiny model dir in the same layout), prompt, scoring,
+generation.
 
 Public API
-- ``FlamingoConfig`` / ``FlamingoTinyDims``: frozen configs; ``config_from_dict(name, entry)`` builds one from the
-  validated YAML entry ``beam_models.<name>`` (unknown fields are rejected, naming them).
+- ``FlamingoConfig``: frozen config; ``config_from_dict(name, entry)`` builds one from the validated YAML entry
+  ``beam_models.<name>`` (unknown fields are rejected, naming them; a tiny variant's ``tiny``/``pretrain`` fields are
+  the factory's business, see ``lever_lm.lvlm.factory``).
 - ``load_flamingo_adapter(config) -> FlamingoAdapter``: loads through ``open_flamingo.create_model_and_transforms``
-  from local paths only, then ``checkpoint.pt`` (every Flamingo-trainable tensor must be in it).
-- ``build_tiny_model_dir(out_dir, words, dims, seed)``: materialises a tiny OpenFlamingo (tiny open_clip ViT, tiny HF
-  ``MptForCausalLM``, word-level tokenizer, ``checkpoint.pt``) laid out exactly like the files the local loader reads.
-- ``make_tiny_adapter(words, dims=None, seed=0, **config_fields)``: build into a temp dir and load (tests, benchmarks).
-- ``assemble_prompt(prompt, tokenizer, with_answer)``: the ONE prompt assembly, used by score, score_naive and generate.
+  from local paths only, then ``checkpoint.pt`` (every Flamingo-trainable tensor must be in it). ``variant: tiny``
+  reads the same four paths from a tiny model dir (``model_dir``, built by ``lever_lm.toy``), whose
+  ``flamingo_tiny.json`` names them and whose ``open_clip_config/`` holds the tiny ViT's architecture.
+- ``assemble_prompt(prompt, tokenizer, with_answer)``: the ONE prompt assembly, used by score, score_naive, generate
+  and the tiny model's pretraining.
 - ``FlamingoAdapter``: ``score`` (fast path: vision cache, batching, prefix key/value reuse, see ``flamingo_fast``),
   ``score_naive`` (upstream-style reference), ``generate``, ``clear_cache``, and the counters
   ``vision_encoder_calls`` and ``text_tokens_computed`` (non-pad tokens run through the language model).
 
 Prompt (spec stage 4): each ICD ``<image>Question:{q} Short answer:{a}<|endofchunk|>``, then the query
 ``<image>Question:{q} Short answer:`` followed, when scoring, by ``{a}<|endofchunk|>``; no BOS; texts stripped.
-
-Tiny language model: HF-native ``MptForCausalLM``, the architecture family of the real flamingo_3B language model
-(MPT-1B: ALiBi attention, no position ids, tied embeddings, decoder layers at ``transformer.blocks`` which
-open_flamingo's layer lookup knows), so the tiny model exercises the same attention/masking behaviour.
+Answer spans come from character offsets of the tokenised text (``base.answer_token_span``, the rule the Qwen
+adapter uses too): every token overlapping the answer, then the ``<|endofchunk|>`` that closes it.
 """
 
 from __future__ import annotations
@@ -27,23 +27,26 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from lever_lm.data import load_image
-from lever_lm.lvlm.base import Example, LVLMAdapter, LVLMConfigError, Prompt, select_device_dtype
+from lever_lm.lvlm.base import (
+    Example,
+    LVLMAdapter,
+    LVLMConfigError,
+    Prompt,
+    answer_token_span,
+    select_device_dtype,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
-TINY_PAD_TOKEN = "<pad>"
 TINY_INFO_FILE = "flamingo_tiny.json"
 TINY_OPEN_CLIP_CONFIG_DIR = "open_clip_config"
 TINY_VISION_NAME = "lever-tiny-flamingo-vit"
@@ -51,26 +54,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # ----------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class FlamingoTinyDims:
-    """Sizes of the tiny model. Defaults keep a forward of a small batch well under 1 s on one CPU core.
-
-    The perceiver and gated cross-attention inner sizes are fixed by open_flamingo (8 heads x 64, 64 latents).
-    """
-
-    lang_width: int = 32
-    lang_layers: int = 2
-    lang_heads: int = 4
-    max_seq_len: int = 512
-    vision_width: int = 32
-    vision_layers: int = 1
-    vision_head_width: int = 16
-    image_size: int = 28
-    patch_size: int = 14
-    clip_embed_dim: int = 16
-    init_std: float = 0.3  # large enough that scores depend visibly on the context (tests need that)
 
 
 @dataclass(frozen=True)
@@ -88,8 +71,7 @@ class FlamingoConfig:
     score_batch_size: int = 32
     max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
     seed: int = 0
-    model_dir: str | None = None  # tiny: the materialised tiny dir (all paths derive from it)
-    tiny: FlamingoTinyDims = field(default_factory=FlamingoTinyDims)
+    model_dir: str | None = None  # tiny: a tiny model dir (lever_lm.toy.lvlm); every path derives from it
 
     def key(self, field_name: str) -> str:
         return f"beam_models.{self.name}.{field_name}"
@@ -112,20 +94,7 @@ def config_from_dict(name: str, entry: dict[str, Any]) -> FlamingoConfig:
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ValueError(f"{prefix}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    dims_entry = entry.pop("tiny", None) or {}
-    if not isinstance(dims_entry, dict):
-        raise ValueError(f"{prefix}.tiny: expected a mapping")
-    dim_fields = {f.name: f for f in dataclasses.fields(FlamingoTinyDims)}
-    bad_dims = sorted(set(dims_entry) - set(dim_fields))
-    if bad_dims:
-        raise ValueError(f"{prefix}.tiny: unknown field(s) {', '.join(bad_dims)}")
-    for key, value in dims_entry.items():
-        wanted = float if dim_fields[key].type in ("float", float) else int
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
-            wanted is int and not isinstance(value, int)
-        ):
-            raise ValueError(f"{prefix}.tiny.{key}: expected a positive {wanted.__name__}, got {value!r}")
-    config = FlamingoConfig(name=name, tiny=FlamingoTinyDims(**dims_entry), **entry)
+    config = FlamingoConfig(name=name, **entry)
     _validate_config(config)
     return config
 
@@ -171,7 +140,7 @@ def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
         )
     key = config.key("model_dir")
     if not config.model_dir:
-        raise LVLMConfigError(f"{key}: required to load variant 'tiny' (the dir built by build_tiny_model_dir)")
+        raise LVLMConfigError(f"{key}: required to load variant 'tiny' (a tiny model dir, built by lever_lm.toy)")
     model_dir = Path(config.model_dir)
     info_path = model_dir / TINY_INFO_FILE
     if not info_path.is_file():
@@ -326,167 +295,26 @@ def load_flamingo_adapter(config: FlamingoConfig) -> "FlamingoAdapter":
     return FlamingoAdapter(model, image_processor, tokenizer, config, device, dtype)
 
 
-# ----------------------------------------------------------------------------------------------- tiny model
-
-
-def _tiny_open_clip_config(dims: FlamingoTinyDims) -> dict:
-    return {
-        "embed_dim": dims.clip_embed_dim,
-        "vision_cfg": {
-            "image_size": dims.image_size,
-            "layers": dims.vision_layers,
-            "width": dims.vision_width,
-            "head_width": dims.vision_head_width,
-            "patch_size": dims.patch_size,
-        },
-        # CLIP always builds a text tower; Flamingo never uses it, so it stays minimal
-        "text_cfg": {"context_length": 8, "vocab_size": 16, "width": 16, "heads": 2, "layers": 1},
-    }
-
-
-def _tiny_tokenizer(words: Sequence[str]):
-    from transformers import PreTrainedTokenizerFast
-
-    from lever_lm.lvlm.tiny_tokenizer import PAD_TOKEN, UNK_TOKEN, build_word_tokenizer
-
-    backend = build_word_tokenizer(words, special_tokens=[IMAGE_TOKEN, END_OF_CHUNK_TOKEN])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
-        additional_special_tokens=[END_OF_CHUNK_TOKEN, IMAGE_TOKEN],
-    )
-
-
-def build_tiny_model_dir(out_dir: str | os.PathLike, words: Sequence[str], dims: FlamingoTinyDims | None = None,
-                         seed: int = 0) -> None:
-    """Materialise a tiny OpenFlamingo at ``out_dir`` (built in a temp dir, then renamed), deterministic in ``seed``.
-
-    Layout: ``vision_encoder.pt`` (open_clip weights), ``open_clip_config/<name>.json`` (its architecture),
-    ``lang_encoder/`` (HF MptForCausalLM), ``tokenizer/`` (HF fast tokenizer), ``checkpoint.pt`` (Flamingo-trainable
-    tensors: perceiver, gated cross-attention with non-zero gates, input embeddings), ``flamingo_tiny.json``.
-    """
-    import open_clip
-    import torch
-    from transformers import MptConfig, MptForCausalLM
-
-    dims = dims or FlamingoTinyDims()
-    words = list(words)
-    if not words:
-        raise ValueError("build_tiny_model_dir: empty word list")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        files = {
-            "vision_encoder_path": "vision_encoder.pt",
-            "lang_encoder_path": "lang_encoder",
-            "tokenizer_path": "tokenizer",
-            "checkpoint_path": "checkpoint.pt",
-        }
-        clip_dir = tmp / TINY_OPEN_CLIP_CONFIG_DIR
-        clip_dir.mkdir()
-        (clip_dir / f"{TINY_VISION_NAME}.json").write_text(json.dumps(_tiny_open_clip_config(dims), indent=1))
-        open_clip.add_model_config(clip_dir)
-        tokenizer = _tiny_tokenizer(words)
-        tokenizer.save_pretrained(tmp / files["tokenizer_path"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clip_model = open_clip.create_model(TINY_VISION_NAME, pretrained=None)
-            torch.save(clip_model.state_dict(), tmp / files["vision_encoder_path"])
-            lm_config = MptConfig(
-                d_model=dims.lang_width, n_heads=dims.lang_heads, n_layers=dims.lang_layers,
-                expansion_ratio=4, max_seq_len=dims.max_seq_len, vocab_size=len(tokenizer),
-                initializer_range=dims.init_std, no_bias=True, use_cache=True,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN),
-                bos_token_id=None,
-            )
-            MptForCausalLM(lm_config).save_pretrained(tmp / files["lang_encoder_path"], safe_serialization=True)
-            info = {
-                "vision_encoder_name": TINY_VISION_NAME,
-                "cross_attn_every_n_layers": 1,
-                "seed": seed,
-                "dims": dataclasses.asdict(dims),
-                "files": files,
-                "n_words": len(words),
-            }
-            # the Flamingo wrapper (perceiver + gated cross-attn) comes from the same factory the loader uses
-            paths = _ResolvedPaths(
-                vision_encoder_name=TINY_VISION_NAME,
-                vision_encoder_path=(str(tmp / files["vision_encoder_path"]), "tiny"),
-                lang_encoder_path=(str(tmp / files["lang_encoder_path"]), "tiny"),
-                tokenizer_path=(str(tmp / files["tokenizer_path"]), "tiny"),
-                checkpoint_path=("", "tiny"),
-                open_clip_config_dir=str(clip_dir),
-                cross_attn_every_n_layers=1,
-            )
-            model = _build_untrained_flamingo(paths)
-            for layer in model.lang_encoder.gated_cross_attn_layers:
-                # open_flamingo starts the gates at 0 (images ignored); non-zero gates make images matter
-                layer.attn_gate.data.uniform_(0.5, 1.0)
-                layer.ff_gate.data.uniform_(0.5, 1.0)
-            aliases = _trainable_tensor_aliases(model)
-            state = model.state_dict()
-            trainable = {name: state[name].clone() for names in aliases.values() for name in names}
-        torch.save(trainable, tmp / files["checkpoint_path"])
-        (tmp / TINY_INFO_FILE).write_text(json.dumps(info, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _build_untrained_flamingo(paths: _ResolvedPaths):
-    import contextlib
-    import io
-
-    import open_clip
-    from open_flamingo import create_model_and_transforms
-
-    open_clip.add_model_config(paths.open_clip_config_dir)
-    with contextlib.redirect_stdout(io.StringIO()):
-        model, _, _ = create_model_and_transforms(
-            clip_vision_encoder_path=paths.vision_encoder_name,
-            clip_vision_encoder_pretrained=paths.vision_encoder_path[0],
-            lang_encoder_path=paths.lang_encoder_path[0],
-            tokenizer_path=paths.tokenizer_path[0],
-            cross_attn_every_n_layers=paths.cross_attn_every_n_layers,
-            use_local_files=True,
-        )
-    return model
-
-
-def make_tiny_adapter(words: Sequence[str], dims: FlamingoTinyDims | None = None, seed: int = 0,
-                      **config_fields: Any) -> "FlamingoAdapter":
-    """Build a tiny model in a temp dir, load it through the local loader, delete the dir (weights stay in memory)."""
-    tmp_root = Path(tempfile.mkdtemp(prefix="lever_tiny_flamingo_"))
-    try:
-        model_dir = tmp_root / "model"
-        build_tiny_model_dir(model_dir, words, dims, seed)
-        config = FlamingoConfig(name=config_fields.pop("name", "tiny_flamingo"), variant="tiny",
-                                model_dir=str(model_dir), seed=seed, tiny=dims or FlamingoTinyDims(),
-                                **config_fields)
-        return load_flamingo_adapter(config)
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------------------------- prompt
 
 
 @dataclass(frozen=True)
 class AssembledPrompt:
-    """Token ids per block (one block per ICD, then the query), the images in order, and the answer span.
+    """Token ids per block (one block per ICD, then the query), the images in order, and where answers sit.
 
-    ``span`` is (start, end) in the concatenated ids: the query answer tokens plus the end-of-chunk token.
+    ``answer_spans[i]`` is (start, end) in the concatenated ids: the answer tokens of the i-th answered example
+    (the ICDs in order, then the query when scoring) plus the end-of-chunk token. ``span``: the query's, or None.
     """
 
     text: str
     block_ids: tuple[tuple[int, ...], ...]
     image_paths: tuple[str, ...]
-    span: tuple[int, int] | None
+    answer_spans: tuple[tuple[int, int], ...]
+    with_answer: bool
+
+    @property
+    def span(self) -> tuple[int, int] | None:
+        return self.answer_spans[-1] if self.with_answer else None
 
     @property
     def input_ids(self) -> list[int]:
@@ -514,39 +342,51 @@ def query_text(example: Example) -> str:
     return f"{IMAGE_TOKEN}Question:{example.question.strip()} Short answer:"
 
 
+def _tokenise_block(text: str, answer_chars: tuple[int, int] | None, tokenizer, example: Example,
+                    eoc_id: int) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """Ids of one block and, for an answered block, its answer span (block coordinates) by the shared offset rule."""
+    if answer_chars is None:
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]), None
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = tuple(encoded["input_ids"])
+    try:  # a token that merges the ':' with the answer's first characters overlaps the answer: it is part of y
+        first, stop = answer_token_span(encoded["offset_mapping"], *answer_chars)
+    except ValueError as err:
+        raise ValueError(f"cannot locate the answer span of {_describe(example)} in {text!r}: {err}") from None
+    if stop != len(ids) - 1 or ids[stop] != eoc_id:
+        raise ValueError(f"the answer of {_describe(example)} is not closed by {END_OF_CHUNK_TOKEN} in {text!r}")
+    return ids, (first, stop + 1)
+
+
 def assemble_prompt(prompt: Prompt, tokenizer, with_answer: bool, cache: dict | None = None) -> AssembledPrompt:
     """The one prompt assembly. Each block starts with ``<image>`` and ICDs end with ``<|endofchunk|>``, special
-    tokens that split tokenisation, so per-block ids equal the ids of the whole text. The span is located by
-    character offsets inside the tokenised query block: every token overlapping the answer, then the end token."""
+    tokens that split tokenisation, so per-block ids equal the ids of the whole text. Answer spans come from the
+    character offsets of each block (``base.answer_token_span``): every token overlapping the answer (a token that
+    merges the ``:`` with the answer's first characters included), then the end-of-chunk token.
+    ``cache`` (block text -> ids and span) saves re-tokenising ICD blocks that recur across prompts."""
     cache = cache if cache is not None else {}
-    blocks, texts = [], []
-    for demo in prompt.demos:
-        text = demo_text(demo)
+    eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+    blocks, texts, spans = [], [], []
+    offset = 0
+    answered = [(demo, True) for demo in prompt.demos] + [(prompt.query, with_answer)]
+    for number, (example, has_answer) in enumerate(answered):
+        is_query = number == len(prompt.demos)
+        head = query_text(example)
+        if has_answer:
+            answer = _checked_answer(example, "query" if is_query else "ICD")
+            text, chars = head + answer + END_OF_CHUNK_TOKEN, (len(head), len(head) + len(answer))
+        else:
+            text, chars = head, None
         if text not in cache:
-            cache[text] = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-        blocks.append(cache[text])
+            cache[text] = _tokenise_block(text, chars, tokenizer, example, eoc_id)
+        ids, span = cache[text]
+        if span is not None:
+            spans.append((offset + span[0], offset + span[1]))
+        blocks.append(ids)
         texts.append(text)
-    head = query_text(prompt.query)
-    span = None
-    if with_answer:
-        answer = _checked_answer(prompt.query, "query")
-        text = head + answer + END_OF_CHUNK_TOKEN
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        answer_start, answer_end = len(head), len(head) + len(answer)
-        inside = [i for i, (s, e) in enumerate(offsets) if e > answer_start and s < answer_end]
-        eoc = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
-        if not inside or ids[-1] != eoc or inside[-1] != len(ids) - 2 or inside != list(range(inside[0], inside[-1] + 1)):
-            raise ValueError(f"cannot locate the answer span of query {_describe(prompt.query)} in {text!r}")
-        offset = sum(len(b) for b in blocks)
-        span = (offset + inside[0], offset + len(ids))
-    else:
-        text = head
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    blocks.append(tuple(ids))
-    texts.append(text)
+        offset += len(ids)
     images = tuple(d.image_path for d in prompt.demos) + (prompt.query.image_path,)
-    return AssembledPrompt("".join(texts), tuple(blocks), images, span)
+    return AssembledPrompt("".join(texts), tuple(blocks), images, tuple(spans), with_answer)
 
 
 # ----------------------------------------------------------------------------------------------- adapter
@@ -857,3 +697,18 @@ def _generation_cross_attention(attns, media, index):
     finally:
         for attn in attns:
             attn.__dict__.pop("forward", None)
+
+
+def __getattr__(name: str):
+    """The tiny-model builders moved to ``lever_lm.toy.lvlm``; these aliases keep older imports working."""
+    if name in ("make_tiny_adapter", "build_tiny_model_dir"):
+        import functools
+
+        from lever_lm.toy import lvlm as toy_lvlm
+
+        return functools.partial(getattr(toy_lvlm, name), "flamingo")
+    if name == "FlamingoTinyDims":
+        from lever_lm.toy.lvlm import FlamingoTinyDims
+
+        return FlamingoTinyDims
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,18 +1,15 @@
-"""Qwen2.5-VL adapter: loader, tiny-model builder, prompt assembly, reference scoring and generation.
+"""Qwen2.5-VL adapter: loader, prompt assembly, reference scoring and generation.
 
 Public API
 ----------
-- ``QwenVLConfig`` (frozen), ``QwenTinyDims`` (frozen), ``config_from_dict(name, entry) -> QwenVLConfig``
-  (``entry`` is the YAML entry ``beam_models.<name>``; unknown fields are rejected).
+- ``QwenVLConfig`` (frozen), ``config_from_dict(name, entry) -> QwenVLConfig`` (``entry`` is the YAML entry
+  ``beam_models.<name>``; unknown fields are rejected; a tiny variant's ``tiny``/``pretrain`` fields are the
+  factory's business, see ``lever_lm.lvlm.factory``).
 - ``load_qwen_adapter(config) -> QwenVLAdapter``: loads model, tokenizer and image processor from
-  ``config.model_path`` (local files only). ``variant: tiny`` loads a directory made by
-  ``build_tiny_model_dir`` through the very same code.
-- ``build_tiny_model_dir(out_dir, words, dims=QwenTinyDims(), seed=0)``: materialises a randomly initialised
-  ``Qwen2_5_VLForConditionalGeneration`` with a word-level tokenizer and the Qwen2.5-VL chat template.
-- ``make_tiny_adapter(words, dims=None, seed=0, **options) -> QwenVLAdapter`` for tests and benchmarks.
+  ``config.model_path`` (local files only). ``variant: tiny`` loads a tiny model dir (built by ``lever_lm.toy``,
+  ``save_pretrained`` layout) through the very same code.
 - ``QwenVLAdapter``: ``score`` (fast path, see ``qwen_fast``), ``score_naive`` (reference), ``generate``,
-  ``clear_cache``, ``assemble`` (the one prompt assembly, also usable for pretraining the tiny model).
-- ``tiny_vocabulary_words()``: the chat-template words the tiny tokenizer needs besides the data's words.
+  ``clear_cache``, ``assemble`` (the one prompt assembly, also used to pretrain the tiny model).
 
 Prompt (spec stage 4). ``single_user_message`` (default): one user message interleaving, per ICD, its image
 and ``Question:{q} Short answer:{a}``, then the query image and ``Question:{q} Short answer:`` (+ ``{a}`` when
@@ -20,19 +17,17 @@ scoring). ``multi_turn``: per ICD a user turn (image + ``Question:{q} Short answ
 ``{a}``; the query is a user turn followed, when scoring, by an assistant turn with its answer. The model's own
 chat template renders the messages (generation prompt only for inference).
 
-Answer spans are located by construction: the rendered text is cut at each answer's boundaries and the pieces
-are tokenised separately, so an answer never merges with the ``:`` before it (with byte-level BPE ``:red``
-would otherwise be one token) and its token positions are known exactly. The scored span of the query is its
-answer tokens plus the ``<|im_end|>`` that closes it in the template.
+Tokenisation (spec stage 4): the rendered text is tokenised AS ONE STRING, as the model's own processor does, so
+with Qwen's byte-level BPE ``:red`` or ``:no`` stays one token, as in every text the model was trained on. Each
+answer's span comes from the tokenizer's character offsets (``base.answer_token_span``, the rule the Flamingo
+adapter uses too): every token overlapping the answer (a token merging the ``:`` with the answer's first
+characters included), then the one token that closes it; for the query that must be ``<|im_end|>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -83,40 +78,6 @@ _ANSWER_END = "\ue001"
 
 
 @dataclass(frozen=True)
-class QwenTinyDims:
-    """Sizes of a tiny Qwen2.5-VL (defaults: ~0.8M parameters; a 56x56 image becomes 4 image tokens)."""
-
-    text_hidden: int = 128
-    text_intermediate: int = 256
-    text_layers: int = 3
-    text_heads: int = 4
-    text_kv_heads: int = 2
-    mrope_section: tuple[int, int, int] = (4, 6, 6)
-    rope_theta: float = 1e4
-    max_position_embeddings: int = 4096
-    vision_depth: int = 2
-    vision_hidden: int = 64
-    vision_intermediate: int = 128
-    vision_heads: int = 4
-    patch_size: int = 14
-    spatial_merge_size: int = 2
-    temporal_patch_size: int = 2
-    image_min_pixels: int = 56 * 56
-    image_max_pixels: int = 56 * 56
-
-    def validate(self, where: str = "dims") -> None:
-        head_dim, remainder = divmod(self.text_hidden, self.text_heads)
-        if remainder or self.text_heads % self.text_kv_heads:
-            raise ValueError(f"{where}: text_hidden must divide by text_heads, text_heads by text_kv_heads")
-        if sum(self.mrope_section) * 2 != head_dim:
-            raise ValueError(
-                f"{where}.mrope_section: must sum to head_dim/2 = {head_dim // 2}, got {list(self.mrope_section)}"
-            )
-        if self.vision_hidden % self.vision_heads:
-            raise ValueError(f"{where}: vision_hidden must divide by vision_heads")
-
-
-@dataclass(frozen=True)
 class QwenVLConfig:
     """One ``beam_models.<name>`` entry of family ``qwen2_5_vl``."""
 
@@ -130,7 +91,6 @@ class QwenVLConfig:
     precision: str = "auto"
     score_batch_size: int = 32
     seed: int = 0
-    tiny: QwenTinyDims = field(default_factory=QwenTinyDims)
 
     def key(self, field_name: str) -> str:
         return f"beam_models.{self.name}.{field_name}"
@@ -146,16 +106,7 @@ def config_from_dict(name: str, entry: Mapping[str, Any]) -> QwenVLConfig:
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ValueError(f"beam_models.{name}: unknown field(s) {unknown}; allowed: {sorted(known)}")
-    tiny_entry = entry.pop("tiny", None) or {}
-    tiny_fields = {f.name for f in dataclasses.fields(QwenTinyDims)}
-    unknown_tiny = sorted(set(tiny_entry) - tiny_fields)
-    if unknown_tiny:
-        raise ValueError(f"beam_models.{name}.tiny: unknown field(s) {unknown_tiny}; allowed: {sorted(tiny_fields)}")
-    if "mrope_section" in tiny_entry:
-        tiny_entry["mrope_section"] = tuple(tiny_entry["mrope_section"])
-    dims = QwenTinyDims(**tiny_entry)
-    dims.validate(f"beam_models.{name}.tiny")
-    config = QwenVLConfig(name=name, tiny=dims, **entry)
+    config = QwenVLConfig(name=name, **entry)
     _check_choice(config, "variant", VARIANTS)
     _check_choice(config, "prompt_style", PROMPT_STYLES)
     _check_choice(config, "precision", PRECISIONS)
@@ -172,138 +123,6 @@ def _check_choice(config: QwenVLConfig, field_name: str, choices: Sequence[str])
     value = getattr(config, field_name)
     if value not in choices:
         raise ValueError(f"{config.key(field_name)}: expected one of {list(choices)}, got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# tiny model
-
-
-def tiny_vocabulary_words() -> list[str]:
-    """Words of the chat template (roles, default system prompt) that the word-level tokenizer must know."""
-    from lever_lm.lvlm.tiny_tokenizer import split_words
-
-    return sorted(set(split_words(DEFAULT_SYSTEM_PROMPT)) | {"system", "user", "assistant"})
-
-
-def build_tiny_model_dir(
-    out_dir: str | os.PathLike, words: Sequence[str], dims: QwenTinyDims | None = None, seed: int = 0
-) -> None:
-    """Write a random-init tiny Qwen2.5-VL (model, tokenizer, processor) to ``out_dir`` atomically.
-
-    ``words`` is the data vocabulary (e.g. ``tiny_tokenizer.collect_vocabulary``); the chat-template words are
-    added. The result loads with ``load_qwen_adapter`` exactly like a real checkpoint directory.
-    """
-    import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2TokenizerFast,
-        Qwen2VLImageProcessor,
-    )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    from lever_lm.lvlm.tiny_tokenizer import build_word_tokenizer
-
-    dims = dims or QwenTinyDims()
-    dims.validate()
-    out_dir = Path(out_dir)
-    vocabulary = sorted(set(words) | set(tiny_vocabulary_words()))
-    word_tokenizer = build_word_tokenizer(vocabulary, QWEN_SPECIAL_TOKENS)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=word_tokenizer,
-        unk_token="<unk>",
-        eos_token=END_TOKEN,
-        pad_token="<|endoftext|>",
-        bos_token=None,
-        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
-    )
-    token_id = tokenizer.convert_tokens_to_ids
-    image_processor = Qwen2VLImageProcessor(
-        min_pixels=dims.image_min_pixels,
-        max_pixels=dims.image_max_pixels,
-        patch_size=dims.patch_size,
-        temporal_patch_size=dims.temporal_patch_size,
-        merge_size=dims.spatial_merge_size,
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        patch_size=dims.patch_size, temporal_patch_size=dims.temporal_patch_size, merge_size=dims.spatial_merge_size
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=dims.text_hidden,
-            intermediate_size=dims.text_intermediate,
-            num_hidden_layers=dims.text_layers,
-            num_attention_heads=dims.text_heads,
-            num_key_value_heads=dims.text_kv_heads,
-            max_position_embeddings=dims.max_position_embeddings,
-            max_window_layers=dims.text_layers,
-            rope_theta=dims.rope_theta,
-            rope_scaling={"type": "mrope", "mrope_section": list(dims.mrope_section)},
-            tie_word_embeddings=True,
-            bos_token_id=None,
-            eos_token_id=token_id(END_TOKEN),
-        ),
-        vision_config=dict(
-            depth=dims.vision_depth,
-            hidden_size=dims.vision_hidden,
-            intermediate_size=dims.vision_intermediate,
-            num_heads=dims.vision_heads,
-            patch_size=dims.patch_size,
-            spatial_merge_size=dims.spatial_merge_size,
-            temporal_patch_size=dims.temporal_patch_size,
-            window_size=dims.patch_size * dims.spatial_merge_size * 4,
-            out_hidden_size=dims.text_hidden,
-            fullatt_block_indexes=[dims.vision_depth - 1],
-        ),
-        image_token_id=token_id(IMAGE_TOKEN),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[token_id(END_TOKEN), token_id("<|endoftext|>")],
-        pad_token_id=token_id("<|endoftext|>"),
-        do_sample=False,
-    )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        processor.save_pretrained(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def make_tiny_adapter(
-    words: Sequence[str], dims: QwenTinyDims | None = None, seed: int = 0, **options: Any
-) -> "QwenVLAdapter":
-    """Build a tiny model into a temporary directory and load it through ``load_qwen_adapter``.
-
-    ``options`` are further ``QwenVLConfig`` fields (prompt_style, system_prompt, precision, ...).
-    """
-    name = options.pop("name", "qwen_tiny")
-    model_dir = Path(tempfile.mkdtemp(prefix="qwen_tiny_")) / "model"
-    build_tiny_model_dir(model_dir, words, dims, seed)
-    entry = {"variant": "tiny", "model_path": str(model_dir), "seed": seed, **options}
-    if dims is not None:
-        entry["tiny"] = dataclasses.asdict(dims)
-    return load_qwen_adapter(config_from_dict(name, entry))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,8 +217,12 @@ def _checked_text(text: str | None, what: str, example: Example) -> str:
     return text
 
 
-def build_messages(prompt: Prompt, style: str, system_prompt: str | None, with_query_answer: bool) -> list[dict]:
-    """Chat messages of a prompt; answers are wrapped in boundary markers (see ``assemble_prompt``)."""
+def build_messages(prompt: Prompt, style: str, system_prompt: str | None, with_query_answer: bool,
+                   query_answer_as_reply: bool = False) -> list[dict]:
+    """Chat messages of a prompt; answers are wrapped in boundary markers (see ``assemble_prompt``).
+
+    ``query_answer_as_reply``: the query's answer is the assistant's reply after the query's user turn (what
+    ``generate`` expects the model to write), also in ``single_user_message`` style."""
     messages: list[dict] = []
     if system_prompt is not None and system_prompt.strip():
         messages.append({"role": "system", "content": system_prompt.strip()})
@@ -412,9 +235,10 @@ def build_messages(prompt: Prompt, style: str, system_prompt: str | None, with_q
         answer = _checked_text(example.answer, f"{what} answer", example) if answered else None
         marked_answer = f"{_ANSWER_START}{answer}{_ANSWER_END}" if answer is not None else ""
         if style == "single_user_message":
+            inline = "" if is_query and query_answer_as_reply else marked_answer
             user_content += [
                 {"type": "image"},
-                {"type": "text", "text": f"Question:{question} Short answer:{marked_answer}"},
+                {"type": "text", "text": f"Question:{question} Short answer:{inline}"},
             ]
         else:
             messages.append({"role": "user", "content": [
@@ -423,6 +247,8 @@ def build_messages(prompt: Prompt, style: str, system_prompt: str | None, with_q
                 messages.append({"role": "assistant", "content": marked_answer})
     if style == "single_user_message":
         messages.append({"role": "user", "content": user_content})
+        if query_answer_as_reply and with_query_answer:
+            messages.append({"role": "assistant", "content": marked_answer})
     return messages
 
 
@@ -462,15 +288,20 @@ def assemble_prompt(
     system_prompt: str | None,
     image_token_counts: Mapping[str, int],
     for_generation: bool,
+    answer_as_reply: bool = False,
 ) -> AssembledPrompt:
     """THE prompt assembly (scoring, reference scoring, generation and pretraining all use it).
 
-    Renders the chat template (with the generation prompt iff ``for_generation``), tokenises the rendered text AS
+    Renders the chat template (with the generation prompt iff ``for_generation``; with ``answer_as_reply`` the
+    query's answer follows as the assistant's reply, the sequence ``generate`` should produce, which pretraining
+    teaches the tiny model), tokenises the rendered text AS
     ONE STRING, as the model's own processor does (spec stage 4), locates each answer from the tokenizer's
     character offsets (``base.answer_token_span``: a token merging the ``:`` with the answer's first characters
     belongs to the answer), and expands each ``<|image_pad|>`` to the image's number of merged patches.
     """
-    messages = build_messages(prompt, style, system_prompt, with_query_answer=not for_generation)
+    if for_generation and answer_as_reply:
+        raise ValueError("assemble_prompt: answer_as_reply needs the query's answer; for_generation has none")
+    messages = build_messages(prompt, style, system_prompt, not for_generation, answer_as_reply)
     text, answer_chars = _strip_answer_markers(render_chat(tokenizer, chat_template, messages, for_generation))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
@@ -493,6 +324,8 @@ def assemble_prompt(
         raise ValueError(f"chat template rendered {images_seen} images for a prompt with {len(image_paths)}")
     answer_spans = []
     for char_start, char_end in answer_chars:
+        # every token overlapping the answer's characters: a token that merges the ':' before the answer with its
+        # first characters (Qwen's BPE has ':red', ':no') is part of y
         first, stop = answer_token_span(offsets, char_start, char_end)
         if stop >= len(ids):
             raise LVLMConfigError("chat template puts nothing after an answer: no end-of-answer token to score")
@@ -548,7 +381,7 @@ def mrope_positions(
 
 
 class QwenVLAdapter(LVLMAdapter):
-    """Qwen2.5-VL behind ``LVLMAdapter``. Build it with ``load_qwen_adapter`` or ``make_tiny_adapter``."""
+    """Qwen2.5-VL behind ``LVLMAdapter``. Build it with ``load_qwen_adapter``."""
 
     def __init__(self, config: QwenVLConfig, model, processor):
         from lever_lm.lvlm.qwen_fast import FastScorer
@@ -569,10 +402,11 @@ class QwenVLAdapter(LVLMAdapter):
 
     # -- shared pieces ------------------------------------------------------------------------------------
 
-    def assemble(self, prompt: Prompt, image_token_counts: Mapping[str, int], for_generation: bool) -> AssembledPrompt:
+    def assemble(self, prompt: Prompt, image_token_counts: Mapping[str, int], for_generation: bool,
+                 answer_as_reply: bool = False) -> AssembledPrompt:
         return assemble_prompt(
             prompt, self.tokenizer, self.chat_template, self.config.prompt_style, self.config.system_prompt,
-            image_token_counts, for_generation,
+            image_token_counts, for_generation, answer_as_reply,
         )
 
     def preprocess_images(self, paths: Sequence[str]):
@@ -751,3 +585,22 @@ class QwenVLAdapter(LVLMAdapter):
             ids[row, span] = torch.as_tensor(sequence)
             mask[row, span] = 1
         return ids.to(self.device), mask.to(self.device)
+
+
+def __getattr__(name: str):
+    """The tiny-model builders moved to ``lever_lm.toy.lvlm``; these aliases keep older imports working."""
+    if name in ("make_tiny_adapter", "build_tiny_model_dir"):
+        import functools
+
+        from lever_lm.toy import lvlm as toy_lvlm
+
+        return functools.partial(getattr(toy_lvlm, name), "qwen2_5_vl")
+    if name == "QwenTinyDims":
+        from lever_lm.toy.lvlm import QwenTinyDims
+
+        return QwenTinyDims
+    if name == "tiny_vocabulary_words":
+        from lever_lm.toy.lvlm import tiny_vocabulary
+
+        return lambda: tiny_vocabulary([])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,57 @@
+# The toy world of the embedded default: the generated dataset and the tiny LVLMs (pretrained on its train split,
+# or left at random init). lever_lm.toy holds the logic.
+
+if "toy" in config["dataset"]:
+
+    rule toy_dataset:
+        output:
+            train=directory(split_files("train")["image_dir"]),
+            val=directory(split_files("val")["image_dir"]),
+            jsons=[
+                split_files(split)[kind]
+                for split in P.SPLITS
+                for kind in ("questions", "annotations")
+            ],
+        log:
+            f"logs/toy_dataset/{DATASET}.log",
+        benchmark:
+            f"benchmarks/toy_dataset/{DATASET}.tsv"
+        conda:
+            CONDA_ENV
+        threads: 1
+        params:
+            root=lambda wildcards, output: Path(output.train).parent,
+            toy=config["dataset"]["toy"],
+        script:
+            "../workflow_scripts/toy_dataset.py"
+
+
+def tiny_lvlm_inputs(wildcards):
+    """Pretraining reads the train records only; a random-init build takes its vocabulary from both splits."""
+    files = {"train": path(P.RECORDS, split="train")}
+    if not is_pretrained(config["beam_models"][wildcards.beam_model]):
+        files["val"] = path(P.RECORDS, split="val")
+    return files
+
+
+if TINY_BEAM_MODELS:
+
+    rule tiny_lvlm:
+        input:
+            unpack(tiny_lvlm_inputs),
+        output:
+            model_dir=directory(P.TINY_LVLM),
+        log:
+            "logs/tiny_lvlm/{dataset}_{beam_model}.log",
+        benchmark:
+            "benchmarks/tiny_lvlm/{dataset}_{beam_model}.tsv"
+        wildcard_constraints:
+            beam_model=_one_of(TINY_BEAM_MODELS),
+        conda:
+            CONDA_ENV
+        # one thread: deterministic, and the two tiny LVLMs pretrain side by side on a 2-core machine
+        threads: 1
+        params:
+            entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
+        script:
+            "../workflow_scripts/tiny_lvlm.py"

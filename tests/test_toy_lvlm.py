@@ -1,0 +1,180 @@
+"""Tiny LVLMs of the toy world: pretraining sequences, pretraining into the real local layout, factory fields."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lever_lm.data import build_records  # noqa: E402
+from lever_lm.lvlm.factory import is_pretrained, load_adapter, parse_config, tiny_spec  # noqa: E402
+from lever_lm.toy.data import (  # noqa: E402
+    CONVENTIONS,
+    ToyDatasetConfig,
+    family_of,
+    generate_toy_okvqa,
+    parse_answer,
+    toy_vocabulary,
+)
+from lever_lm.toy.lvlm import FlamingoTinyDims, QwenTinyDims  # noqa: E402
+from lever_lm.toy.pretrain import (  # noqa: E402
+    PretrainConfig,
+    learning_rate,
+    pretrain_tiny_lvlm,
+    pretraining_prompts,
+    toy_items,
+)
+
+SMALL_QWEN = QwenTinyDims(text_hidden=32, text_intermediate=64, text_layers=1, text_heads=2, text_kv_heads=1,
+                          mrope_section=(2, 3, 3), vision_depth=1, vision_hidden=32, vision_intermediate=64,
+                          vision_heads=2)
+SMALL_FLAMINGO = FlamingoTinyDims(lang_width=32, lang_layers=1, lang_heads=2, init_std=0.02)
+QUICK = PretrainConfig(steps=3, batch_size=4, warmup_steps=1, log_every=1, max_demos=2)
+
+
+@pytest.fixture(scope="module")
+def toy_records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy") / "okvqa"
+    generate_toy_okvqa(root, ToyDatasetConfig(seed=1, train_images=12, val_images=4))
+    return {split: build_records("okvqa", root, split) for split in ("train", "val")}
+
+
+def _convention(example) -> str:
+    return parse_answer(example.answer)[1]
+
+
+def test_pretraining_sequences_keep_one_convention_and_never_repeat_the_query_image(toy_records):
+    items = toy_items(toy_records["train"])
+    shared = pretraining_prompts(items, PretrainConfig(shared_convention_p=1.0, max_demos=4),
+                                 np.random.default_rng(0), count=200)
+    assert {len(p.demos) for p in shared} == {0, 1, 2, 3, 4}
+    for prompt in shared:
+        assert len({_convention(e) for e in (*prompt.demos, prompt.query)}) == 1
+        assert all(d.image_path != prompt.query.image_path for d in prompt.demos)
+        assert len(set(prompt.demos)) == len(prompt.demos)
+    conventions = [_convention(p.query) for p in shared]
+    assert 0.3 < conventions.count("code") / len(conventions) < 0.7  # drawn per sequence, not from the cue
+    per_type = pretraining_prompts(items, PretrainConfig(shared_convention_p=0.0, max_demos=4),
+                                   np.random.default_rng(0), count=200)
+    mixed = 0
+    for prompt in per_type:
+        by_type: dict[str, set] = {}
+        for e in (*prompt.demos, prompt.query):
+            by_type.setdefault(family_of(e.question, e.answer)[0], set()).add(_convention(e))
+        assert all(len(c) == 1 for c in by_type.values())  # consistent per question type inside a sequence
+        mixed += len(set().union(*by_type.values())) > 1
+    assert mixed > 20  # ... but question types of one sequence may differ
+    again = pretraining_prompts(items, PretrainConfig(shared_convention_p=1.0, max_demos=4),
+                                np.random.default_rng(0), count=200)
+    assert again == shared
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    cfg = PretrainConfig(steps=100, warmup_steps=10, lr=1.0)
+    rates = [learning_rate(step, cfg) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.01
+
+
+def test_pretrain_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"beam_models\.m\.pretrain\.warmup_steps: must be in \[0, steps\)"):
+        PretrainConfig.from_config({"steps": 10, "warmup_steps": 10}, "beam_models.m.pretrain")
+    with pytest.raises(ValueError, match=r"beam_models\.m\.pretrain: unknown field\(s\) \['epochs'\]"):
+        PretrainConfig.from_config({"epochs": 1}, "beam_models.m.pretrain")
+    with pytest.raises(ValueError, match=r"pretrain\.lr: expected a float"):
+        PretrainConfig.from_config({"lr": "fast"})
+    assert PretrainConfig.from_config({"lr": 1}).lr == 1
+
+
+def test_factory_strips_and_checks_the_tiny_only_fields():
+    entry = {"family": "flamingo", "variant": "tiny", "seed": 2, "tiny": {"lang_width": 64},
+             "pretrain": {"steps": 5, "warmup_steps": 1}}
+    family, dims, pretrain, seed = tiny_spec("f", entry)
+    assert (family, dims.lang_width, pretrain.steps, seed) == ("flamingo", 64, 5, 2)
+    assert parse_config("f", entry).seed == 2 and is_pretrained(entry)
+    assert not is_pretrained({**entry, "pretrain": None}) and tiny_spec("f", {**entry, "pretrain": None})[2] is None
+    with pytest.raises(ValueError, match=r"beam_models\.f\.tiny\.lang_width: expected a positive int"):
+        parse_config("f", {**entry, "tiny": {"lang_width": 0}})
+    with pytest.raises(ValueError, match=r"beam_models\.f\.tiny: lang_width must divide by lang_heads"):
+        parse_config("f", {**entry, "tiny": {"lang_width": 30}})
+
+
+def test_pretraining_reads_the_train_split_only(toy_records, tmp_path):
+    with pytest.raises(ValueError, match=r"train split only, got split\(s\) \['val'\]"):
+        pretrain_tiny_lvlm("qwen2_5_vl", SMALL_QWEN, QUICK, toy_records["val"], str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+
+
+def _answer_spans_decode(trainer, prompts, family):
+    """Every answer span the loss reads is the answer's tokens plus the token that closes it."""
+    if family == "qwen2_5_vl":
+        tokenizer = trainer.adapter.tokenizer
+        assembled = [trainer.adapter.assemble(p, trainer.counts, for_generation=False) for p in prompts]
+        closing = {"<|im_end|>", "<|vision_start|>"}
+    else:
+        from lever_lm.lvlm.flamingo import assemble_prompt
+
+        tokenizer = trainer.tokenizer
+        assembled = [assemble_prompt(p, tokenizer, with_answer=True) for p in prompts]
+        closing = {"<|endofchunk|>"}
+    for prompt, item in zip(prompts, assembled):
+        examples = (*prompt.demos, prompt.query)
+        assert len(item.answer_spans) == len(examples)
+        for example, (start, end) in zip(examples, item.answer_spans):
+            tokens = tokenizer.convert_ids_to_tokens(list(item.input_ids[start:end]))
+            assert tokens[-1] in closing and " ".join(tokens[:-1]) == example.answer
+
+
+@pytest.mark.parametrize("family,dims", [("qwen2_5_vl", SMALL_QWEN), ("flamingo", SMALL_FLAMINGO)])
+def test_pretrained_dir_loads_through_the_local_loader_and_is_deterministic(toy_records, tmp_path, family, dims):
+    from lever_lm.toy.pretrain import _TRAINERS
+
+    torch.set_num_threads(1)
+    train = toy_records["train"]
+    out = tmp_path / "model"
+    summary = pretrain_tiny_lvlm(family, dims, QUICK, train, str(out), seed=0)
+    assert len(summary["loss_curve"]) == 3 and np.isfinite(summary["final_loss"])
+    assert json.loads((out / "pretraining.json").read_text())["pretrain"]["steps"] == 3
+    entry = {"family": family, "variant": "tiny", "seed": 0, "precision": "fp32",
+             "pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1}}
+    adapter = load_adapter("m", entry, str(out))  # the rule's path: the same local loader as a real model
+    again = tmp_path / "again"
+    pretrain_tiny_lvlm(family, dims, QUICK, train, str(again), seed=0)
+    other = load_adapter("m", entry, str(again))
+    state, other_state = adapter.model.state_dict(), other.model.state_dict()
+    assert state.keys() == other_state.keys() and all(torch.equal(state[k], other_state[k]) for k in state)
+    untrained = _TRAINERS[family](list(train["question"]) + toy_vocabulary(), dims, 0, list(train["image_path"]))
+    fresh = untrained.model.state_dict()
+    changed = [k for k in state if k in fresh and fresh[k].shape == state[k].shape and not torch.equal(fresh[k], state[k])]
+    assert changed  # training moved the weights, and the saved dir holds the moved ones
+    prompts = pretraining_prompts(toy_items(train), QUICK, np.random.default_rng(5), count=6)
+    _answer_spans_decode(untrained, prompts, family)
+    scores = adapter.score([p for p in prompts if p.demos][:3])
+    assert all(s.size >= 2 and np.isfinite(s).all() for s in scores)
+
+
+def test_pretrained_flamingo_dir_holds_exactly_the_trained_model(toy_records, tmp_path):
+    """Every tensor of the in-memory model (vision, perceiver, cross-attention, language model) survives the
+    open_flamingo layout: vision weights file, lang_encoder dir, checkpoint.pt."""
+    from lever_lm.toy.lvlm import load_tiny_dir, save_flamingo_dir
+    from lever_lm.toy.pretrain import _FlamingoTrainer
+
+    torch.set_num_threads(1)
+    train = toy_records["train"]
+    trainer = _FlamingoTrainer(list(train["question"]) + toy_vocabulary(), SMALL_FLAMINGO, 0,
+                               list(train["image_path"]))
+    with torch.no_grad():
+        for parameter in trainer.model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # every tensor differs from its init
+    save_flamingo_dir(tmp_path / "m", trainer.tiny)
+    loaded = load_tiny_dir("flamingo", tmp_path / "m", precision="fp32").model.state_dict()
+    own = trainer.model.state_dict()
+    assert own.keys() == loaded.keys()
+    assert [k for k in own if not torch.equal(own[k], loaded[k])] == []
+
+
+def test_conventions_constant_is_what_the_sequences_use():
+    assert set(CONVENTIONS) == {"word", "code"}

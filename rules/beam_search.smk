@@ -1,6 +1,7 @@
 # Stage 4: InfoScore beam search per (beam_model, sampler), sharded by anchor (one GPU job per shard), then gathered.
 # A tiny beam model's dir comes from rule tiny_lvlm (rules/toy.smk).
 
+
 rule beam_shard:
     input:
         anchors=path(P.ANCHORS),

@@ -122,3 +122,11 @@ def selector_init_checkpoint(wildcards):
     return [
         P.fill(P.SELECTOR_BEST, config, **{**dict(wildcards.items()), "version": "v3"})
     ]
+
+
+def tiny_lvlm_inputs(wildcards):
+    """Pretraining reads the train records only; a random-init build takes its vocabulary from both splits."""
+    files = {"train": path(P.RECORDS, split="train")}
+    if not is_pretrained(config["beam_models"][wildcards.beam_model]):
+        files["val"] = path(P.RECORDS, split="val")
+    return files

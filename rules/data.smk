@@ -1,5 +1,6 @@
 # Stage 1: raw dataset (a generated toy one, rules/toy.smk, or the user's local copy) -> normalised records per split.
 
+
 rule records:
     input:
         unpack(raw_split_files),

@@ -26,14 +26,6 @@ if "toy" in config["dataset"]:
             "../workflow_scripts/toy_dataset.py"
 
 
-def tiny_lvlm_inputs(wildcards):
-    """Pretraining reads the train records only; a random-init build takes its vocabulary from both splits."""
-    files = {"train": path(P.RECORDS, split="train")}
-    if not is_pretrained(config["beam_models"][wildcards.beam_model]):
-        files["val"] = path(P.RECORDS, split="val")
-    return files
-
-
 if TINY_BEAM_MODELS:
 
     rule tiny_lvlm:

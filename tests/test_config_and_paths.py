@@ -65,7 +65,7 @@ def test_targets_cover_the_matrix():
     config = load_config(REPO / "config.yaml")
     beams = [t for t in P.all_targets(config) if t.endswith("beams.json")]
     assert len(beams) == len(config["samplers"]) * len(config["beam_models"])
-    assert all("/infoscore_left_beam5_shot2_cand64_sample48/" in t for t in beams)
+    assert all("/infoscore_left_beam5_shot2_cand64_sample64/" in t for t in beams)
 
 
 def test_gpu_lease_takes_distinct_free_gpus(tmp_path, monkeypatch):

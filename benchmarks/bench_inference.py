@@ -65,13 +65,11 @@ def make_prompts(folder: Path, n_queries: int, n_train: int = 32, max_icds: int 
 def build_adapter(family: str, words: list[str]):
     import torch
 
+    from lever_lm.toy.lvlm import make_tiny_adapter
+
     if family == "flamingo":
-        from lever_lm.lvlm.flamingo import make_tiny_adapter
-
-        return make_tiny_adapter(words, seed=0)
-    from lever_lm.lvlm.qwen import make_tiny_adapter
-
-    adapter = make_tiny_adapter(words, seed=0, precision="fp32")
+        return make_tiny_adapter("flamingo", words, seed=0)
+    adapter = make_tiny_adapter("qwen2_5_vl", words, seed=0, precision="fp32")
     torch.manual_seed(1)
     with torch.no_grad():
         for name, parameter in adapter.model.named_parameters():
@@ -112,7 +110,7 @@ def main() -> None:
     import torch
 
     from lever_lm.inference import generate_answers
-    from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
+    from lever_lm.toy.tokenizer import collect_vocabulary
     from tests.test_inference_generation import flamingo_reference, qwen_reference
 
     torch.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lever_lm.lvlm.base import Example, Prompt
-from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
+from lever_lm.toy.tokenizer import collect_vocabulary
 
 QA = [("what color is the cat ?", "red"), ("how many dogs are there ?", "2"), ("is it raining ?", "no"),
       ("what is the man holding ?", "tennis racket"), ("where is the bus ?", "street"), ("what sport is this ?", "ski"),
@@ -37,18 +37,18 @@ def prompts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flamingo():
-    from lever_lm.lvlm.flamingo import make_tiny_adapter
+    from lever_lm.toy.lvlm import make_tiny_adapter
 
     torch.set_num_threads(1)
-    return make_tiny_adapter(WORDS, seed=0, score_batch_size=16, precision="fp32")  # exact equality: no bf16
+    return make_tiny_adapter("flamingo", WORDS, seed=0, score_batch_size=16, precision="fp32")  # exact equality: no bf16
 
 
 @pytest.fixture(scope="module")
 def qwen():
-    from lever_lm.lvlm.qwen import make_tiny_adapter
+    from lever_lm.toy.lvlm import make_tiny_adapter
 
     torch.set_num_threads(1)
-    adapter = make_tiny_adapter(WORDS, seed=0, score_batch_size=16, precision="fp32")
+    adapter = make_tiny_adapter("qwen2_5_vl", WORDS, seed=0, score_batch_size=16, precision="fp32")
     torch.manual_seed(1)  # random init answers near-uniformly; larger weights make answers depend on the prompt
     with torch.no_grad():
         for name, parameter in adapter.model.named_parameters():

@@ -291,7 +291,7 @@ def test_tokenizer_without_image_token_is_rejected(tmp_path, tiny_dir):
     from transformers import Qwen2TokenizerFast
 
     from lever_lm.lvlm.qwen import QWEN_SPECIAL_TOKENS
-    from lever_lm.lvlm.tiny_tokenizer import build_word_tokenizer
+    from lever_lm.toy.tokenizer import build_word_tokenizer
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)

@@ -697,18 +697,3 @@ def _generation_cross_attention(attns, media, index):
     finally:
         for attn in attns:
             attn.__dict__.pop("forward", None)
-
-
-def __getattr__(name: str):
-    """The tiny-model builders moved to ``lever_lm.toy.lvlm``; these aliases keep older imports working."""
-    if name in ("make_tiny_adapter", "build_tiny_model_dir"):
-        import functools
-
-        from lever_lm.toy import lvlm as toy_lvlm
-
-        return functools.partial(getattr(toy_lvlm, name), "flamingo")
-    if name == "FlamingoTinyDims":
-        from lever_lm.toy.lvlm import FlamingoTinyDims
-
-        return FlamingoTinyDims
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -585,22 +585,3 @@ class QwenVLAdapter(LVLMAdapter):
             ids[row, span] = torch.as_tensor(sequence)
             mask[row, span] = 1
         return ids.to(self.device), mask.to(self.device)
-
-
-def __getattr__(name: str):
-    """The tiny-model builders moved to ``lever_lm.toy.lvlm``; these aliases keep older imports working."""
-    if name in ("make_tiny_adapter", "build_tiny_model_dir"):
-        import functools
-
-        from lever_lm.toy import lvlm as toy_lvlm
-
-        return functools.partial(getattr(toy_lvlm, name), "qwen2_5_vl")
-    if name == "QwenTinyDims":
-        from lever_lm.toy.lvlm import QwenTinyDims
-
-        return QwenTinyDims
-    if name == "tiny_vocabulary_words":
-        from lever_lm.toy.lvlm import tiny_vocabulary
-
-        return lambda: tiny_vocabulary([])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

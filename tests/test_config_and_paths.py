@@ -93,3 +93,18 @@ def test_gpu_lease_without_gpus_is_a_no_op(tmp_path, monkeypatch):
     with gpu_lease(tmp_path, n_gpus=0) as gpu:
         assert gpu is None
         assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    from lever_lm.io_utils import _current_umask, write_json
+
+    old = os.umask(0o022)
+    _current_umask.cache_clear()  # the writer reads the umask once per process
+    try:
+        write_json(tmp_path / "out.json", {"a": 1})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+        _current_umask.cache_clear()
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left

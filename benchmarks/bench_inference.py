@@ -65,17 +65,12 @@ def make_prompts(folder: Path, n_queries: int, n_train: int = 32, max_icds: int 
 def build_adapter(family: str, words: list[str]):
     import torch
 
-    from lever_lm.toy.lvlm import make_tiny_adapter
+    from lever_lm.toy.lvlm import make_tiny_adapter, sharpen_weights
 
     if family == "flamingo":
         return make_tiny_adapter("flamingo", words, seed=0)
     adapter = make_tiny_adapter("qwen2_5_vl", words, seed=0, precision="fp32")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in adapter.model.named_parameters():
-            if "norm" not in name:
-                parameter.normal_(0.0, 0.15)
-    return adapter
+    return sharpen_weights(adapter)
 
 
 def timed(fn):

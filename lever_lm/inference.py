@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from lever_lm.io_utils import file_sha256
 from lever_lm.paths import BASELINES
 
 if TYPE_CHECKING:
@@ -134,14 +135,6 @@ def config_digest(**parts: Any) -> str:
     """sha256 of the canonical json of what decides a job's results (config, identity, model entry)."""
     text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- inputs

@@ -37,6 +37,17 @@ def _current_umask() -> int:
     return mask
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (checkpoints can be large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")

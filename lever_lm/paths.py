@@ -78,7 +78,7 @@ def fill(template: str, config: dict, **wildcards: str) -> str:
         "candidate_name": candidate_name(config),
         "pool_name": pool_name(config),
         "ex_name": ex_name(config),
-        "lever_lm": config.get("lever_lm", "query_img_text_icd_img_text"),
+        "lever_lm": config["lever_lm"],
     }
     names.update(wildcards)
 

@@ -17,12 +17,12 @@ from lever_lm.inference import (
     PREDICTION_COLUMNS,
     InferenceConfig,
     InferenceInputs,
-    file_sha256,
     generate_answers,
     run_baseline,
     run_selector_cell,
     select_queries,
 )
+from lever_lm.io_utils import file_sha256
 from lever_lm.lvlm.base import Example, Prompt
 from lever_lm.retrievers import RandomRetriever, SelectorRetriever, SimilarityRetriever, ZeroShotRetriever
 

@@ -55,14 +55,10 @@ def tiny_dir(tmp_path_factory):
 
 
 def _sharpened(adapter):
-    """Random init gives near-uniform predictions; larger weights make scores depend strongly on context,
-    so a wrong key/value or position reuse shows up far above the 1e-4 tolerance."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in adapter.model.named_parameters():
-            if "norm" not in name:
-                parameter.normal_(0.0, 0.15)
-    return adapter
+    """Larger weights: a wrong key/value or position reuse then shows up far above the 1e-4 tolerance."""
+    from lever_lm.toy.lvlm import sharpen_weights
+
+    return sharpen_weights(adapter)
 
 
 @pytest.fixture(scope="module", params=["single_user_message", "multi_turn"])

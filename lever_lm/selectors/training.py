@@ -15,7 +15,6 @@ complete-looking set.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -87,19 +86,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 0x5E1EC7]).integers(2**62))
 
 
-def _sha256(path: str | Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _file_digest(path: str | Path | None) -> str | None:
+    from lever_lm.io_utils import file_sha256
+
+    return None if path is None else file_sha256(path)
 
 
 def _fingerprint(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths) -> dict[str, Any]:
     """What a resume state must have been made from (config, identity, and the inputs' bytes)."""
-    files = {name: _sha256(getattr(paths, name)) for name in (
+    files = {name: _file_digest(getattr(paths, name)) for name in (
         "beams", "candidates", "train_embeddings_image", "train_embeddings_text", "train_embeddings_meta",
         "init_checkpoint")}
     return json.loads(json.dumps({"config": cfg.to_dict(), "identity": identity.to_dict(), "inputs": files}))

@@ -484,3 +484,16 @@ def make_tiny_adapter(family: str, words: Sequence[str], dims=None, seed: int = 
         return load_tiny_dir(family, tmp_root / "model", seed=seed, **config_fields)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)  # weights stay in memory
+
+
+def sharpen_weights(adapter, std: float = 0.15, seed: int = 1):
+    """Redraw a random-init model's weights (not its norms) larger: random init answers near-uniformly, and
+    larger weights make outputs depend strongly on the prompt, so a wrong cache or position shows in tests."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in adapter.model.named_parameters():
+            if "norm" not in name:
+                parameter.normal_(0.0, std)
+    return adapter

@@ -134,8 +134,17 @@ def check_config(config: dict) -> dict:
             f"config key inference.shots: {too_many[0]} shots exceed the test pools' size "
             f"(candidates.cand_num {config['candidates']['cand_num']})"
         )
-    if "toy" in config["dataset"] and config["dataset"]["format"] != "okvqa":
-        raise ConfigError("config key dataset.toy: the toy dataset is generated in OK-VQA format; set dataset.format: okvqa")
+    from lever_lm.paths import SPLITS
+
+    dataset = config["dataset"]
+    if "toy" in dataset:
+        if dataset["format"] != "okvqa":
+            raise ConfigError("config key dataset.toy: the toy dataset is generated in OK-VQA format; set dataset.format: okvqa")
+        if "root" not in dataset or dataset.get("files"):
+            raise ConfigError("config key dataset.toy: the toy dataset is generated under dataset.root with the standard "
+                              "names; set dataset.root and leave out dataset.files")
+    for split in SPLITS:
+        split_layout(dataset, split)
     _check_stage_configs(config)
     return config
 
@@ -183,7 +192,6 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
 
 def external_paths(config: dict) -> list[tuple[str, str]]:
     """(config key, path) of every input the pipeline reads but does not produce: data files and weights."""
-    from lever_lm.data import layout_paths
     from lever_lm.lvlm.factory import local_weight_paths
     from lever_lm.paths import SPLITS
 
@@ -191,8 +199,12 @@ def external_paths(config: dict) -> list[tuple[str, str]]:
     dataset = config["dataset"]
     if "toy" not in dataset:
         for split in SPLITS:
-            files = layout_paths(dataset["format"], dataset["root"], split, dataset.get("caption_year", 2014))
-            found += [(f"dataset.root ({split} {kind})", str(path)) for kind, path in files.items()]
+            explicit = dataset.get("files", {}).get(split, {})
+            files = split_layout(dataset, split)
+            found += [
+                (f"dataset.files.{split}.{kind}" if kind in explicit else f"dataset.root ({split} {kind})", str(path))
+                for kind, path in files.items()
+            ]
     for name, encoder in config["encoders"].items():
         if encoder["kind"] != "tiny":
             found.append((f"encoders.{name}.checkpoint", encoder["checkpoint"]))
@@ -202,6 +214,19 @@ def external_paths(config: dict) -> list[tuple[str, str]]:
         except ValueError as err:
             raise ConfigError(f"config key {err}") from None
     return found
+
+
+def split_layout(dataset: dict, split: str) -> dict:
+    """Input paths of one split of the config's ``dataset`` section (explicit ``files`` first, else under ``root``)."""
+    from lever_lm.data import DatasetError, layout_paths
+
+    try:
+        return layout_paths(
+            dataset["format"], dataset.get("root"), split, dataset.get("caption_year", 2014),
+            dataset.get("files", {}).get(split),
+        )
+    except DatasetError as err:
+        raise ConfigError(f"config key {err}") from None
 
 
 def check_external_paths(config: dict) -> None:

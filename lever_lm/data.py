@@ -7,10 +7,10 @@ Public API
 - ``read_coco_captions(captions_json, image_dir, split) -> DataFrame``: one record per image (sorted by
   image_id); question "", answers = all captions (stripped), label = first caption by annotation id, plus ``captions``.
   ``question_id`` equals ``image_id`` there (the contract needs an integer id per record).
-- ``DatasetLayout`` / ``layout_paths(fmt, root, split, year=2014) -> dict``: the standard file names under a
-  root for ``fmt`` in ``FORMATS`` (keys ``questions`` (VQA only), ``annotations``, ``image_dir``), so the
-  Snakemake rules can list them as inputs.
-- ``build_records(fmt, root, split, year=2014) -> DataFrame``: the reader for ``fmt`` on ``layout_paths``.
+- ``DatasetLayout`` / ``layout_paths(fmt, root, split, year=2014, files=None) -> dict``: the input paths of one
+  split for ``fmt`` in ``FORMATS`` (keys ``questions`` (VQA only), ``annotations``, ``image_dir``): those given in
+  ``files``, the others under ``root`` with the standard names, so the Snakemake rules can list them as inputs.
+- ``build_records(fmt, root, split, year=2014, files=None) -> DataFrame``: the reader for ``fmt`` on ``layout_paths``.
 - ``write_records(path, df)`` (atomic parquet) and ``load_records(path) -> DataFrame`` (answers as lists of str).
 
 Records (one row per question, sorted by question_id; captions: by image_id): columns ``RECORD_COLUMNS``,
@@ -24,9 +24,9 @@ readers build the table in memory only, so nothing partial is ever written.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -42,14 +42,19 @@ class DatasetError(ValueError):
     """Bad dataset input; the message names the file and the first offending records."""
 
 
+SPLIT_FILE_KINDS = ("questions", "annotations", "image_dir")
+
+
 @dataclass(frozen=True)
 class DatasetLayout:
-    """Where one split of a dataset lives under ``root`` (standard names, spec stage 1)."""
+    """Where one split of a dataset lives: the standard names under ``root`` (spec stage 1), except for the
+    files given explicitly in ``files`` (kind -> path, kinds from ``SPLIT_FILE_KINDS``)."""
 
     fmt: str
-    root: Path
+    root: Path | None
     split: str
     year: int = 2014
+    files: Mapping[str, str | os.PathLike] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -58,24 +63,48 @@ class DatasetLayout:
             raise DatasetError(f"split {self.split!r} must be a plain name such as 'train' or 'val'")
         if self.fmt != "coco_caption" and self.year != 2014:
             raise DatasetError(f"format {self.fmt!r} only exists for year 2014, got year {self.year}")
+        unknown = sorted(set(self.files) - set(self._standard_names()))
+        if unknown:
+            raise DatasetError(
+                f"dataset.files.{self.split}.{unknown[0]}: format {self.fmt!r} has no such file "
+                f"(it reads {', '.join(self._standard_names())})"
+            )
+        if self.root is None:
+            implicit = [kind for kind in self._standard_names() if kind not in self.files]
+            if implicit:
+                raise DatasetError(
+                    f"dataset.files.{self.split}.{implicit[0]} is not set and there is no dataset.root to find "
+                    "it under; set one of them"
+                )
+
+    def _standard_names(self) -> dict[str, str]:
+        """Kind -> standard path relative to the root."""
+        if self.fmt == "coco_caption":
+            annotations = f"annotations/captions_{self.split}{self.year}.json"
+            return {"annotations": annotations, "image_dir": f"{self.split}{self.year}"}
+        prefix = "v2_" if self.fmt == "vqav2" else ""
+        return {
+            "questions": f"{prefix}OpenEnded_mscoco_{self.split}2014_questions.json",
+            "annotations": f"{prefix}mscoco_{self.split}2014_annotations.json",
+            "image_dir": f"{self.split}2014",
+        }
+
+    def _path(self, kind: str) -> Path:
+        if kind in self.files:
+            return Path(self.files[kind])
+        return Path(self.root) / self._standard_names()[kind]
 
     @property
     def questions_json(self) -> Path | None:
-        prefix = {"okvqa": "", "vqav2": "v2_"}.get(self.fmt)
-        if prefix is None:
-            return None
-        return Path(self.root) / f"{prefix}OpenEnded_mscoco_{self.split}2014_questions.json"
+        return self._path("questions") if self.fmt != "coco_caption" else None
 
     @property
     def annotations_json(self) -> Path:
-        if self.fmt == "coco_caption":
-            return Path(self.root) / "annotations" / f"captions_{self.split}{self.year}.json"
-        prefix = "v2_" if self.fmt == "vqav2" else ""
-        return Path(self.root) / f"{prefix}mscoco_{self.split}2014_annotations.json"
+        return self._path("annotations")
 
     @property
     def image_dir(self) -> Path:
-        return Path(self.root) / f"{self.split}{self.year}"
+        return self._path("image_dir")
 
     @property
     def image_prefix(self) -> str:
@@ -83,20 +112,25 @@ class DatasetLayout:
         return f"COCO_{self.split}{self.year}_"
 
     def paths(self) -> dict[str, Path]:
-        paths = {"annotations": self.annotations_json, "image_dir": self.image_dir}
-        if self.questions_json is not None:
-            paths = {"questions": self.questions_json, **paths}
-        return paths
+        return {kind: self._path(kind) for kind in self._standard_names()}
 
 
-def layout_paths(fmt: str, root: str | os.PathLike, split: str, year: int = 2014) -> dict[str, Path]:
+def _layout(fmt: str, root: str | os.PathLike | None, split: str, year: int, files: Mapping | None) -> DatasetLayout:
+    return DatasetLayout(fmt, None if root is None else Path(root), split, year, dict(files or {}))
+
+
+def layout_paths(
+    fmt: str, root: str | os.PathLike | None, split: str, year: int = 2014, files: Mapping | None = None
+) -> dict[str, Path]:
     """Input paths of one split: ``questions`` (VQA formats only), ``annotations``, ``image_dir``."""
-    return DatasetLayout(fmt, Path(root), split, year).paths()
+    return _layout(fmt, root, split, year, files).paths()
 
 
-def build_records(fmt: str, root: str | os.PathLike, split: str, year: int = 2014) -> pd.DataFrame:
-    """Records of one split of a dataset stored under ``root`` with the standard names."""
-    layout = DatasetLayout(fmt, Path(root), split, year)
+def build_records(
+    fmt: str, root: str | os.PathLike | None, split: str, year: int = 2014, files: Mapping | None = None
+) -> pd.DataFrame:
+    """Records of one split: files from ``files`` where given, else under ``root`` with the standard names."""
+    layout = _layout(fmt, root, split, year, files)
     if fmt == "coco_caption":
         return read_coco_captions(layout.annotations_json, layout.image_dir, split)
     return read_vqa_split(layout.questions_json, layout.annotations_json, layout.image_dir, split, layout.image_prefix)

@@ -13,9 +13,9 @@ from lever_lm.config import (
     check_external_paths,
     inference_params,
     schema_path,
+    split_layout,
     validate_schema,
 )
-from lever_lm.data import layout_paths
 from lever_lm.lvlm.factory import is_pretrained, local_weight_paths
 
 # lever_lm's checks first: one message naming the key (or every missing path), without a traceback;
@@ -72,10 +72,7 @@ def path(template, **wildcards):
 
 def split_files(split):
     """The dataset files one split is read from: questions/annotations json and the image dir."""
-    dataset = config["dataset"]
-    files = layout_paths(
-        dataset["format"], dataset["root"], split, dataset["caption_year"]
-    )
+    files = split_layout(config["dataset"], split)
     return {key: str(value) for key, value in files.items()}
 
 

@@ -15,7 +15,6 @@ rule records:
     threads: 1
     params:
         format=config["dataset"]["format"],
-        root=config["dataset"]["root"],
         caption_year=config["dataset"]["caption_year"],
     script:
         "../workflow_scripts/records.py"

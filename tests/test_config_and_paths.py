@@ -1,10 +1,11 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from lever_lm import paths as P
-from lever_lm.config import ConfigError, external_paths, load_config
+from lever_lm.config import ConfigError, external_paths, load_config, split_layout
 from lever_lm.gpu_lease import gpu_lease
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,44 @@ def test_external_paths_cover_data_and_weights():
     assert "dataset.root (val annotations)" in keys
     assert keys["beam_models.qwen2.5_vl_3B.model_path"] == "models/Qwen2.5-VL-3B-Instruct"
     assert external_paths(load_config(REPO / "config.yaml")) == []  # toy data and tiny models are built
+
+
+def test_dataset_files_override_standard_names_per_split():
+    files = {"train": {"image_dir": "/shared/coco/train2014"}, "val": {"questions": "/dl/q.json"}}
+    dataset = {"name": "okvqa", "format": "okvqa", "root": "/data/okvqa", "files": files}
+    assert split_layout(dataset, "train") == {
+        "questions": Path("/data/okvqa/OpenEnded_mscoco_train2014_questions.json"),
+        "annotations": Path("/data/okvqa/mscoco_train2014_annotations.json"),
+        "image_dir": Path("/shared/coco/train2014"),
+    }
+    assert split_layout(dataset, "val")["questions"] == Path("/dl/q.json")
+    assert split_layout(dataset, "val")["image_dir"] == Path("/data/okvqa/val2014")
+    config = load_config(REPO / "configs" / "okvqa_local.yaml", {"dataset": dataset})
+    keys = dict(external_paths(config))
+    assert keys["dataset.files.train.image_dir"] == "/shared/coco/train2014"
+    assert keys["dataset.root (train annotations)"] == "/data/okvqa/mscoco_train2014_annotations.json"
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ({"files": {"train": {"image_dir": "/i"}}}, "dataset.files.train.questions is not set and there is no dataset.root"),
+        ({"root": "/d", "files": {"test": {"image_dir": "/i"}}}, "unknown config key dataset.files.test"),
+        ({"root": "/d", "format": "coco_caption", "files": {"val": {"questions": "/q.json"}}},
+         "dataset.files.val.questions: format 'coco_caption' has no such file"),
+        ({"root": "/d", "files": {"val": {"images": "/i"}}}, "unknown config key dataset.files.val.images"),
+    ],
+)
+def test_bad_dataset_files_name_the_key(dataset, message):
+    dataset = {"name": "okvqa", "format": "okvqa", **dataset}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(REPO / "configs" / "okvqa_local.yaml", {"dataset": dataset})
+
+
+def test_toy_dataset_is_generated_under_root_only():
+    toy = {"name": "toy", "format": "okvqa", "root": "data/toy", "toy": {}, "files": {"val": {"image_dir": "/i"}}}
+    with pytest.raises(ConfigError, match="dataset.toy: .*leave out dataset.files"):
+        load_config(REPO / "config.yaml", {"dataset": toy})
 
 
 def test_targets_cover_the_matrix():

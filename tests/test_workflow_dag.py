@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from lever_lm import paths as P
 
@@ -34,7 +36,8 @@ def write_okvqa_fixture(root: Path) -> None:
         questions, annotations = [], []
         (root / f"{split}2014").mkdir(parents=True)
         for image_id in image_ids:
-            (root / f"{split}2014" / f"COCO_{split}2014_{image_id:012d}.jpg").write_bytes(b"")
+            image = root / f"{split}2014" / f"COCO_{split}2014_{image_id:012d}.jpg"
+            Image.new("RGB", (8, 8), (image_id, 0, 0)).save(image)
             question_id = image_id * 10 + 5
             questions.append({"image_id": image_id, "question": "What is this?", "question_id": question_id})
             answers = [
@@ -135,6 +138,39 @@ def test_v4_selector_depends_on_v3_even_when_v3_is_not_listed(tmp_path):
     jobs = planned_jobs(result)
     assert jobs["train_selector"] == 2 * 2  # v3 and v4, for each beam model
     assert jobs["icl_inference"] == 2  # only the listed version is evaluated
+
+
+def test_split_files_kept_apart_are_read_where_they_are(tmp_path):
+    """COCO images in a shared folder, OK-VQA's json files elsewhere: explicit paths per split, root for the rest."""
+    config_path = real_config(tmp_path, with_files=True)
+    config = yaml.safe_load(config_path.read_text())
+    data_root = Path(config["dataset"]["root"])
+    shared_coco = tmp_path / "shared" / "coco"
+    shared_coco.mkdir(parents=True)
+    for split in ("train", "val"):
+        (data_root / f"{split}2014").rename(shared_coco / f"{split}2014")
+    elsewhere = tmp_path / "downloads" / "val_questions.json"
+    elsewhere.parent.mkdir()
+    (data_root / "OpenEnded_mscoco_val2014_questions.json").rename(elsewhere)
+    config["dataset"]["files"] = {
+        "train": {"image_dir": str(shared_coco / "train2014")},
+        "val": {"image_dir": str(shared_coco / "val2014"), "questions": str(elsewhere)},
+    }
+    config_path.write_text(yaml.safe_dump(config))
+
+    records = [P.fill(P.RECORDS, config, split=split) for split in ("train", "val")]
+    result = snakemake(*records, "--configfile", str(config_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    val = pd.read_parquet(tmp_path / records[1])
+    assert val["question_id"].tolist() == [425]
+    assert val["image_path"].tolist() == [str(shared_coco / "val2014" / "COCO_val2014_000000000042.jpg")]
+    assert len(pd.read_parquet(tmp_path / records[0])) == 3
+
+    config["dataset"]["files"]["val"]["image_dir"] = str(tmp_path / "nowhere")
+    config_path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(config_path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "dataset.files.val.image_dir: " + str(tmp_path / "nowhere") in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

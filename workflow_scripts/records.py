@@ -6,6 +6,7 @@ with script_logging(snakemake.log[0], "records") as log:
     from lever_lm.data import build_records, write_records
 
     params = snakemake.params
-    records = build_records(params.format, params.root, snakemake.wildcards.split, params.caption_year)
+    files = {kind: snakemake.input[kind] for kind in snakemake.input.keys()}
+    records = build_records(params.format, None, snakemake.wildcards.split, params.caption_year, files)
     write_records(snakemake.output.records, records)
     log.info("%d %s records", len(records), snakemake.wildcards.split)

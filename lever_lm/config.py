@@ -10,10 +10,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lever_lm.errors import InputError
+
 SCHEMA_FILE = "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config value is invalid; the message starts with the dotted key."""
 
 

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from lever_lm.errors import InputError
 from lever_lm.io_utils import read_json, write_parquet
 
 FORMATS = ("okvqa", "vqav2", "coco_caption")
@@ -38,7 +39,7 @@ ANSWERS_PER_QUESTION = 10
 _MAX_LISTED = 5
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Bad dataset input; the message names the file and the first offending records."""
 
 

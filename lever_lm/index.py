@@ -9,13 +9,24 @@ Public API
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lever_lm.errors import InputError
 from lever_lm.io_utils import atomic_path
+
+
+def _faiss() -> Any:
+    """faiss, imported with its loader's INFO lines silenced: it logs every SIMD build it tries, including a
+    ``ModuleNotFoundError("No module named 'faiss.swigfaiss_avx512'")`` that users read as an error."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
 
 
 def as_float32_matrix(array: Any, what: str) -> np.ndarray:
@@ -30,7 +41,7 @@ def as_float32_matrix(array: Any, what: str) -> np.ndarray:
 
 
 def build_flat_ip_index(embeddings: Any) -> Any:
-    import faiss
+    faiss = _faiss()
 
     matrix = as_float32_matrix(embeddings, "index embeddings")
     index = faiss.IndexFlatIP(matrix.shape[1])
@@ -39,18 +50,21 @@ def build_flat_ip_index(embeddings: Any) -> Any:
 
 
 def write_index(path: str | os.PathLike, index: Any) -> None:
-    import faiss
+    faiss = _faiss()
 
     with atomic_path(path, suffix=".faiss") as tmp:
         faiss.write_index(index, str(tmp))
 
 
 def read_index(path: str | os.PathLike) -> Any:
-    import faiss
+    faiss = _faiss()
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: faiss index file not found")
-    return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as err:  # faiss's message is a multi-line C++ trace
+        raise InputError(f"{path}: not a readable faiss index ({str(err).strip().splitlines()[-1][:200]})") from None
 
 
 def search(index: Any, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from lever_lm.errors import InputError
 from lever_lm.io_utils import atomic_path, read_json
 from lever_lm.paths import BASELINES, VERSIONS
 
@@ -37,7 +38,7 @@ SCORE_TOLERANCE = 1e-6  # metrics score vs mean of per-question scores, on the x
 OVERLAP_COLUMNS = ("beam_model", "cell_a", "cell_b", "shot", "n", "identical_share")
 
 
-class ReportInputError(ValueError):
+class ReportInputError(InputError):
     """An input of the report is stale or inconsistent; the message names the file."""
 
 

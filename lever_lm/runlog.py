@@ -1,4 +1,9 @@
-"""Logging for workflow scripts: to the rule's ``log:`` file and to the terminal, since Snakemake redirects nothing."""
+"""Logging for workflow scripts: to the rule's ``log:`` file and to the terminal, since Snakemake redirects nothing.
+
+A failing job writes its full traceback to the log file only. On the terminal, a user-input error
+(``lever_lm.errors.InputError``: bad data, config or weights) is one line naming the culprit, and the job exits
+with status 1; any other exception is a bug, and Python prints its traceback once.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,34 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from lever_lm.errors import InputError, one_line
+
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
+def quiet_loggers(*names: str, level: int = logging.WARNING) -> None:
+    """Raise the level of chatty third-party loggers (faiss's loader logs each SIMD variant it tries at INFO)."""
+    for name in names:
+        logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
 def script_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
-    """Route `logging` to ``log_path`` and stderr for the duration of a job; log the failure, then re-raise."""
+    """Route `logging` to ``log_path`` and stderr for the duration of a job.
+
+    On failure the traceback goes to ``log_path``; an ``InputError`` then prints one line to stderr and exits
+    with status 1 (``SystemExit``), anything else is re-raised (Python prints the traceback once).
+    """
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    quiet_loggers("faiss", "faiss.loader")
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.addFilter(_not_file_only)
+    handlers: list[logging.Handler] = [terminal]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
@@ -29,8 +53,12 @@ def script_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
     try:
         yield logger
         logger.info("done in %.1f s", time.monotonic() - started)
+    except InputError as err:
+        logger.error("failed after %.1f s", time.monotonic() - started, exc_info=True, extra={"file_only": True})
+        print(f"{type(err).__name__} in {job}: {one_line(err)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     except BaseException:
-        logger.exception("failed after %.1f s", time.monotonic() - started)
+        logger.error("failed after %.1f s", time.monotonic() - started, exc_info=True, extra={"file_only": True})
         raise
     finally:
         for handler in handlers:

@@ -15,6 +15,8 @@ from typing import Container, Hashable, Sequence
 
 import numpy as np
 
+from lever_lm.errors import InputError
+
 
 @dataclass(frozen=True)
 class Example:
@@ -33,7 +35,7 @@ class Prompt:
     query: Example
 
 
-class LVLMConfigError(ValueError):
+class LVLMConfigError(InputError):
     """A configured model path is missing or incomplete; the message names the config key."""
 
 

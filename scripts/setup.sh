@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
 # Create .venv/ at the repo root and install the pinned stack (CPU or GPU torch from the local wheel cache/PyPI).
-# Idempotent: a second run only checks that everything is installed.
+# Idempotent: a second run only checks that everything is installed. One line per step; pip's full output goes
+# to .venv/pip.log, and each download it makes is echoed with its size so a long step does not look like a hang.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
+STEPS=5
+step() { echo "setup: [$1/$STEPS] $2"; }
+
 pip_install() {
-  local status=0
-  .venv/bin/python -m pip install --disable-pip-version-check -q "$@" >.venv/pip.log 2>&1 || status=$?
-  grep -v "^WARNING: Location" .venv/pip.log || true # this machine's wheel mirror warns about absent folders
+  local status
+  set +e
+  .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off "$@" 2>&1 \
+    | tee -a .venv/pip.log \
+    | grep --line-buffered -E '^\s*Downloading |^Installing collected|^ERROR' | sed -u -e 's/^ */         /'
+  status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then
+    echo "setup: pip failed (exit $status); the last lines of .venv/pip.log:" >&2
+    grep -v "^WARNING: Location" .venv/pip.log | tail -n 20 >&2 # this machine's wheel mirror warns about absent folders
+  fi
   return "$status"
 }
+
+if [ ! -x .venv/bin/python ]; then
+  step 1 "virtualenv .venv ($("$PYTHON" --version))"
+  "$PYTHON" -m venv .venv
+else
+  step 1 "virtualenv .venv exists"
+fi
 stamp=.venv/.lever-plus-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  : >.venv/pip.log
   # torch first and pinned: a bare `torch` requirement would pull a multi-GB build from the index.
+  step 2 "torch 2.14.1 + torchvision 0.29.1 (pinned; the largest step)"
   pip_install torch==2.14.1 torchvision==0.29.1
+  step 3 "lever-plus and its pinned dependencies (transformers, open_clip, faiss, snakemake, ...)"
   pip_install -e ".[dev]"
   # open-flamingo pins torch==2.0.1; its real dependencies are already installed above.
+  step 4 "open-flamingo 2.0.1 (--no-deps: it pins torch 2.0.1)"
   pip_install --no-deps open-flamingo==2.0.1
+  step 5 "import check"
   .venv/bin/python -c "import torch, transformers, open_flamingo, open_clip, faiss, snakemake, lever_lm" \
     || { echo "setup: installation incomplete" >&2; exit 1; }
   touch "$stamp"
+else
+  step 5 "already installed (delete $stamp to reinstall)"
 fi
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

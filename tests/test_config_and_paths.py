@@ -6,7 +6,6 @@ import pytest
 
 from lever_lm import paths as P
 from lever_lm.config import ConfigError, external_paths, load_config, split_layout
-from lever_lm.gpu_lease import gpu_lease
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,33 +104,6 @@ def test_targets_cover_the_matrix():
     beams = [t for t in P.all_targets(config) if t.endswith("beams.json")]
     assert len(beams) == len(config["samplers"]) * len(config["beam_models"])
     assert all("/infoscore_left_beam5_shot2_cand64_sample64/" in t for t in beams)
-
-
-def test_gpu_lease_takes_distinct_free_gpus(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with gpu_lease(tmp_path, n_gpus=2) as first:
-        saved = os.environ.pop("CUDA_VISIBLE_DEVICES")  # a second job in the same process, for the test
-        with gpu_lease(tmp_path, n_gpus=2) as second:
-            assert (first, second) == ("0", "1")
-            os.environ.pop("CUDA_VISIBLE_DEVICES")
-            with pytest.raises(RuntimeError, match="all 2 GPUs are leased"):
-                with gpu_lease(tmp_path, n_gpus=2):
-                    pass
-        os.environ["CUDA_VISIBLE_DEVICES"] = saved
-
-
-def test_gpu_lease_respects_scheduler_choice(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    with gpu_lease(tmp_path, n_gpus=4) as gpu:
-        assert gpu == "3"
-    assert not any(tmp_path.iterdir())
-
-
-def test_gpu_lease_without_gpus_is_a_no_op(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with gpu_lease(tmp_path, n_gpus=0) as gpu:
-        assert gpu is None
-        assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
 def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):

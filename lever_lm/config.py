@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lever_lm.errors import InputError
+from lever_lm.errors import InputError, one_line
 
 SCHEMA_FILE = "config.schema.yaml"
 
@@ -241,3 +241,52 @@ def check_external_paths(config: dict) -> None:
         raise ConfigError(
             f"{len(missing)} configured input path(s) do not exist (set them in your config):\n{lines}"
         )
+
+
+def check_model_files(config: dict) -> None:
+    """Fail before planning when configured local weights look incomplete: a model dir without config.json,
+    weights or tokenizer files (missing paths are check_external_paths's). Loads nothing."""
+    from lever_lm.embeddings import ClipEncoderConfig
+    from lever_lm.embeddings import check_local_files as check_encoder_files
+    from lever_lm.lvlm.factory import check_local_files as check_lvlm_files
+
+    try:
+        for name, encoder in config["encoders"].items():
+            if encoder["kind"] != "tiny":
+                check_encoder_files(ClipEncoderConfig.from_config(name, encoder))
+        for name, entry in config["beam_models"].items():
+            check_lvlm_files(name, entry)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"config key {one_line(err)}") from None
+
+
+def check_cand_num_fits_records(config: dict) -> None:
+    """At planning time, when the train records exist: every train question must leave ``candidates.cand_num``
+    allowed train ids (``lever_lm.sampling.check_cand_num_fits``). Records older than a raw file they come from
+    are skipped (Snakemake rebuilds them, and the records stage runs the same check)."""
+    import os
+
+    from lever_lm import paths as P
+    from lever_lm.sampling import check_cand_num_fits
+
+    records = Path(P.fill(P.RECORDS, config, split="train"))
+    if not records.is_file():
+        return
+    try:
+        raw = [path for path in split_layout(config["dataset"], "train").values() if os.path.exists(path)]
+    except ConfigError:
+        return
+    if any(os.path.getmtime(path) > records.stat().st_mtime for path in raw):
+        return
+    import pandas as pd
+
+    try:
+        table = pd.read_parquet(records, columns=["question_id", "image_id"])
+    except Exception:  # an unreadable records file is reported by the stage that reads it
+        return
+    candidates = config["candidates"]
+    try:
+        check_cand_num_fits(table["image_id"], table["question_id"], candidates["cand_num"],
+                            candidates.get("exclude_same_image", True), str(records))
+    except InputError as err:
+        raise ConfigError(str(err)) from None

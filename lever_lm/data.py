@@ -176,6 +176,12 @@ def read_vqa_split(
         lambda qid: f"question_id {qid}",
     )
 
+    _fail_if(
+        annotations_json,
+        sorted(qid for qid, ann in annotation_by_id.items() if _answer_count(ann) != ANSWERS_PER_QUESTION),
+        f"annotation(s) without exactly {ANSWERS_PER_QUESTION} answers",
+        lambda qid: f"question_id {qid} ({_answer_count(annotation_by_id[qid])})",
+    )
     answers_by_id = {qid: _answers_of(annotations_json, qid, ann) for qid, ann in annotation_by_id.items()}
     _fail_if(
         questions_json,
@@ -222,6 +228,11 @@ def most_frequent_answer(answers: Iterable[str]) -> str:
         counts[answer] = counts.get(answer, 0) + 1
     best = max(counts.values())
     return next(answer for answer in answers if counts[answer] == best)
+
+
+def _answer_count(annotation: dict) -> int | str:
+    answers = annotation["answers"]
+    return len(answers) if isinstance(answers, list) else f"not a list: {type(answers).__name__}"
 
 
 def _answers_of(path: Any, qid: int, annotation: dict) -> list[str]:
@@ -313,7 +324,7 @@ def load_image(path: str | os.PathLike) -> Any:
         with Image.open(path) as image:
             return image.convert("RGB")
     except OSError as error:  # FileNotFoundError and PIL's UnidentifiedImageError included
-        raise ValueError(f"cannot read image {path}: {error}") from error
+        raise DatasetError(f"cannot read image {path}: {error}") from error
 
 
 def write_records(path: str | os.PathLike, records: pd.DataFrame) -> None:
@@ -412,6 +423,7 @@ def _index_unique(path: Any, records: list[dict], id_key: str = "question_id", w
 
 
 def _require_images(image_dir: Path, file_names: dict[int, str], what: str = "question_id") -> None:
+    """Every listed image exists and is a readable image file; each bad file is named once, with its ids."""
     # one listing instead of a stat per record: COCO train has 80k files
     try:
         present = set(os.listdir(image_dir))
@@ -419,8 +431,80 @@ def _require_images(image_dir: Path, file_names: dict[int, str], what: str = "qu
         raise DatasetError(f"{image_dir}: image directory not found") from None
     except NotADirectoryError:
         raise DatasetError(f"{image_dir}: not a directory") from None
-    missing = sorted(key for key, name in file_names.items() if name not in present)
-    _fail_if(image_dir, missing, "missing image file(s)", lambda key: f"{file_names[key]} ({what} {key})")
+    ids_by_name: dict[str, list[int]] = {}
+    for key, name in file_names.items():
+        ids_by_name.setdefault(name, []).append(key)
+    missing = sorted(name for name in ids_by_name if name not in present)
+    _fail_if(image_dir, missing, "missing image file(s)", lambda name: f"{name} ({_ids(what, ids_by_name[name])})")
+    problems = verify_images([os.path.join(str(image_dir), name) for name in sorted(ids_by_name)])
+    _fail_if(
+        image_dir,
+        sorted(problems),
+        "unreadable image file(s)",
+        lambda path: f"{os.path.basename(path)}: {problems[path]} ({_ids(what, ids_by_name[os.path.basename(path)])})",
+    )
+
+
+def _ids(what: str, ids: list[int]) -> str:
+    ids = sorted(ids)
+    return f"{what} {ids[0]}" if len(ids) == 1 else f"{what}s {', '.join(str(i) for i in ids)}"
+
+
+IMAGE_CHECK_THREADS = 8  # header checks are I/O-bound: threads overlap the reads (cold caches, network disks)
+_JPEG_TAIL_BYTES = 64
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why an image file is unusable, or None: checked cheaply, without decoding the pixels.
+
+    PIL parses the header (``open`` reads a JPEG's markers up to its scan data; ``verify`` checks what the format
+    allows, e.g. PNG chunk CRCs). A JPEG must also end with its end-of-image marker (``FF D9``, trailing NUL
+    padding allowed): a truncated download lacks it, and PIL would only notice when decoding it in the
+    embeddings job. A JPEG without the marker at its end is decoded in full before it is rejected, since some
+    valid files carry extra bytes after the marker.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            image.verify()
+    except UnidentifiedImageError:
+        return "not an image file"
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on damaged headers
+        return f"damaged image header ({type(err).__name__}: {_first_line(err)})"
+    if image_format == "JPEG" and not _ends_with_jpeg_eoi(path):
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception as err:
+            return f"truncated JPEG (no end-of-image marker; {_first_line(err)})"
+    return None
+
+
+def _ends_with_jpeg_eoi(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - _JPEG_TAIL_BYTES))
+        return handle.read().rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def verify_images(paths: Iterable[str], threads: int = IMAGE_CHECK_THREADS) -> dict[str, str]:
+    """{path: problem} for the unusable files among ``paths`` (``image_problem``, checked in parallel threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = list(paths)
+    if not paths:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        found = pool.map(image_problem, paths, chunksize=64)
+        return {path: problem for path, problem in zip(paths, found) if problem is not None}
 
 
 def _fail_if(path: Any, offenders: list, problem: str, describe) -> None:

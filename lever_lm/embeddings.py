@@ -208,24 +208,35 @@ def _build_open_clip(cfg: ClipEncoderConfig) -> ClipEncoder:
     )
 
 
+def check_local_files(cfg: ClipEncoderConfig) -> None:
+    """A real encoder's weights file (open_clip) or model dir (hf_clip) exists and looks complete; loads nothing.
+    Raises FileNotFoundError naming the config key and the path."""
+    key = f"encoders.{cfg.name}.checkpoint"
+    if cfg.kind == "open_clip":
+        if not Path(cfg.checkpoint).is_file():
+            raise FileNotFoundError(f"{key}: weights file not found: {cfg.checkpoint}")
+    elif cfg.kind == "hf_clip":
+        folder = Path(cfg.checkpoint)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{key}: model directory not found: {folder}")
+        missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]
+        if not any((folder / name).is_file() for name in _HF_WEIGHT_FILES):
+            missing.append(" or ".join(_HF_WEIGHT_FILES[:2]))
+        has_tokenizer = (folder / "tokenizer.json").is_file() or (
+            (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+        )
+        if not has_tokenizer:
+            missing.append("tokenizer.json or vocab.json+merges.txt")
+        if missing:
+            raise FileNotFoundError(f"{key}: incomplete CLIP directory {folder}; missing: {missing}")
+
+
 def _build_hf_clip(cfg: ClipEncoderConfig) -> ClipEncoder:
     from transformers import CLIPModel, CLIPProcessor
 
     folder = Path(cfg.checkpoint)
-    key = f"encoders.{cfg.name}.checkpoint"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{key}: model directory not found: {folder}")
-    missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]
+    check_local_files(cfg)
     weights = [folder / name for name in _HF_WEIGHT_FILES if (folder / name).is_file()]
-    if not weights:
-        missing.append(" or ".join(_HF_WEIGHT_FILES[:2]))
-    has_tokenizer = (folder / "tokenizer.json").is_file() or (
-        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    )
-    if not has_tokenizer:
-        missing.append("tokenizer.json or vocab.json+merges.txt")
-    if missing:
-        raise FileNotFoundError(f"{key}: incomplete CLIP directory {folder}; missing: {missing}")
     device = _resolve_device(cfg)
     model = CLIPModel.from_pretrained(str(folder), local_files_only=True).to(device).eval()
     processor = CLIPProcessor.from_pretrained(str(folder), local_files_only=True)

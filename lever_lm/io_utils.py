@@ -59,7 +59,16 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed json ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        from lever_lm.errors import InputError
+
+        # some messages end in "at" already ("Unterminated string starting at")
+        where = f"line {err.lineno}, column {err.colno}"
+        detail = f"{err.msg} {where}" if err.msg.endswith(" at") else f"{err.msg} at {where}"
+        raise InputError(f"{path}: malformed json ({detail})") from None
+    except UnicodeDecodeError as err:
+        from lever_lm.errors import InputError
+
+        raise InputError(f"{path}: not UTF-8 text, so not a json file (byte {err.start})") from None
 
 
 def save_npy(path: str | os.PathLike, array: Any) -> None:

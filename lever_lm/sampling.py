@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from lever_lm.errors import InputError
 from lever_lm.io_utils import atomic_path, read_json, write_json
 
 SAMPLERS = ("rand_sampler", "text_sim_sampler", "img_sim_sampler", "mix_sampler")
@@ -132,9 +133,15 @@ class EmbeddedSplit:
     image_index: Any = field(default=None, repr=False)
     text_index: Any = field(default=None, repr=False)
     encoder_id: str | None = None  # of the embeddings; queries and train must agree when both are known
+    question_ids: np.ndarray | None = field(default=None, repr=False)  # per row, to name rows in errors
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_ids", np.asarray(self.image_ids, dtype=np.int64).reshape(-1))
+        if self.question_ids is not None:
+            question_ids = np.asarray(self.question_ids, dtype=np.int64).reshape(-1)
+            if len(question_ids) != len(self.image_ids):
+                raise ValueError(f"question_ids: {len(question_ids)} ids for {len(self.image_ids)} records")
+            object.__setattr__(self, "question_ids", question_ids)
         for name in ("image", "text"):
             array = getattr(self, name)
             if array is None:
@@ -192,6 +199,7 @@ def load_embedded_split(
         image=embeddings.image,
         text=embeddings.text,
         encoder_id=embeddings.meta["encoder_id"],
+        question_ids=records["question_id"].to_numpy(),
         **indexes,
     )
 
@@ -265,11 +273,16 @@ def _query_batch(query_ids: np.ndarray, queries: EmbeddedSplit, train: EmbeddedS
         # The anchor itself is already counted when its own image is excluded.
         self_counted = cfg.exclude_same_image & (train.image_ids[query_ids] == query_image_ids)
         n_excluded += ~self_counted
-    too_few = query_ids[n_train - n_excluded < cfg.cand_num]
-    if len(too_few):
-        raise ValueError(
-            f"candidates.cand_num = {cfg.cand_num} exceeds the allowed train ids ({n_train} minus exclusions) "
-            f"for query ids {too_few[:5].tolist()}"
+    too_few = n_train - n_excluded < cfg.cand_num
+    if too_few.any():
+        rows = query_ids[too_few]
+        names = "row" if queries.question_ids is None else "question_id"
+        shown = rows if queries.question_ids is None else queries.question_ids[rows]
+        listed = ", ".join(str(int(i)) for i in shown[:5]) + (f", ... ({len(rows) - 5} more)" if len(rows) > 5 else "")
+        raise InputError(
+            f"config key candidates.cand_num: {cfg.cand_num} exceeds the train ids allowed "
+            f"({n_train} minus exclusions, at most {int(n_train - n_excluded.max())} for every query) "
+            f"for {len(rows)} {'anchor' if exclude_self else 'query'} {names}(s) {listed}"
         )
     return _QueryBatch(query_ids, query_image_ids, n_excluded, exclude_self, cfg.exclude_same_image, train.image_ids)
 
@@ -289,6 +302,34 @@ def _ranked_allowed(query_emb: np.ndarray, index: Any, batch: _QueryBatch, depth
     excluded = batch.excluded(ids)
     allowed_first = np.argsort(excluded, axis=-1, kind="stable")[:, :depth]
     return np.take_along_axis(ids, allowed_first, axis=-1)
+
+
+def check_cand_num_fits(image_ids: Sequence[int], question_ids: Sequence[int], cand_num: int,
+                        exclude_same_image: bool, source: str) -> None:
+    """Every train question, as an anchor, leaves at least ``cand_num`` allowed train ids (not itself, nor, with
+    ``exclude_same_image``, its image's other questions); InputError naming the question ids otherwise.
+
+    This bounds the test pools too: a val query excludes at most the train questions of one image.
+    Run on the train records alone, so it can fail in the records stage, before any embedding is computed.
+    """
+    image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+    question_ids = np.asarray(question_ids, dtype=np.int64).reshape(-1)
+    n_train = len(image_ids)
+    if exclude_same_image:
+        _, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+        excluded = counts[inverse.reshape(-1)]
+    else:
+        excluded = np.ones(n_train, dtype=np.int64)
+    too_few = n_train - excluded < cand_num
+    if too_few.any():
+        shown = question_ids[too_few]
+        listed = ", ".join(str(int(i)) for i in shown[:5]) + (f", ... ({len(shown) - 5} more)" if len(shown) > 5 else "")
+        same_image = " and its image's other questions" if exclude_same_image else ""
+        raise InputError(
+            f"config key candidates.cand_num: {cand_num} exceeds the {n_train} train questions of {source} minus "
+            f"the anchor itself{same_image} (at most {int(n_train - excluded.max()) if n_train else 0} fits) "
+            f"for {len(shown)} question_id(s) {listed}"
+        )
 
 
 def _random_allowed(rng: np.random.Generator, batch: _QueryBatch, row: int, count: int, taken: np.ndarray,

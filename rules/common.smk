@@ -9,8 +9,10 @@ from lever_lm import paths as P
 from lever_lm.beam_search import WORKFLOW_KEYS
 from lever_lm.config import (
     ConfigError,
+    check_cand_num_fits_records,
     check_config,
     check_external_paths,
+    check_model_files,
     inference_params,
     schema_path,
     split_layout,
@@ -19,10 +21,13 @@ from lever_lm.config import (
 from lever_lm.lvlm.factory import is_pretrained, local_weight_paths
 
 # lever_lm's checks first: one message naming the key (or every missing path), without a traceback;
-# snakemake's validate then fills the schema defaults.
+# snakemake's validate then fills the schema defaults. Then what the files allow: incomplete weights dirs, and
+# cand_num against the train records when they exist (else the records stage checks it).
 try:
     check_config(validate_schema(config))
     check_external_paths(config)
+    check_model_files(config)
+    check_cand_num_fits_records(config)
 except ConfigError as err:
     sys.exit(f"Invalid config: {err}")
 validate(config, schema=str(schema_path()))

@@ -178,7 +178,8 @@ def test_missing_image_file(tmp_path):
     root = _dataset(tmp_path, "okvqa", "train")
     (root / "train2014" / "COCO_train2014_000000262161.jpg").unlink()
     message = _expect_error(tmp_path, "okvqa", "train", 2014, "train2014", "COCO_train2014_000000262161.jpg",
-                            "question_id 2621610", "question_id 2621615", "2 missing image")  # fmt: skip
+                            "(question_ids 2621610, 2621615)", "1 missing image")  # fmt: skip
+    assert message.count("COCO_train2014_000000262161.jpg") == 1  # listed once, with both of its questions
     assert "000000000009" not in message
 
 
@@ -253,8 +254,8 @@ def test_wrong_number_of_answers(tmp_path, n_answers):
         data["annotations"][2]["answers"] = (answers * 2)[:n_answers]
 
     _edit_json(root / "mscoco_train2014_annotations.json", resize)
-    _expect_error(tmp_path, "okvqa", "train", 2014, "mscoco_train2014_annotations.json", "question_id 2621610",
-                  f"has {n_answers} answers, expected 10")  # fmt: skip
+    _expect_error(tmp_path, "okvqa", "train", 2014, "mscoco_train2014_annotations.json",
+                  "1 annotation(s) without exactly 10 answers", f"question_id 2621610 ({n_answers})")  # fmt: skip
 
 
 def test_image_id_mismatch_between_files(tmp_path):
@@ -306,3 +307,40 @@ def test_coco_caption_errors(tmp_path):
 
     _edit_json(captions, lambda d: d.update(images=[]))
     _expect_error(tmp_path, "coco_caption", "val", 2017, "captions_val2017.json", "empty split")
+
+
+# ------------------------------------------------------------------------------- image verification
+
+
+def test_bad_image_files_are_named_once_with_their_question_ids(tmp_path):
+    root = _dataset(tmp_path, "okvqa", "train")
+    images = root / "train2014"
+    (images / "COCO_train2014_000000262161.jpg").write_text("<html>not found</html>")
+    Image.effect_noise((96, 64), 40).convert("RGB").save(images / "COCO_train2014_000000000009.jpg", quality=90)
+    whole = (images / "COCO_train2014_000000000009.jpg").read_bytes()
+    (images / "COCO_train2014_000000000009.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # cut in the scan data
+    message = _expect_error(tmp_path, "okvqa", "train", 2014, "train2014", "2 unreadable image file(s)",
+                            "COCO_train2014_000000262161.jpg: not an image file (question_ids 2621610, 2621615)",
+                            "COCO_train2014_000000000009.jpg: truncated JPEG")  # fmt: skip
+    assert message.count("COCO_train2014_000000262161.jpg") == 1
+    assert "\n" not in message
+
+
+def test_image_checks_accept_valid_files_with_extra_bytes_or_another_format(tmp_path):
+    from lever_lm.data import image_problem, verify_images
+
+    good = tmp_path / "good.jpg"
+    Image.effect_noise((96, 64), 40).convert("RGB").save(good, quality=90)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(good.read_bytes() + b"\x00" * 16)
+    trailing = tmp_path / "trailing.jpg"  # bytes after the end marker: decoded in full, then accepted
+    trailing.write_bytes(good.read_bytes() + b"camera trailer")
+    png = tmp_path / "png_named.jpg"
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    assert verify_images([str(p) for p in (good, padded, trailing, png)]) == {}
+    half = tmp_path / "half.jpg"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert "truncated JPEG" in image_problem(half)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert image_problem(empty) == "not an image file"

@@ -206,7 +206,7 @@ def test_test_pool_searches_train_and_excludes_only_shared_images(train):
 def test_errors_name_the_offending_setting(train):
     with pytest.raises(ValueError, match="unknown sampler 'knn'.*rand_sampler.*mix_sampler"):
         anchor_candidates("knn", [0], train, SamplerConfig())
-    with pytest.raises(ValueError, match="candidates.cand_num = 298 exceeds.*query ids \\[0"):
+    with pytest.raises(ValueError, match=r"candidates.cand_num: 298 exceeds.*anchor row\(s\) 0, 1"):
         anchor_candidates("rand_sampler", [0, 1], train, SamplerConfig(cand_num=298))
     no_text = EmbeddedSplit(image_ids=train.image_ids, image=train.image)
     with pytest.raises(ValueError, match="text_sim_sampler needs text embeddings"):
@@ -307,3 +307,18 @@ def test_load_embedded_split_from_stored_artifacts(tmp_path, train):
     other = EmbeddedSplit(train.image_ids[:4], train.image[:4], train.text[:4], encoder_id="tiny:zzz")
     with pytest.raises(ValueError, match="different encoders"):
         test_pool_candidates("text_sim_sampler", other, loaded, cfg)
+
+
+def test_cand_num_errors_name_question_ids():
+    from lever_lm.errors import InputError
+    from lever_lm.sampling import check_cand_num_fits
+
+    # 6 train questions on 3 images (2 each): an anchor may use at most 6 - 2 = 4 ids
+    image_ids, question_ids = [1, 1, 2, 2, 3, 3], [10, 11, 20, 21, 30, 31]
+    check_cand_num_fits(image_ids, question_ids, 4, True, "train.parquet")
+    with pytest.raises(InputError, match=r"cand_num: 5 exceeds .* train.parquet .*at most 4 fits.* 6 question_id\(s\) 10, 11, 20, 21, 30, \.\.\. \(1 more\)"):
+        check_cand_num_fits(image_ids, question_ids, 5, True, "train.parquet")
+    check_cand_num_fits(image_ids, question_ids, 5, False, "train.parquet")
+    train = EmbeddedSplit(image_ids=image_ids, question_ids=question_ids)
+    with pytest.raises(InputError, match=r"for 6 anchor question_id\(s\) 10, 11"):
+        anchor_candidates("rand_sampler", range(6), train, SamplerConfig(cand_num=5))

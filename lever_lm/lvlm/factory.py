@@ -73,6 +73,14 @@ def tiny_spec(name: str, entry: dict):
     return entry["family"], dims, pretrain, int(entry.get("seed", 0))
 
 
+def check_local_files(name: str, entry: dict) -> None:
+    """A variant 'local' entry's weights dirs and files look complete (config, weights, tokenizer); loads nothing.
+    Raises LVLMConfigError naming the key and the path."""
+    module, _, _ = _family(name, entry)
+    if entry.get("variant") == "local":
+        module.check_local_files(module.config_from_dict(name, _adapter_entry(name, entry)))
+
+
 def is_pretrained(entry: dict) -> bool:
     """Whether a tiny entry's model is pretrained (``pretrain`` set) rather than left at random init."""
     return entry.get("variant") == "tiny" and entry.get("pretrain") is not None

@@ -155,6 +155,12 @@ def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
     )
 
 
+def check_local_files(config: FlamingoConfig) -> None:
+    """A variant 'local' entry's files exist and look complete (LVLMConfigError naming the key); loads nothing."""
+    if config.variant == "local":
+        _check_paths(_resolve_paths(config))
+
+
 def _check_paths(paths: _ResolvedPaths) -> None:
     """Missing or incomplete local paths -> LVLMConfigError naming the key and the path (before any loading)."""
     for path, key in (paths.vision_encoder_path, paths.checkpoint_path):
@@ -186,9 +192,12 @@ def _read_checkpoint(path: str, key: str) -> dict:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as err:
-        log.warning("%s: %s does not load with weights_only=True (%s); loading it as a full pickle", key, path, err)
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as err:
+        # never fall back to a full pickle: unpickling arbitrary objects runs code from the file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LVLMConfigError(
+            f"{key}: {path} does not load as plain tensors (torch.load weights_only=True), refused: {reason}"
+        ) from None
     if isinstance(state, dict) and "model_state_dict" in state:
         state = state["model_state_dict"]
     if not isinstance(state, dict):

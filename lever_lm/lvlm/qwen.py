@@ -129,6 +129,12 @@ def _check_choice(config: QwenVLConfig, field_name: str, choices: Sequence[str])
 # loading
 
 
+def check_local_files(config: QwenVLConfig) -> None:
+    """A variant 'local' entry's model dir exists and looks complete (LVLMConfigError naming the key)."""
+    if config.variant == "local":
+        _check_model_dir(config)
+
+
 def _check_model_dir(config: QwenVLConfig) -> Path:
     key = config.key("model_path")
     if not config.model_path:

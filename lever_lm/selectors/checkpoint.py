@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lever_lm.errors import InputError
 from lever_lm.io_utils import atomic_path
 from lever_lm.selectors.config import VERSIONS
 from lever_lm.selectors.data import to_prompt_order
@@ -20,6 +21,10 @@ FORMAT = "lever_lm.selector"
 FORMAT_VERSION = 1
 REQUIRED_META = ("format", "format_version", "dataset", "beam_model", "sampler", "ex_name", "version", "lever_lm",
                  "construct_order", "n_train", "feature_dims", "model", "max_k", "beams_params")
+
+
+class CheckpointError(InputError):
+    """A selector checkpoint that is unreadable, incomplete, or made for another cell (beam model, sampler, ...)."""
 
 
 def version_module(version: str) -> Any:
@@ -58,22 +63,22 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a readable selector checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path}: not a readable selector checkpoint ({first_line})") from None
     if not (isinstance(data, dict) and isinstance(data.get("meta"), dict) and isinstance(data.get("state_dict"), dict)):
-        raise ValueError(f"{path}: not a selector checkpoint (expected keys 'state_dict' and 'meta')")
+        raise CheckpointError(f"{path}: not a selector checkpoint (expected keys 'state_dict' and 'meta')")
     meta = data["meta"]
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a selector checkpoint (meta missing {missing} or format != {FORMAT!r})")
+        raise CheckpointError(f"{path}: not a selector checkpoint (meta missing {missing} or format != {FORMAT!r})")
     if meta["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: meta.format_version = {meta['format_version']!r}, this code reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{path}: meta.format_version = {meta['format_version']!r}, this code reads {FORMAT_VERSION}")
     return data["state_dict"], meta
 
 
 def check_expected(path: str | os.PathLike, meta: Mapping[str, Any], expect: Mapping[str, Any] | None) -> None:
     for key, value in (expect or {}).items():
         if meta.get(key, "<missing>") != value:
-            raise ValueError(f"{path}: checkpoint {key} = {meta.get(key, '<missing>')!r}, expected {value!r}")
+            raise CheckpointError(f"{path}: checkpoint {key} = {meta.get(key, '<missing>')!r}, expected {value!r}")
 
 
 @dataclass
@@ -107,10 +112,10 @@ class Selector:
 
 def check_features(table: FeatureTable, meta: Mapping[str, Any], what: str, path: Any, n: int | None = None) -> None:
     if table.dims != dict(meta["feature_dims"]):
-        raise ValueError(f"{path}: {what} feature dims {table.dims} differ from the checkpoint's "
+        raise CheckpointError(f"{path}: {what} feature dims {table.dims} differ from the checkpoint's "
                          f"{meta['feature_dims']}")
     if n is not None and len(table) != n:
-        raise ValueError(f"{path}: {what} has {len(table)} rows but the checkpoint was trained on n_train = {n}")
+        raise CheckpointError(f"{path}: {what} has {len(table)} rows but the checkpoint was trained on n_train = {n}")
 
 
 def load_selector(path: str | os.PathLike, train_features: FeatureTable, expect: Mapping[str, str] | None = None,
@@ -128,7 +133,7 @@ def load_selector(path: str | os.PathLike, train_features: FeatureTable, expect:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit a {meta['version']} model with the recorded params "
+        raise CheckpointError(f"{path}: weights do not fit a {meta['version']} model with the recorded params "
                          f"({str(err).splitlines()[0]})") from None
     icd = train_features.matrix(choice.icd)
     if icd is not None:

@@ -4,7 +4,8 @@ Public API
 ----------
 - ``build_flat_ip_index(embeddings) -> faiss.IndexFlatIP``
 - ``write_index(path, index)`` (atomic) / ``read_index(path) -> faiss.Index``
-- ``search(index, queries, k) -> (scores float32 [nq, k], ids int64 [nq, k])``, best first.
+- ``search(index, queries, k) -> (scores float32 [nq, k], ids int64 [nq, k])``, best first; on the GPU when the
+  faiss GPU build (the ``gpu`` extra: ``LEVER_PLUS_GPU=1 bash scripts/setup.sh``) sees one, else on the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import numpy as np
 
 from lever_lm.errors import InputError
 from lever_lm.io_utils import atomic_path
+
+
+_GPU_RESOURCES: list = []
 
 
 def _faiss() -> Any:
@@ -75,5 +79,16 @@ def search(index: Any, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k < 1:
         raise ValueError(f"search: k must be >= 1, got {k}")
     k = min(int(k), int(index.ntotal))
-    scores, ids = index.search(matrix, k)
+    scores, ids = on_search_device(index).search(matrix, k)
     return scores, ids.astype(np.int64, copy=False)
+
+
+def on_search_device(index: Any) -> Any:
+    """The index on the job's GPU when the faiss GPU build is installed (the ``gpu`` extra) and a GPU is visible,
+    else the index itself. Flat inner-product search is exact on both; float rounding may reorder exact ties."""
+    faiss = _faiss()
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        return index
+    if not _GPU_RESOURCES:  # one per process, kept alive: a GPU index does not own its resources
+        _GPU_RESOURCES.append(faiss.StandardGpuResources())
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index)

@@ -30,6 +30,9 @@ else
   step 1 "virtualenv .venv exists"
 fi
 stamp=.venv/.lever-plus-installed
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "gpu=${LEVER_PLUS_GPU:-0}" ]; then
+  rm "$stamp" # the faiss build asked for changed
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   : >.venv/pip.log
   # torch first and pinned: a bare `torch` requirement would pull a multi-GB build from the index.
@@ -40,10 +43,20 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # open-flamingo pins torch==2.0.1; its real dependencies are already installed above.
   step 4 "open-flamingo 2.0.1 (--no-deps: it pins torch 2.0.1)"
   pip_install --no-deps open-flamingo==2.0.1
+  if [ "${LEVER_PLUS_GPU:-0}" = 1 ]; then
+    # the `gpu` extra's faiss build replaces faiss-cpu: both install the `faiss` module
+    echo "setup:       LEVER_PLUS_GPU=1: faiss-gpu-cu12 replaces faiss-cpu"
+    faiss_gpu=$(.venv/bin/python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"][0])')
+    .venv/bin/python -m pip uninstall -y -q faiss-cpu
+    pip_install "$faiss_gpu"
+    pip_install --no-deps --force-reinstall "$faiss_gpu" # its files again, should faiss-cpu's removal have taken them
+    .venv/bin/python -c "import faiss; assert hasattr(faiss, 'StandardGpuResources')" \
+      || { echo "setup: faiss-gpu-cu12 did not install a GPU build of faiss" >&2; exit 1; }
+  fi
   step 5 "import check"
   .venv/bin/python -c "import torch, transformers, open_flamingo, open_clip, faiss, snakemake, lever_lm" \
     || { echo "setup: installation incomplete" >&2; exit 1; }
-  touch "$stamp"
+  echo "gpu=${LEVER_PLUS_GPU:-0}" >"$stamp"
 else
   step 5 "already installed (delete $stamp to reinstall)"
 fi

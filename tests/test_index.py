@@ -53,3 +53,38 @@ def test_k_is_capped_and_bad_input_is_named():
         build_flat_ip_index(np.array([[1.0, 0.0], [np.nan, 0.0]]))
     with pytest.raises(FileNotFoundError, match="missing.faiss"):
         read_index("missing.faiss")
+
+
+def test_search_runs_on_the_gpu_only_when_the_faiss_gpu_build_sees_one(monkeypatch):
+    from lever_lm import index as index_module
+
+    rng = np.random.default_rng(1)
+    database, queries = _normalised(rng, 50, 8), _normalised(rng, 4, 8)
+    cpu_index = build_flat_ip_index(database)
+    assert index_module.on_search_device(cpu_index) is cpu_index  # faiss-cpu: no GPU build
+
+    moved = []
+
+    class FakeGpuFaiss:
+        """faiss's GPU build as the search sees it; the 'GPU' copy is the CPU index itself."""
+
+        StandardGpuResources = object
+
+        def __init__(self, gpus):
+            self.gpus = gpus
+
+        def get_num_gpus(self):
+            return self.gpus
+
+        def index_cpu_to_gpu(self, resources, device, index):
+            moved.append((resources, device))
+            return index
+
+    monkeypatch.setattr(index_module, "_GPU_RESOURCES", [])
+    monkeypatch.setattr(index_module, "_faiss", lambda: FakeGpuFaiss(0))
+    assert index_module.on_search_device(cpu_index) is cpu_index and moved == []
+    monkeypatch.setattr(index_module, "_faiss", lambda: FakeGpuFaiss(1))
+    search(cpu_index, queries, 5)
+    search(cpu_index, queries, 5)
+    assert [device for _, device in moved] == [0, 0]
+    assert moved[0][0] is moved[1][0]  # one resources object per process

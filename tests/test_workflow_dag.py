@@ -140,6 +140,16 @@ def test_v4_selector_depends_on_v3_even_when_v3_is_not_listed(tmp_path):
     assert jobs["icl_inference"] == 2  # only the listed version is evaluated
 
 
+def test_nested_command_line_overrides_plan_with_their_values(tmp_path):
+    """Snakemake hands nested `--config` values over as strings; they are read as the schema's types."""
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"), "--config",
+                       "anchors={sample_num: 8, seed: 42}", "beam_search={beam_size: 3, shot_num: 2, shards: 2}")
+    jobs = planned_jobs(result)
+    assert jobs["beam_shard"] == 2 * 4 * 2
+    assert "/infoscore_left_beam3_shot2_cand64_sample8/" in result.stdout
+    assert "sample64" not in result.stdout
+
+
 def test_split_files_kept_apart_are_read_where_they_are(tmp_path):
     """COCO images in a shared folder, OK-VQA's json files elsewhere: explicit paths per split, root for the rest."""
     config_path = real_config(tmp_path, with_files=True)

@@ -18,6 +18,17 @@ Public API
   prompt size, results in the order given.
 - ``select_queries(n_val, max_queries, seed)``, ``write_inference_outputs(...)`` (predictions first, metrics last,
   both atomic), ``config_digest(...)``.
+- ``InferenceJournal``, ``journal_path(predictions_path)``: resume after a crash (below).
+
+Resume: a job appends every generated batch (shot, batch index, the prompts in it, their raw outputs) as one fsynced
+json line to ``<predictions>.partial.jsonl``, next to its outputs but NOT a rule output (Snakemake deletes the
+declared outputs of a failed job, never this file). Its first line is the job's fingerprint: the sha256 of every
+input (records, embeddings, test pool, checkpoint, the LVLM's weights), the inference config, the identity and the
+model entry. A rerun with the same fingerprint takes the batches already done from it and generates only the rest,
+with the very same batches (generation order and batch composition do not depend on what was done before), so
+``metrics.json`` and ``predictions.parquet`` come out byte-identical to an uninterrupted run. A torn last line (a
+killed writer) is cut; a file with another fingerprint (other inputs or config) is discarded with a warning. The
+file is removed once both outputs are written.
 
 Output formats: ``metrics.json`` and ``predictions.parquet`` as in the shared contracts (kind, dataset, task,
 beam_model, metric, version, sampler, baseline, shots {k: {score, n}}, n_queries, max_queries, query_seed,
@@ -262,21 +273,33 @@ def _prompt_size(prompt: "Prompt") -> tuple[int, int]:
 
 
 def generate_answers(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_new_tokens: int, num_beams: int,
-                     batch_size: int, progress: Callable[[int, int], None] | None = None) -> list[str]:
+                     batch_size: int, progress: Callable[[int, int], None] | None = None,
+                     done: Mapping[int, tuple[Sequence[int], Sequence[str]]] | None = None,
+                     on_batch: Callable[[int, list[int], list[str]], None] | None = None) -> list[str]:
     """Raw generations, batched: prompts sorted by size (image count, text length) so a batch pads little, then
     ``batch_size`` at a time through ``adapter.generate``; results in the order of ``prompts``.
 
     The adapters handle batches of mixed image counts exactly (tests: batched answers == batch-1 answers).
+    Resume: ``done`` maps a batch index to (its prompt positions, their raw outputs) from an earlier run; such a
+    batch is not generated again if it holds the same prompts. ``on_batch(index, positions, texts)`` is called
+    after each batch that was generated.
     """
     if batch_size < 1:
         raise ValueError(f"inference.batch_size: expected >= 1, got {batch_size}")
     order = sorted(range(len(prompts)), key=lambda i: _prompt_size(prompts[i]))
     out: list[str | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
+    done = done or {}
+    for index, start in enumerate(range(0, len(order), batch_size)):
         chunk = order[start:start + batch_size]
-        texts = adapter.generate([prompts[i] for i in chunk], max_new_tokens, num_beams, batch_size)
-        if len(texts) != len(chunk):
-            raise RuntimeError(f"adapter.generate returned {len(texts)} answers for {len(chunk)} prompts")
+        earlier = done.get(index)
+        if earlier is not None and list(earlier[0]) == chunk and len(earlier[1]) == len(chunk):
+            texts = [str(text) for text in earlier[1]]
+        else:
+            texts = adapter.generate([prompts[i] for i in chunk], max_new_tokens, num_beams, batch_size)
+            if len(texts) != len(chunk):
+                raise RuntimeError(f"adapter.generate returned {len(texts)} answers for {len(chunk)} prompts")
+            if on_batch is not None:
+                on_batch(index, list(chunk), list(texts))
         for i, text in zip(chunk, texts):
             out[i] = text
         if progress is not None:
@@ -319,15 +342,21 @@ def postprocess(task: str, raw: str) -> str:
     return postprocess_vqa(raw) if task == "vqa" else raw.strip()
 
 
-def evaluate(adapter: "LVLMAdapter", chooser: "Retriever", queries: ValQueries, train: "ExampleTable",
-             shots: Sequence[int], cfg: InferenceConfig, task: str,
-             logger: logging.Logger | None = None) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame"]:
-    """Every shot for every query: choose ICDs, generate, post-process, score. Returns (shots dict, predictions)."""
+def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retriever", queries: ValQueries,
+             train: "ExampleTable", shots: Sequence[int], cfg: InferenceConfig, task: str,
+             logger: logging.Logger | None = None,
+             journal: "InferenceJournal | None" = None) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame"]:
+    """Every shot for every query: choose ICDs, generate, post-process, score. Returns (shots dict, predictions).
+
+    ``adapter``: the LVLM, or a function that loads it (called only if a batch is left to generate). ``journal``:
+    the job's resume file; batches it holds are not generated again, the others are appended to it.
+    """
     import pandas as pd
 
     from lever_lm.lvlm.base import Prompt
 
     logger = logger or log
+    lvlm = _Lazy(adapter)
     who = type(chooser).__name__
     shot_scores: dict[str, dict[str, Any]] = {}
     frames = []
@@ -347,7 +376,12 @@ def evaluate(adapter: "LVLMAdapter", chooser: "Retriever", queries: ValQueries, 
                 logger.info("shot %d: generated %d/%d (%.1f queries/s)", k, done, total,
                             done / max(1e-9, time.perf_counter() - started))
 
-        raw = generate_answers(adapter, prompts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, progress)
+        done = journal.batches(k) if journal is not None else {}
+        if done:
+            logger.info("shot %d: %d batch(es) taken from %s", k, len(done), journal.path)
+        on_batch = (lambda index, positions, texts: journal.record(k, index, positions, texts)) if journal else None
+        raw = generate_answers(lvlm, prompts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, progress,
+                               done=done, on_batch=on_batch)
         answers = [postprocess(task, text) for text in raw]
         per_question, score = score_answers(task, answers, queries.answers, queries.question_ids,
                                             cfg.always_normalize)
@@ -364,6 +398,92 @@ def evaluate(adapter: "LVLMAdapter", chooser: "Retriever", queries: ValQueries, 
         }))
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
     return shot_scores, predictions
+
+
+class _Lazy:
+    """An adapter, or a loader of one called at the first ``generate`` (a fully resumed job never loads the LVLM)."""
+
+    def __init__(self, source: Any) -> None:
+        self._source, self._loaded = source, None
+
+    def generate(self, *args: Any, **kwargs: Any) -> list[str]:
+        if self._loaded is None:
+            self._loaded = self._source if hasattr(self._source, "generate") else self._source()
+        return self._loaded.generate(*args, **kwargs)
+
+
+def journal_path(predictions_path: str | os.PathLike) -> Path:
+    """The resume file of a job: ``<predictions>.partial.jsonl`` (never a declared Snakemake output)."""
+    path = Path(predictions_path)
+    return path.with_name(path.name + ".partial.jsonl")
+
+
+class InferenceJournal:
+    """Append-only resume file of one inference job (see the module docstring).
+
+    Line 1 ``{"fingerprint": ...}``; then one ``{"shot", "batch", "prompts", "raw"}`` line per generated batch, each
+    flushed and fsynced, so a killed job loses at most the batch in flight.
+    """
+
+    def __init__(self, path: str | os.PathLike, fingerprint: str, logger: logging.Logger | None = None) -> None:
+        from lever_lm.io_utils import append_jsonl, cut_torn_tail, read_jsonl
+
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self._done: dict[int, dict[int, tuple[list[int], list[str]]]] = {}
+        logger = logger or log
+        keep = False
+        if self.path.is_file():
+            cut_torn_tail(self.path)
+            try:
+                lines = read_jsonl(self.path)
+            except (ValueError, UnicodeDecodeError):
+                lines = []
+            if lines and lines[0] == {"fingerprint": fingerprint}:
+                keep = True
+                for line in lines[1:]:  # a batch generated twice (never expected): the later line wins
+                    self._done.setdefault(int(line["shot"]), {})[int(line["batch"])] = (
+                        [int(i) for i in line["prompts"]], [str(t) for t in line["raw"]])
+                logger.info("resuming from %s: %d batch(es) done", self.path,
+                            sum(len(b) for b in self._done.values()))
+            elif self.path.stat().st_size:
+                logger.warning("%s was made from other inputs or config: starting over", self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a" if keep else "w", encoding="utf-8")
+        self._append = append_jsonl
+        if not keep:
+            append_jsonl(self._handle, {"fingerprint": fingerprint})
+
+    def batches(self, shot: int) -> dict[int, tuple[list[int], list[str]]]:
+        return dict(self._done.get(int(shot), {}))
+
+    def record(self, shot: int, batch: int, prompts: Sequence[int], raw: Sequence[str]) -> None:
+        self._append(self._handle, {"shot": int(shot), "batch": int(batch), "prompts": [int(i) for i in prompts],
+                                    "raw": [str(t) for t in raw]})
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "InferenceJournal":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _job_fingerprint(inputs: InferenceInputs, extra_files: Mapping[str, Any], **parts: Any) -> str:
+    """What decides a job's results: every input's bytes (weights of 256 MiB+ by size and mtime) and ``parts``."""
+    from lever_lm.io_utils import inputs_fingerprint
+
+    files = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+    files.update({f"{split}_meta": inputs.meta_path(split) for split in ("train", "val")})
+    files.update(extra_files)
+    return config_digest(inputs=inputs_fingerprint(files), **parts)
 
 
 def write_inference_outputs(metrics: Mapping[str, Any], predictions: "pd.DataFrame", metrics_path: str | os.PathLike,
@@ -477,7 +597,11 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
     adapter = adapter or _load_lvlm(identity["beam_model"], entry, weights)
     logger.info("%s %s %s: %d val queries, shots %s", identity["version"], identity["beam_model"], identity["sampler"],
                 len(queries), list(cfg.shots))
-    shots, predictions = evaluate(adapter, chooser, queries, examples, cfg.shots, cfg, task, logger)
+    fingerprint = _job_fingerprint(inputs, {"checkpoint": checkpoint, "test_pool": test_pool, "weights": weights or []},
+                                   kind="selector", task=task, inference=cfg.to_dict(), identity=dict(identity),
+                                   entry=dict(entry))
+    with InferenceJournal(journal_path(predictions_path), fingerprint, logger) as journal:
+        shots, predictions = evaluate(adapter, chooser, queries, examples, cfg.shots, cfg, task, logger, journal)
     checkpoint_info = {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "meta": selector.meta}
     digest = config_digest(kind="selector", task=task, inference=cfg.to_dict(), identity=dict(identity),
                            entry=dict(entry), checkpoint_sha256=checkpoint_info["sha256"])
@@ -485,6 +609,7 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
                        version=identity["version"], sampler=identity["sampler"], baseline=None, shots=shots,
                        queries=queries, cfg=cfg, checkpoint=checkpoint_info, digest=digest)
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
+    journal.remove()
     return metrics
 
 
@@ -510,12 +635,17 @@ def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: Infere
     examples = ExampleTable.from_records(train.records, name=inputs.train_records)
     adapter = adapter or _load_lvlm(beam_model, entry, weights)
     logger.info("%s %s: %d val queries, shots %s", baseline, beam_model, len(queries), list(shots))
-    scores, predictions = evaluate(adapter, chooser, queries, examples, shots, cfg, task, logger)
+    fingerprint = _job_fingerprint(inputs, {"weights": weights or []}, kind="baseline", task=task,
+                                   inference=cfg.to_dict(), dataset=dataset, beam_model=beam_model, baseline=baseline,
+                                   entry=dict(entry))
+    with InferenceJournal(journal_path(predictions_path), fingerprint, logger) as journal:
+        scores, predictions = evaluate(adapter, chooser, queries, examples, shots, cfg, task, logger, journal)
     digest = config_digest(kind="baseline", task=task, inference=cfg.to_dict(), dataset=dataset,
                            beam_model=beam_model, baseline=baseline, entry=dict(entry))
     metrics = _metrics(kind="baseline", dataset=dataset, task=task, beam_model=beam_model, version=None, sampler=None,
                        baseline=baseline, shots=scores, queries=queries, cfg=cfg, checkpoint=None, digest=digest)
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
+    journal.remove()
     return metrics
 
 

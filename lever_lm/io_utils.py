@@ -23,10 +23,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp
         # mkstemp makes the file owner-only; give it the mode a plain open() would (collaborators read results)
         os.chmod(tmp, 0o666 & ~_current_umask())
+        _fsync_file(tmp)  # the bytes reach the disk before the name does: a crashed node never shows a torn file
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_file():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,6 +56,46 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Files larger than this are fingerprinted by (size, mtime) instead of their bytes: hashing a 3B model's weights
+# in every resumable job would cost more than it protects (they are read-only inputs, replaced, never edited).
+FINGERPRINT_HASH_LIMIT = 256 << 20
+
+
+def path_fingerprint(path: str | os.PathLike, hash_limit: int = FINGERPRINT_HASH_LIMIT) -> str:
+    """sha256 of a file's bytes, or of a directory's files (relative names and bytes, in sorted order); a file
+    over ``hash_limit`` bytes enters by size and mtime. What resume files are keyed on."""
+    import hashlib
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: input not found")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root) if file != root else ''}\0".encode())
+        if stat.st_size > hash_limit:
+            digest.update(f"size={stat.st_size} mtime_ns={stat.st_mtime_ns}".encode())
+        else:
+            digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def inputs_fingerprint(inputs: Any) -> dict[str, Any]:
+    """``{name: path_fingerprint}`` of named inputs (a mapping of names to a path or a list of paths); None stays
+    None. Keyed by role, not path, so the same bytes give the same fingerprint in any working directory."""
+    out: dict[str, Any] = {}
+    for name in sorted(inputs):
+        value = inputs[name]
+        if value is None:
+            out[name] = None
+        elif isinstance(value, (str, os.PathLike)):
+            out[name] = path_fingerprint(value)
+        else:
+            out[name] = [path_fingerprint(item) for item in value]
+    return out
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
@@ -88,6 +138,15 @@ def append_jsonl(handle: Any, record: Any) -> None:
     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     handle.flush()
     os.fsync(handle.fileno())
+
+
+def cut_torn_tail(path: str | os.PathLike) -> None:
+    """Drop a partial last line (a killed writer) so that the next append starts on a fresh line."""
+    with open(path, "r+b") as fh:
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            fh.truncate(keep)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:

@@ -339,6 +339,72 @@ def test_selector_retriever_checks_shots_against_pools_before_selecting():
         SelectorRetriever(fake, queries, None)
 
 
+# ----------------------------------------------------------------------------------------------- resume
+
+
+class CrashingAdapter(FakeAdapter):
+    """A FakeAdapter that dies (like a killed job) when asked for batch number ``crash_at`` (0-based, all shots)."""
+
+    def __init__(self, crash_at):
+        super().__init__()
+        self.crash_at = crash_at
+
+    def generate(self, prompts, max_new_tokens, num_beams, batch_size=None):
+        if len(self.batches) == self.crash_at:
+            raise KeyboardInterrupt("killed")
+        return super().generate(prompts, max_new_tokens, num_beams, batch_size)
+
+
+RESUME_INFERENCE = {"shots": [1, 2], "batch_size": 5}  # 12 queries: 3 batches per shot
+
+
+def _bytes(out):
+    return {name: (out / name).read_bytes() for name in ("metrics.json", "predictions.parquet")}
+
+
+def _journal(out):
+    return out / "predictions.parquet.partial.jsonl"
+
+
+@pytest.mark.parametrize("crash_at", [1, 4])  # in shot 1, in shot 2
+def test_killed_selector_cell_resumes_per_batch_to_byte_identical_outputs(toy, tmp_path, crash_at):
+    _cell(toy, tmp_path / "full", inference=RESUME_INFERENCE)
+    full = _bytes(tmp_path / "full" / "v1")
+    assert not _journal(tmp_path / "full" / "v1").exists()  # removed on success
+    with pytest.raises(KeyboardInterrupt):
+        _cell(toy, tmp_path / "killed", inference=RESUME_INFERENCE, adapter=CrashingAdapter(crash_at))
+    out = tmp_path / "killed" / "v1"
+    assert not (out / "metrics.json").exists() and not (out / "predictions.parquet").exists()
+    lines = _journal(out).read_text().splitlines()
+    assert len(lines) == 1 + crash_at and "fingerprint" in json.loads(lines[0])
+    with open(_journal(out), "a") as fh:  # the killed writer left half a line behind
+        fh.write(lines[-1][: len(lines[-1]) // 2])
+    adapter = FakeAdapter()
+    _cell(toy, tmp_path / "killed", inference=RESUME_INFERENCE, adapter=adapter)
+    assert len(adapter.batches) == 6 - crash_at  # only the batches not done before
+    assert _bytes(out) == full
+    assert not _journal(out).exists()
+
+
+def test_killed_baseline_resumes_and_a_stale_journal_is_ignored(toy, tmp_path):
+    _baseline(toy, tmp_path / "full", "RandomRetriever", RESUME_INFERENCE)
+    full = _bytes(tmp_path / "full" / "RandomRetriever")
+    with pytest.raises(KeyboardInterrupt):
+        _baseline(toy, tmp_path / "killed", "RandomRetriever", RESUME_INFERENCE, adapter=CrashingAdapter(2))
+    out = tmp_path / "killed" / "RandomRetriever"
+    adapter = FakeAdapter()
+    _baseline(toy, tmp_path / "killed", "RandomRetriever", RESUME_INFERENCE, adapter=adapter)
+    assert len(adapter.batches) == 4 and _bytes(out) == full
+
+    # a journal of another config (here: another retriever seed) is discarded, never mixed in
+    other = {**RESUME_INFERENCE, "retriever_seed": 7}
+    with pytest.raises(KeyboardInterrupt):
+        _baseline(toy, tmp_path / "stale", "RandomRetriever", other, adapter=CrashingAdapter(3))
+    adapter = FakeAdapter()
+    _baseline(toy, tmp_path / "stale", "RandomRetriever", RESUME_INFERENCE, adapter=adapter)
+    assert len(adapter.batches) == 6 and _bytes(tmp_path / "stale" / "RandomRetriever") == full
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 
 

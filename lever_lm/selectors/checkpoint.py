@@ -47,8 +47,10 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, Any], meta
     import torch
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
-    with atomic_path(path, suffix=".ckpt") as tmp:
-        torch.save({"state_dict": state, "meta": dict(meta)}, tmp)
+    # through a file object: torch.save(path) names the zip's inner folder after the (random) temp file name, so
+    # two saves of the same weights would differ in bytes
+    with atomic_path(path, suffix=".ckpt") as tmp, open(tmp, "wb") as handle:
+        torch.save({"state_dict": state, "meta": dict(meta)}, handle)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:

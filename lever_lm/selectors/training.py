@@ -8,9 +8,10 @@ Resume: after every epoch the full Lightning state (weights, optimiser, schedule
 far) is written to ``out_dir/resume/state.ckpt``; a restarted job with the same inputs and config continues
 from there. Shuffling depends only on (seed, epoch) and the RNG is reseeded at each epoch start, so a
 resumed run ends with exactly the metrics of an uninterrupted one. On success: best.ckpt, last.ckpt, then
-metrics.json (last), each atomic, then resume/ is removed. Bad input raises ValueError before anything is
-written, and any earlier best/last/metrics in out_dir are removed first, so a failed run never leaves a
-complete-looking set.
+metrics.json (last), each atomic, then resume/ is removed. metrics.json holds results only (no durations), so a
+resumed run's file is byte-identical to an uninterrupted one's, and so are the checkpoints. Bad input raises
+ValueError before anything is written, and any earlier best/last/metrics in out_dir are removed first, so a failed
+run never leaves a complete-looking set.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def _load_init(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, 
 
 def train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threads: int = 1, *,
           callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train one selector; returns the metrics written to ``out_dir/metrics.json``.
+    """Train one selector; returns the metrics written to ``out_dir/metrics.json`` plus how the run went
+    (``train_examples_per_s``, ``wall_time_s``, ``resumed_after_epoch``, per-epoch ``timing``; not in the file).
 
     ``callbacks``: extra Lightning callbacks (tests use one to kill a run between epochs).
     """
@@ -430,6 +432,10 @@ def _write_outputs(module: Any, meta: dict[str, Any], data: BeamData, train_idx:
         "best": {"epoch": best["epoch"], "val_loss": best["val_loss"]},
         "final": history[-1],
         "random": getattr(module, "random", None),
+    }
+    # how this run went (durations, a resume) is not a result: it goes to the log and the return value, so that
+    # metrics.json is byte-identical across clean runs and resumed ones
+    run = {
         "train_examples_per_s": sum(t["train_examples"] for t in timing) / max(train_seconds, 1e-9),
         "wall_time_s": time.perf_counter() - started,
         "resumed_after_epoch": getattr(module, "resumed_after", None) if resumed else None,
@@ -437,4 +443,6 @@ def _write_outputs(module: Any, meta: dict[str, Any], data: BeamData, train_idx:
     }
     write_json(out_dir / "metrics.json", metrics)  # last: its presence means the outputs are complete
     shutil.rmtree(out_dir / "resume", ignore_errors=True)
-    return metrics
+    logger.info("run: %.0f train examples/s, %.1f s%s", run["train_examples_per_s"], run["wall_time_s"],
+                f", resumed after epoch {run['resumed_after_epoch']}" if resumed else "")
+    return {**metrics, **run}

@@ -10,13 +10,18 @@ Resume and Snakemake: Snakemake deletes the declared outputs of a failed job, so
 returns, calls ``finalize_shard(partial, output)`` (an atomic rename). A rerun after a crash finds the
 ``.partial`` file, cuts a torn last line, checks that the header params are identical (else ValueError
 naming the file and the differing keys), skips the anchors already done and appends the rest.
+The workflow also passes ``input_fingerprint`` (``inputs_fingerprint`` of the rule's input files: anchors,
+candidates, train records, the LVLM's weights): with the params and the shard's anchors it is stamped in
+``<output>.partial.fingerprint``, and a partial file made from other inputs or config (a rebuilt model, say) is
+discarded with a warning instead of being resumed. ``finalize_shard`` removes the stamp.
 
 Public API
 - ``parse_scatter_item("3-of-8") -> (2, 8)`` (0-based shard index, shard count).
 - ``shard_anchors(anchor_ids, n_shards, shard_index) -> list[int]``: strided, ``anchor_ids[shard_index::n_shards]``,
   so every shard gets a spread of the anchors file (balanced even if cost drifts along it).
 - ``shard_params(cfg, run_params) -> dict``; ``partial_path(final)``; ``finalize_shard(partial, final)``.
-- ``run_beam_shard(anchor_ids, candidates, train_records, adapter, cfg, out_path, run_params=None, log=..., progress_interval_s=30)``.
+- ``run_beam_shard(anchor_ids, candidates, train_records, adapter, cfg, out_path, run_params=None, log=...,
+  progress_interval_s=30, input_fingerprint=None)``.
 - ``read_beam_shard(path) -> (params, records)``.
 - ``gather_beam_shards(shard_paths, expected_anchor_ids, out_path)``: one json ``{"params", "anchors"}``, anchors in
   the order of ``expected_anchor_ids``; every anchor exactly once across shards, params identical.
@@ -25,6 +30,7 @@ Public API
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from lever_lm.beam_search import BeamSearchConfig, ExampleTable, ex_name, search_anchor, validate_candidate_pool
-from lever_lm.io_utils import append_jsonl, read_json, read_jsonl, write_json
+from lever_lm.io_utils import append_jsonl, atomic_path, cut_torn_tail, read_json, read_jsonl, write_json
 from lever_lm.progress import ProgressReporter
 
 if TYPE_CHECKING:
@@ -89,22 +95,33 @@ def partial_path(final_path: str | os.PathLike) -> Path:
     return final.with_name(final.name + ".partial")
 
 
+def fingerprint_path(partial: str | os.PathLike) -> Path:
+    """The stamp of what a partial shard file was made from: ``<partial>.fingerprint``."""
+    partial = Path(partial)
+    return partial.with_name(partial.name + ".fingerprint")
+
+
 def finalize_shard(partial: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Atomically publish a finished shard file under its final name."""
+    """Atomically publish a finished shard file under its final name (and drop its fingerprint stamp)."""
     os.replace(partial, final)
+    fingerprint_path(partial).unlink(missing_ok=True)
+
+
+def _check_fingerprint(path: Path, key: str, log: logging.Logger) -> None:
+    """Discard a partial file stamped with another fingerprint (or none), then stamp this run's."""
+    stamp = fingerprint_path(path)
+    old = stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else None
+    if old == key:
+        return
+    if path.exists():
+        log.warning("%s was made from other inputs or config: starting over", path)
+        path.unlink()
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(key + "\n", encoding="utf-8")
 
 
 def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Drop a partial last line (a killed writer) so the next append starts on a fresh line."""
-    with open(path, "r+b") as fh:
-        data = fh.read()
-        keep = data.rfind(b"\n") + 1
-        if keep != len(data):
-            fh.truncate(keep)
 
 
 def read_beam_shard(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -157,7 +174,7 @@ def _resume_state(path: Path, params: Mapping[str, Any], anchor_ids: Sequence[in
     """(header already written, anchors already done) for an in-progress shard file."""
     if not path.exists():
         return False, set()
-    _cut_torn_tail(path)
+    cut_torn_tail(path)
     if path.stat().st_size == 0:
         return False, set()
     old_params, records = read_beam_shard(path)
@@ -187,8 +204,12 @@ def run_beam_shard(
     run_params: Mapping[str, Any] | None = None,
     log: logging.Logger = logger,
     progress_interval_s: float = 30.0,
+    input_fingerprint: str | Mapping[str, Any] | None = None,
 ) -> None:
-    """Beam-search ``anchor_ids`` into the jsonl ``out_path`` (the ``.partial`` file), resuming where it stopped."""
+    """Beam-search ``anchor_ids`` into the jsonl ``out_path`` (the ``.partial`` file), resuming where it stopped.
+
+    ``input_fingerprint``: what the inputs' bytes give (``io_utils.inputs_fingerprint``); with it, a partial file
+    made from other inputs, params or anchors is discarded rather than resumed."""
     anchor_ids = [int(a) for a in anchor_ids]
     candidates = {int(a): [int(c) for c in cands] for a, cands in candidates.items()}
     examples = train_records if isinstance(train_records, ExampleTable) else ExampleTable.from_records(train_records)
@@ -197,6 +218,10 @@ def run_beam_shard(
 
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if input_fingerprint is not None:
+        key = {"inputs": input_fingerprint, "params": params, "anchors": anchor_ids}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        _check_fingerprint(path, digest, log)
     has_header, done = _resume_state(path, params, anchor_ids)
     remaining = [a for a in anchor_ids if a not in done]
     log.info(

@@ -15,6 +15,7 @@ with script_logging(snakemake.log[0], "beam_shard") as log, gpu_lease():
         shard_anchors,
     )
     from lever_lm.data import load_records
+    from lever_lm.io_utils import inputs_fingerprint
     from lever_lm.lvlm.factory import load_adapter
     from lever_lm.sampling import read_anchors, read_candidates
 
@@ -42,5 +43,6 @@ with script_logging(snakemake.log[0], "beam_shard") as log, gpu_lease():
             "candidates": candidates.params,
         },
         log=log,
+        input_fingerprint=inputs_fingerprint(dict(snakemake.input.items())),
     )
     finalize_shard(partial, snakemake.output.shard)

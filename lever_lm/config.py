@@ -290,3 +290,22 @@ def check_cand_num_fits_records(config: dict) -> None:
                             candidates.get("exclude_same_image", True), str(records))
     except InputError as err:
         raise ConfigError(str(err)) from None
+
+
+def check_output_dirs(config: dict) -> None:
+    """Fail before planning when outputs cannot be written: ``results/{dataset}``, ``logs/`` or ``benchmarks/``
+    (relative to the working directory) lies under a file, or its nearest existing folder is not writable (a
+    read-only mount, or permissions for a non-root user). Writes nothing. Raises InputError naming the path."""
+    import os
+
+    from lever_lm import paths as P
+
+    for target in (P.fill(P.RESULTS, config), "logs", "benchmarks"):
+        existing = Path(target)
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"{target} cannot be created: {existing} is a file, not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"{target} is not writable: {os.path.abspath(existing)} is read-only or not writable "
+                             "by this user")

@@ -335,7 +335,12 @@ def write_records(path: str | os.PathLike, records: pd.DataFrame) -> None:
 
 def load_records(path: str | os.PathLike) -> pd.DataFrame:
     """Read a records parquet; ``answers`` (and ``captions``) come back as python lists of str."""
-    records = pd.read_parquet(path)
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: records file not found")
+    try:
+        records = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ... on a damaged file
+        raise DatasetError(f"{path}: not a readable parquet file ({type(err).__name__}: {_first_line(err)})") from None
     _check_record_columns(path, records)
     for column in ("answers", "captions"):
         if column in records.columns:

@@ -13,6 +13,7 @@ from lever_lm.config import (
     check_config,
     check_external_paths,
     check_model_files,
+    check_output_dirs,
     inference_params,
     schema_path,
     split_layout,
@@ -30,6 +31,10 @@ try:
     check_cand_num_fits_records(config)
 except ConfigError as err:
     sys.exit(f"Invalid config: {err}")
+try:
+    check_output_dirs(config)
+except ValueError as err:
+    sys.exit(f"Cannot write outputs: {err}")
 validate(config, schema=str(schema_path()))
 
 DATASET = config["dataset"]["name"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,3 +390,27 @@ def test_bf16_precision_runs(words, examples):
         assert fast.dtype == np.float64
         np.testing.assert_allclose(fast, naive, atol=0.15)  # bf16 rounding differs between the two paths
     assert all(isinstance(t, str) for t in bf16.generate(prompts[:2], max_new_tokens=3, num_beams=2))
+
+
+class _TouchOnLoad:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_carrying_code_is_refused_without_a_pickle_fallback(tmp_path):
+    import torch
+
+    from lever_lm.lvlm.flamingo import _read_checkpoint
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model_state_dict": {"w": torch.zeros(2)}, "extra": _TouchOnLoad(str(marker))}, path)
+    with pytest.raises(LVLMConfigError, match=r"beam_models.x.checkpoint_path: .*checkpoint.pt refused by "
+                                              r"torch.load\(weights_only=True\): it holds more than plain tensors"):
+        _read_checkpoint(str(path), "beam_models.x.checkpoint_path")
+    assert not marker.exists()
+    torch.save({"model_state_dict": {"module.w": torch.ones(2)}}, path)
+    assert list(_read_checkpoint(str(path), "k")) == ["w"]

@@ -32,12 +32,14 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 def write_okvqa_fixture(root: Path) -> None:
     """A few records in the real OK-VQA v1.1 layout (file names, json keys, image names)."""
-    for split, image_ids in (("train", [9, 25, 30]), ("val", [42])):
+    # 65 train images, one question each: the real config's cand_num 64 fits (the anchor itself is left out),
+    # which the records stage checks (lever_lm.sampling.check_cand_num_fits)
+    for split, image_ids in (("train", [9, 25, 30, *range(100, 162)]), ("val", [42])):
         questions, annotations = [], []
         (root / f"{split}2014").mkdir(parents=True)
         for image_id in image_ids:
             image = root / f"{split}2014" / f"COCO_{split}2014_{image_id:012d}.jpg"
-            Image.new("RGB", (8, 8), (image_id, 0, 0)).save(image)
+            Image.new("RGB", (8, 8), (image_id % 256, 0, 0)).save(image)
             question_id = image_id * 10 + 5
             questions.append({"image_id": image_id, "question": "What is this?", "question_id": question_id})
             answers = [
@@ -65,12 +67,18 @@ def real_config(tmp_path: Path, with_files: bool) -> Path:
                 entry[key] = str(models / Path(entry[key]).relative_to("models"))
     if with_files:
         write_okvqa_fixture(data_root)
+        # placeholder files, so the model dirs look complete to the planning-time check (config.check_model_files)
+        model_files = ("config.json", "preprocessor_config.json", "model.safetensors", "tokenizer.json")
         for encoder in config["encoders"].values():
             Path(encoder["checkpoint"]).mkdir(parents=True)
+            for name in model_files:
+                (Path(encoder["checkpoint"]) / name).write_text("{}")
         for entry in config["beam_models"].values():
             for key in ("lang_encoder_path", "tokenizer_path", "model_path"):
                 if key in entry:
                     Path(entry[key]).mkdir(parents=True, exist_ok=True)
+                    for name in model_files:
+                        (Path(entry[key]) / name).write_text("{}")
             for key in ("vision_encoder_path", "checkpoint_path"):
                 if key in entry:
                     Path(entry[key]).parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +182,7 @@ def test_split_files_kept_apart_are_read_where_they_are(tmp_path):
     val = pd.read_parquet(tmp_path / records[1])
     assert val["question_id"].tolist() == [425]
     assert val["image_path"].tolist() == [str(shared_coco / "val2014" / "COCO_val2014_000000000042.jpg")]
-    assert len(pd.read_parquet(tmp_path / records[0])) == 3
+    assert len(pd.read_parquet(tmp_path / records[0])) == 65
 
     config["dataset"]["files"]["val"]["image_dir"] = str(tmp_path / "nowhere")
     config_path.write_text(yaml.safe_dump(config))

@@ -194,10 +194,9 @@ def _read_checkpoint(path: str, key: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as err:
         # never fall back to a full pickle: unpickling arbitrary objects runs code from the file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LVLMConfigError(
-            f"{key}: {path} does not load as plain tensors (torch.load weights_only=True), refused: {reason}"
-        ) from None
+        from lever_lm.errors import torch_load_reason
+
+        raise LVLMConfigError(f"{key}: {path} refused by torch.load(weights_only=True): {torch_load_reason(err)}") from None
     if isinstance(state, dict) and "model_state_dict" in state:
         state = state["model_state_dict"]
     if not isinstance(state, dict):

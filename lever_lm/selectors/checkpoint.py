@@ -64,8 +64,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable selector checkpoint ({first_line})") from None
+        from lever_lm.errors import torch_load_reason
+
+        raise CheckpointError(f"{path}: not a readable selector checkpoint ({torch_load_reason(err)})") from None
     if not (isinstance(data, dict) and isinstance(data.get("meta"), dict) and isinstance(data.get("state_dict"), dict)):
         raise CheckpointError(f"{path}: not a selector checkpoint (expected keys 'state_dict' and 'meta')")
     meta = data["meta"]

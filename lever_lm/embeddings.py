@@ -327,9 +327,17 @@ def compute_record_embeddings(
     torch.set_num_threads(num_threads)
     texts = record_texts(records)
     image_paths = records["image_path"].astype(str)
-    missing = [p for p in image_paths.unique() if not os.path.isfile(p)]
+    missing = sorted(p for p in image_paths.unique() if not os.path.isfile(p))
     if missing:
-        raise FileNotFoundError(f"records ({split}): {len(missing)} image files not found, first: {missing[:3]}")
+        from lever_lm.data import DatasetError
+
+        listed = []
+        for path in missing[:5]:
+            ids = sorted(int(i) for i in records.loc[image_paths == path, "question_id"])
+            listed.append(f"{path} (question_id{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))})")
+        more = f", ... ({len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise DatasetError(f"records ({split}): {len(missing)} image file(s) missing since the records were built: "
+                           f"{', '.join(listed)}{more}")
     if encoder is None:
         encoder = build_clip_encoder(cfg)
 

@@ -449,7 +449,7 @@ class CandidateFile:
 
 def _as_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{what}: expected an integer, got {value!r}")
+        raise InputError(f"{what}: expected an integer, got {value!r}")
     return int(value)
 
 
@@ -464,10 +464,10 @@ def write_anchors(path: str | os.PathLike, anchors: Sequence[int], params: Mappi
 def read_anchors(path: str | os.PathLike) -> AnchorFile:
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or not isinstance(data.get("anchors"), list):
-        raise ValueError(f"{path}: expected {{'params': {{...}}, 'anchors': [...]}}")
+        raise InputError(f"{path}: expected {{'params': {{...}}, 'anchors': [...]}}")
     anchors = [_as_int(a, f"{path}: anchors") for a in data["anchors"]]
     if len(set(anchors)) != len(anchors):
-        raise ValueError(f"{path}: repeated anchor ids")
+        raise InputError(f"{path}: repeated anchor ids")
     return AnchorFile(params=data["params"], anchors=anchors)
 
 
@@ -479,19 +479,19 @@ def _validated_candidates(mapping: Mapping[Any, Sequence[Any]], source: str,
         try:
             qid = int(key)
         except (TypeError, ValueError):
-            raise ValueError(f"{source}: query id {key!r} is not an integer") from None
+            raise InputError(f"{source}: query id {key!r} is not an integer") from None
         ids = [_as_int(v, f"{source}: query id {qid}") for v in values]
         if len(set(ids)) != len(ids) or min(ids, default=0) < 0 or (cand_num is not None and len(ids) != cand_num):
             bad.append(str(qid))
         result[qid] = ids
     if bad:
-        raise ValueError(
+        raise InputError(
             f"{source}: candidate lists must hold {cand_num if cand_num is not None else 'the same number of'} "
             f"distinct non-negative ids; offending query ids {bad[:5]}"
         )
     lengths = {len(ids) for ids in result.values()}
     if len(lengths) > 1:
-        raise ValueError(f"{source}: candidate lists have different lengths {sorted(lengths)}")
+        raise InputError(f"{source}: candidate lists have different lengths {sorted(lengths)}")
     return result
 
 
@@ -510,6 +510,6 @@ def read_candidates(path: str | os.PathLike) -> CandidateFile:
         raise FileNotFoundError(f"{path}: candidate file not found")
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or not isinstance(data.get("candidates"), dict):
-        raise ValueError(f"{path}: expected {{'params': {{...}}, 'candidates': {{...}}}}")
+        raise InputError(f"{path}: expected {{'params': {{...}}, 'candidates': {{...}}}}")
     candidates = _validated_candidates(data["candidates"], str(path), data["params"].get("cand_num"))
     return CandidateFile(params=data["params"], candidates=candidates)

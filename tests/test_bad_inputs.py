@@ -360,11 +360,9 @@ def test_output_directory_on_a_read_only_mount(case):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny run up to everything rule icl_inference reads: a v1 selector, the test pool, val embeddings."""
-    root = tmp_path_factory.mktemp("trained")
-    data = write_dataset(root / "data")
-    workdir = root / "work"
-    workdir.mkdir()
-    config = base_config(data)
+    workdir = tmp_path_factory.mktemp("trained") / "work"
+    write_dataset(workdir / "data")
+    config = base_config(Path("data"))  # relative: records hold relative image paths, so a copy has its own data
     targets = [fill(P.SELECTOR_BEST, config), fill(P.TEST_POOL, config), fill(P.EMBEDDING_META, config, split="val")]
     result = run(workdir, config, *targets)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
@@ -383,6 +381,49 @@ def trained_copy(trained, tmp_path):
 
 def _inference_outputs(config: dict, **wildcards: str) -> tuple[str, str]:
     return fill(P.INFERENCE_METRICS, config, **wildcards), fill(P.INFERENCE_PREDICTIONS, config, **wildcards)
+
+
+def _rerun(workdir: Path, config: dict, output: str, rule: str) -> subprocess.CompletedProcess:
+    """Remove ``output`` and rebuild it with only ``rule`` allowed (its inputs are taken as they are)."""
+    (workdir / output).unlink()
+    return run(workdir, config, output, extra=("--allowed-rules", rule))
+
+
+def test_image_gone_after_the_records_were_built(trained_copy):
+    workdir, config = trained_copy
+    image_dir = workdir / "data" / "train2014"
+    stamp = image_dir.stat()
+    (image_dir / image_name("train", 7)).unlink()
+    os.utime(image_dir, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the records stay up to date
+    outputs = [fill(template, config, split="train")
+               for template in (P.EMBEDDING_META, P.EMBEDDING_IMAGE, P.EMBEDDING_TEXT)]
+    result = _rerun(workdir, config, outputs[0], "embeddings")
+    line = assert_fails_in_one_line(
+        result, f"data/train2014/{image_name('train', 7)} (question_ids {question_id(7, 0)}, {question_id(7, 1)})",
+        workdir, absent=tuple(outputs))
+    assert line.startswith("DatasetError in embeddings: records (train): 1 image file(s) missing")
+
+
+def test_truncated_candidates_file(trained_copy):
+    workdir, config = trained_copy
+    candidates = workdir / fill(P.CANDIDATES, config)
+    text = candidates.read_text()
+    candidates.write_text(text[: len(text) // 2])
+    shard = fill(P.BEAM_SHARD, config, scatteritem="1-of-1")
+    result = _rerun(workdir, config, shard, "beam_shard")
+    assert_fails_in_one_line(result, f"{candidates.relative_to(workdir)}: malformed json", workdir,
+                             absent=(shard, shard + ".partial"))
+
+
+def test_truncated_beams_file(trained_copy):
+    workdir, config = trained_copy
+    beams = workdir / fill(P.BEAMS, config)
+    text = beams.read_text()
+    beams.write_text(text[: len(text) // 2])
+    best = fill(P.SELECTOR_BEST, config)
+    result = _rerun(workdir, config, best, "train_selector")
+    assert_fails_in_one_line(result, f"{beams.relative_to(workdir)}: malformed json", workdir,
+                             absent=(best, fill(P.SELECTOR_LAST, config), fill(P.SELECTOR_METRICS, config)))
 
 
 def test_truncated_checkpoint(trained_copy):
@@ -444,8 +485,7 @@ def test_truncated_records_file(trained_copy):
     data = records.read_bytes()
     records.write_bytes(data[: len(data) // 2])
     anchors = fill(P.ANCHORS, config)
-    (workdir / anchors).unlink()
-    result = run(workdir, config, anchors, extra=("--allowed-rules", "anchors"))
+    result = _rerun(workdir, config, anchors, "anchors")
     assert_fails_in_one_line(result, f"{records.relative_to(workdir)}: not a readable parquet file", workdir,
                              absent=(anchors,))
 
@@ -455,7 +495,6 @@ def test_corrupt_faiss_index(trained_copy):
     index = workdir / fill(P.INDEX_IMAGE, config)
     index.write_bytes(b"\x00" * 64)
     pool = fill(P.TEST_POOL, config)
-    (workdir / pool).unlink()
-    result = run(workdir, config, pool, extra=("--allowed-rules", "test_pool"))
+    result = _rerun(workdir, config, pool, "test_pool")
     assert_fails_in_one_line(result, f"{index.relative_to(workdir)}: not a readable faiss index", workdir,
                              absent=(pool,))

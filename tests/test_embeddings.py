@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lever_lm.data import DatasetError
 from lever_lm.embeddings import (
     ClipEncoderConfig,
     TinyClipDims,
@@ -134,7 +135,7 @@ def test_caption_records_embed_the_label_when_the_question_is_empty(tmp_path, ti
 def test_record_errors_name_the_problem(tmp_path, tiny_cfg, tiny_encoder):
     records = _records(tmp_path, [0, 1])
     missing_image = records.assign(image_path=[records.image_path[0], str(tmp_path / "nope.png")])
-    with pytest.raises(FileNotFoundError, match="nope.png"):
+    with pytest.raises(DatasetError, match=r"1 image file\(s\) missing .*nope.png \(question_id 1001\)"):
         compute_record_embeddings(missing_image, tiny_cfg, encoder=tiny_encoder)
     with pytest.raises(ValueError, match="one split"):
         compute_record_embeddings(records.assign(split=["train", "val"]), tiny_cfg, encoder=tiny_encoder)

@@ -17,8 +17,13 @@ Records (one row per question, sorted by question_id; captions: by image_id): co
 ``idx`` = 0..n-1 is the position in the split (for train, the ICD id used everywhere downstream).
 ``image_path`` is ``image_dir`` joined with the file name, as given (relative stays relative).
 
-Bad input raises ``DatasetError`` (a ValueError) naming the file and the first few offenders with their count;
-readers build the table in memory only, so nothing partial is ever written.
+Bad input raises ``DatasetError`` (an ``InputError``, so a job prints it as one line) naming the file and the first
+few offenders with their count; readers build the table in memory only, so nothing partial is ever written.
+Every image is checked when the records are built (``verify_images``, in threads: PIL's header parse and, for JPEGs,
+the end-of-image marker, about 0.2 ms per COCO-sized image), so a missing, non-image or truncated file fails here,
+named once with its question ids, rather than in the embeddings job. An annotation must have exactly 10 answers
+(rejected otherwise, naming the question ids: the official VQA accuracy averages over the 10 leave-one-out subsets,
+and OK-VQA and VQAv2 always have 10, so fewer means a damaged or foreign file).
 """
 
 from __future__ import annotations

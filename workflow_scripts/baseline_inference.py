@@ -4,11 +4,10 @@ from lever_lm.gpu_lease import gpu_lease
 from lever_lm.runlog import script_logging
 
 with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
-    import torch
-
+    from lever_lm.determinism import pin
     from lever_lm.inference import InferenceInputs, run_baseline
 
-    torch.set_num_threads(snakemake.threads)
+    pin(snakemake.threads)  # threads, deterministic kernels, cuBLAS workspace: before CUDA starts
     inp, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
     run_baseline(
         dataset=wildcards.dataset,

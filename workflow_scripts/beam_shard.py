@@ -4,8 +4,6 @@ from lever_lm.gpu_lease import gpu_lease
 from lever_lm.runlog import script_logging
 
 with script_logging(snakemake.log[0], "beam_shard") as log, gpu_lease():
-    import torch
-
     from lever_lm.beam_search import config_from_dict
     from lever_lm.beam_shards import (
         finalize_shard,
@@ -15,11 +13,12 @@ with script_logging(snakemake.log[0], "beam_shard") as log, gpu_lease():
         shard_anchors,
     )
     from lever_lm.data import load_records
+    from lever_lm.determinism import pin
     from lever_lm.io_utils import inputs_fingerprint
     from lever_lm.lvlm.factory import load_adapter
     from lever_lm.sampling import read_anchors, read_candidates
 
-    torch.set_num_threads(snakemake.threads)
+    pin(snakemake.threads)  # threads, deterministic kernels, cuBLAS workspace: before CUDA starts
     wildcards, params = snakemake.wildcards, snakemake.params
     cfg = config_from_dict(
         params.beam_search, cand_num=params.cand_num, sample_num=params.sample_num

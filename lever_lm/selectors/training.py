@@ -144,13 +144,11 @@ def train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threa
     out_dir = Path(paths.out_dir)
     if _launching_process():
         _remove([out_dir / name for name in OUTPUTS])
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
-            return _train(cfg, identity, paths, out_dir, list(callbacks))
-    finally:
-        torch.set_num_threads(previous_threads)
+    from lever_lm.determinism import deterministic
+
+    # threads and deterministic kernels pinned for the run; the caller's RNG stream is left as it was
+    with deterministic(threads), torch.random.fork_rng(devices=[]):
+        return _train(cfg, identity, paths, out_dir, list(callbacks))
 
 
 def _train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_dir: Path,

@@ -236,6 +236,9 @@ def check_external_paths(config: dict) -> None:
     import os
 
     missing = [(key, path) for key, path in external_paths(config) if not os.path.exists(path)]
+    if len(missing) == 1:
+        key, path = missing[0]
+        raise ConfigError(f"configured input path does not exist (set it in your config): {key}: {path}")
     if missing:
         lines = "\n".join(f"  {key}: {path}" for key, path in missing)
         raise ConfigError(

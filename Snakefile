@@ -12,6 +12,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/resources.smk"
 include: "rules/toy.smk"
 include: "rules/data.smk"
 include: "rules/retrieval.smk"

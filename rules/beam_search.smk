@@ -18,6 +18,8 @@ rule beam_shard:
         CONDA_ENV
     threads: config["beam_search"]["threads"]
     resources:
+        mem_mb=RES.mem_mb("beam_shard"),
+        runtime=RES.runtime("beam_shard"),
         gpu=1,
     params:
         entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
@@ -38,8 +40,12 @@ rule beam_gather:
         "logs/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}.log",
     benchmark:
         "benchmarks/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}.tsv"
+    localrule: True
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        mem_mb=RES.mem_mb("beam_gather"),
+        runtime=RES.runtime("beam_gather"),
     script:
         "../workflow_scripts/beam_gather.py"

@@ -10,9 +10,14 @@ rule records:
         "logs/records/{dataset}_{split}.log",
     benchmark:
         "benchmarks/records/{dataset}_{split}.tsv"
+    group:
+        "prep"
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        mem_mb=RES.mem_mb("records"),
+        runtime=RES.runtime("records"),
     params:
         format=config["dataset"]["format"],
         caption_year=config["dataset"]["caption_year"],

@@ -26,6 +26,8 @@ rule icl_inference:
         CONDA_ENV
     threads: config["threads"]["inference"]
     resources:
+        mem_mb=RES.mem_mb("icl_inference"),
+        runtime=RES.runtime("icl_inference"),
         gpu=1,
     params:
         entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
@@ -50,6 +52,8 @@ rule baseline_inference:
         CONDA_ENV
     threads: config["threads"]["inference"]
     resources:
+        mem_mb=RES.mem_mb("baseline_inference"),
+        runtime=RES.runtime("baseline_inference"),
         gpu=1,
     params:
         entry=lambda wildcards: config["beam_models"][wildcards.beam_model],

@@ -43,9 +43,13 @@ rule report:
         "logs/report/{dataset}.log",
     benchmark:
         "benchmarks/report/{dataset}.tsv"
+    localrule: True
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        mem_mb=RES.mem_mb("report"),
+        runtime=RES.runtime("report"),
     params:
         inference=INFERENCE_PARAMS,
         task=config["task"],

@@ -17,6 +17,8 @@ rule embeddings:
         CONDA_ENV
     threads: config["threads"]["embeddings"]
     resources:
+        mem_mb=RES.mem_mb("embeddings"),
+        runtime=RES.runtime("embeddings"),
         gpu=1,
     params:
         encoder=lambda wildcards: config["encoders"][wildcards.encoder],
@@ -36,9 +38,14 @@ rule faiss_index:
         "logs/faiss_index/{dataset}_{encoder}.log",
     benchmark:
         "benchmarks/faiss_index/{dataset}_{encoder}.tsv"
+    group:
+        "sampling"
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        mem_mb=RES.mem_mb("faiss_index"),
+        runtime=RES.runtime("faiss_index"),
     script:
         "../workflow_scripts/faiss_index.py"
 
@@ -52,9 +59,14 @@ rule anchors:
         "logs/anchors/{dataset}.log",
     benchmark:
         "benchmarks/anchors/{dataset}.tsv"
+    group:
+        "prep"
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        mem_mb=RES.mem_mb("anchors"),
+        runtime=RES.runtime("anchors"),
     params:
         anchors=config["anchors"],
     script:
@@ -82,9 +94,14 @@ rule candidates:
         "logs/candidates/{dataset}_{sampler}.log",
     benchmark:
         "benchmarks/candidates/{dataset}_{sampler}.tsv"
+    group:
+        "sampling"
     conda:
         CONDA_ENV
     threads: config["threads"]["sampling"]
+    resources:
+        mem_mb=RES.mem_mb("candidates"),
+        runtime=RES.runtime("candidates"),
     params:
         candidates=config["candidates"],
     script:
@@ -107,9 +124,14 @@ rule test_pool:
         "logs/test_pool/{dataset}_{sampler}.log",
     benchmark:
         "benchmarks/test_pool/{dataset}_{sampler}.tsv"
+    group:
+        "sampling"
     conda:
         CONDA_ENV
     threads: config["threads"]["sampling"]
+    resources:
+        mem_mb=RES.mem_mb("test_pool"),
+        runtime=RES.runtime("test_pool"),
     params:
         candidates=config["candidates"],
     script:

@@ -19,6 +19,8 @@ rule train_selector:
         CONDA_ENV
     threads: config["threads"]["selector"]
     resources:
+        mem_mb=RES.mem_mb("train_selector"),
+        runtime=RES.runtime("train_selector"),
         gpu=1,
     params:
         selector=config["selector"],

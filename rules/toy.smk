@@ -16,9 +16,14 @@ if "toy" in config["dataset"]:
             f"logs/toy_dataset/{DATASET}.log",
         benchmark:
             f"benchmarks/toy_dataset/{DATASET}.tsv"
+        group:
+            "prep"
         conda:
             CONDA_ENV
         threads: 1
+        resources:
+            mem_mb=RES.mem_mb("toy_dataset"),
+            runtime=RES.runtime("toy_dataset"),
         params:
             root=lambda wildcards, output: Path(output.train).parent,
             toy=config["dataset"]["toy"],
@@ -43,6 +48,9 @@ if TINY_BEAM_MODELS:
             CONDA_ENV
         # one thread: deterministic, and the two tiny LVLMs pretrain side by side on a 2-core machine
         threads: 1
+        resources:
+            mem_mb=RES.mem_mb("tiny_lvlm"),
+            runtime=RES.runtime("tiny_lvlm"),
         params:
             entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
         script:

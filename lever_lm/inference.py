@@ -28,7 +28,8 @@ model entry. A rerun with the same fingerprint takes the batches already done fr
 with the very same batches (generation order and batch composition do not depend on what was done before), so
 ``metrics.json`` and ``predictions.parquet`` come out byte-identical to an uninterrupted run. A torn last line (a
 killed writer) is cut; a file with another fingerprint (other inputs or config) is discarded with a warning. The
-file is removed once both outputs are written.
+file is removed once both outputs are written. Edits to the package's code are not part of the fingerprint (nor of
+Snakemake's rerun triggers, README "Rerun policy"): after changing generation code, delete the ``.partial.jsonl``.
 
 Output formats: ``metrics.json`` and ``predictions.parquet`` as in the shared contracts (kind, dataset, task,
 beam_model, metric, version, sampler, baseline, shots {k: {score, n}}, n_queries, max_queries, query_seed,

@@ -13,9 +13,13 @@ from typing import Any, Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Temp files of the same target left by a killed writer (``.<name>.XXXXXXXX.tmp<suffix>``) are removed first:
+    each artifact has a single writer (one Snakemake job), so such a file can only be a leftover."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target, suffix)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -28,6 +32,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_leftovers(target: Path, suffix: str) -> None:
+    import re
+
+    # mkstemp's names: prefix, 8 characters of [a-z0-9_], suffix
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
+    for entry in os.scandir(target.parent):
+        if entry.name.startswith(f".{target.name}.") and pattern.fullmatch(entry.name) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 def _fsync_file(path: Path) -> None:

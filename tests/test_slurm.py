@@ -5,7 +5,7 @@ SLURM without accounting with ``scripts/local_slurm.sh``); elsewhere they are sk
 user of such a cluster would: ``--profile profiles/slurm --workflow-profile profiles/cpu-only`` (the CPU-only override).
 
 The DAG is a reduced toy: 1 sampler, 8 anchors in 2 beam shards, one random-init tiny LVLM, one CLIP, selector v0,
-8 inference queries (about 20 jobs, 14 of them SLURM jobs once grouped).
+8 inference queries, 2 baselines (19 jobs; 11 SLURM jobs once grouped, gather and report run locally).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def reduced_config(directory: Path) -> Path:
     config["beam_models"] = {model: entry}
     config["versions"] = ["v0"]
     config["selector"]["epochs"] = 2
-    config["inference"] = {**config["inference"], "shots": [1, 2], "max_queries": 8}
+    config["inference"] = {**config["inference"], "shots": [1, 2], "max_queries": 8,
+                           "baselines": ["ZeroShot", "RandomRetriever"]}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "slurm_config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

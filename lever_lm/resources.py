@@ -39,10 +39,10 @@ TOY: dict[str, Need] = {
     "tiny_lvlm": Need(mem_mb=3000, runtime=40),  # 1575; 10 min on the loaded machine
     "beam_shard": Need(mem_mb=2000, runtime=30),  # 1059; 141 s
     "beam_gather": Need(mem_mb=1000, runtime=10),  # 38
-    "train_selector": Need(mem_mb=2000, runtime=20),  # 861
-    "icl_inference": Need(mem_mb=2000, runtime=20),  # 1015
+    "train_selector": Need(mem_mb=2000, runtime=20),  # 964
+    "icl_inference": Need(mem_mb=2000, runtime=20),  # 1039
     "baseline_inference": Need(mem_mb=2000, runtime=20),  # 1025
-    "report": Need(mem_mb=1000, runtime=10),  # REPORT_RSS
+    "report": Need(mem_mb=1000, runtime=10),  # 173
 }
 REAL: dict[str, Need] = {
     "records": Need(mem_mb=2000, runtime=30),

@@ -4,9 +4,10 @@ equal those of an uninterrupted run byte for byte (issue 10).
 The slow test drives the real `snakemake` on the reduced toy config of ``tests.pipeline_runs`` (Flamingo-tiny only)
 in one working directory, in its own process group, and kills the whole group (Snakemake and its jobs, nobody gets
 to clean up) three times:
-1. once a beam shard's ``.jsonl.partial`` holds some but not all of its anchors;
-2. once a selector's ``resume/state.ckpt`` exists (at least one epoch done) and its metrics.json does not;
-3. once a selector cell's inference job (rule icl_inference) has at least one generated batch in its
+1. once a beam shard's ``.jsonl.partial`` holds 3 or more but not all of its 8 anchors;
+2. once a selector's job has logged 3 or more of its 12 epochs (each saved in ``resume/state.ckpt``) and its
+   metrics.json does not exist;
+3. once a selector cell's inference job (rule icl_inference) has 4 or more of its 18 generated batches in its
    ``predictions.parquet.partial.jsonl``.
 After each kill it runs ``snakemake --unlock`` (a SIGKILLed Snakemake leaves its lock behind) and reruns with
 ``--rerun-incomplete`` (as profiles/local does: a job whose outputs were all written, atomically, just before the
@@ -92,27 +93,32 @@ def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(r
 
     def shard_in_progress(path: Path):
         anchors = complete_lines(path) - 1  # the header line
-        return (path, anchors) if 1 <= anchors < anchors_per_shard else None
+        return (path, anchors) if 3 <= anchors < anchors_per_shard else None
 
     shard, anchors_done = kill_when(work, lambda: _first(results.glob("beam/*/*/*/shards/*.jsonl.partial"),
                                                          shard_in_progress))
     assert not shard.with_name(shard.name.removesuffix(".partial")).exists()
     timeline.append(f"beam shard {shard.name}: killed after {anchors_done}/{anchors_per_shard} anchors")
 
-    def training_in_progress(path: Path):
-        out_dir = path.parent.parent
-        return out_dir if not (out_dir / "metrics.json").exists() else None
+    def training_in_progress(log: Path):
+        epochs = len(re.findall(r"\bepoch \d+/\d+ ", log.read_text()))  # logged just before its state is saved
+        version = re.search(r"_(v\d)_", log.name).group(1)
+        out_dir = next(results.glob(f"model_cpk/{version}/*/*/*/*"), None)
+        if epochs < 3 or out_dir is None or (out_dir / "metrics.json").exists():
+            return None
+        return (out_dir, epochs) if (out_dir / "resume" / "state.ckpt").exists() else None
 
     run_snakemake(work, "--unlock")
-    selector_dir = kill_when(work, lambda: _first(results.glob("model_cpk/*/*/*/*/*/resume/state.ckpt"),
-                                                  training_in_progress), "--rerun-incomplete")
+    selector_dir, epochs_logged = kill_when(work, lambda: _first((work / "logs" / "train_selector").glob("*.log"),
+                                                                 training_in_progress), "--rerun-incomplete")
     assert not (selector_dir / "best.ckpt").exists()
-    timeline.append(f"selector {selector_dir.relative_to(results / 'model_cpk').parts[0]}: killed after "
-                    f"its first saved epoch")
+    total_epochs = config["selector"]["epochs"]
+    timeline.append(f"selector {selector_dir.relative_to(results / 'model_cpk').parts[0]}: killed with "
+                    f"{epochs_logged} of {total_epochs} epochs logged")
 
     def inference_in_progress(path: Path):
         batches = complete_lines(path) - 1
-        return (path, batches) if batches >= 1 and not (path.parent / "metrics.json").exists() else None
+        return (path, batches) if batches >= 4 and not (path.parent / "metrics.json").exists() else None
 
     run_snakemake(work, "--unlock")  # a selector cell (rule icl_inference), not a baseline
     cells = "icl_inference/v*/*/*/*/*/predictions.parquet.partial.jsonl"
@@ -134,7 +140,7 @@ def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(r
     assert re.search(rf"{anchors_done} done before, {anchors_per_shard - anchors_done} to go", shard_log)
     training_log = _one(logs, None, "train_selector", contains="resuming from")
     resumed_after = int(re.search(r"resumed after epoch (\d+)", training_log).group(1))
-    assert resumed_after >= 1
+    assert epochs_logged - 1 <= resumed_after < total_epochs
     inference_log = _one(logs, None, "icl_inference", contains=f"{batches_done} batch(es) done")
     assert "resuming from" in inference_log
     timeline.append(f"reruns resumed: shard at anchor {anchors_done}, selector after epoch {resumed_after}, "

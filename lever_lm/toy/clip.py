@@ -70,10 +70,11 @@ def _register_tiny_config(model_name: str, dims: TinyClipDims) -> None:
 
     if model_name in open_clip.list_models():
         return
-    # open_clip's registry only reads json files; keep the folder for the process lifetime.
-    folder = Path(tempfile.mkdtemp(prefix="lever_tiny_clip_"))
-    (folder / f"{model_name}.json").write_text(json.dumps(_open_clip_tiny_config(dims)), encoding="utf-8")
-    open_clip.add_model_config(folder / f"{model_name}.json")
+    # open_clip's registry only reads json files; it keeps what it read, and a rescan skips a file that is gone.
+    with tempfile.TemporaryDirectory(prefix="lever_tiny_clip_") as folder:
+        config_file = Path(folder) / f"{model_name}.json"
+        config_file.write_text(json.dumps(_open_clip_tiny_config(dims)), encoding="utf-8")
+        open_clip.add_model_config(config_file)
 
 
 def new_tiny_clip(dims: TinyClipDims, seed: int):

@@ -206,7 +206,8 @@ def _train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_
         with warnings.catch_warnings():
             for noise in ("does not have many workers", "num_workers", "log_every_n_steps", "LeafSpec"):
                 warnings.filterwarnings("ignore", message=f".*{noise}.*")
-            trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+            # weights_only: the resume state holds tensors, numbers and lists only, so a planted pickle is refused
+            trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     finally:
         lightning_info.setLevel(level)
     if not trainer.is_global_zero:

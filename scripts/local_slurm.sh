@@ -24,7 +24,7 @@ fail() {
   exit 1
 }
 
-cluster_answers() { timeout 10 sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)'; }
+cluster_answers() { timeout 10 sinfo -h -N -o '%T' 2>/dev/null | grep -E '^(idle|mixed|allocated|completing)' >/dev/null; }
 
 if [ "$(id -u)" != 0 ]; then
   if command -v sinfo >/dev/null 2>&1 && cluster_answers; then

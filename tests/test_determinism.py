@@ -5,10 +5,7 @@ random baseline, the report) runs twice in two fresh directories through `snakem
 compared by sha256: beams.json, selector best/last checkpoints and metrics.json, every cell's and baseline's
 predictions.parquet and metrics.json, and the report (tables.md, tables.html, selection_overlap.csv, plots).
 Then every other file under results/ is compared too (records, embeddings, indexes, anchors, candidates, shards,
-the tiny models' weights), with one documented exception:
-
-- ``models/<beam_model>/pretraining.json``: the record of a tiny LVLM's pretraining carries its durations
-  (``train_seconds``, seconds per logged step). The weights next to it are compared and identical.
+the tiny models' weights and their pretraining records): all identical.
 
 What makes the runs identical: every random draw is seeded (anchors, samplers, pretraining, selector shuffling
 per (seed, epoch), dropout reseeded per epoch, retrievers); every job pins its torch thread count (the rule's
@@ -25,8 +22,6 @@ import time
 import pytest
 
 from tests.pipeline_runs import clean_run, compared_artifacts, hashes, reduced_config, report_artifacts, sha256
-
-NONDETERMINISTIC = ("pretraining.json",)  # durations of the tiny LVLMs' pretraining (see the module docstring)
 
 
 def _all_results(workdir):
@@ -50,4 +45,4 @@ def test_two_clean_runs_give_byte_identical_artifacts(reduced_reference_run, tmp
     assert set(everything_a) == set(everything_b)
     others = [name for name in everything_a if everything_a[name] != everything_b[name]]
     print(f"all result files compared: {len(everything_a)}, differing: {others}")
-    assert all(name.endswith(NONDETERMINISTIC) for name in others), others
+    assert not others

@@ -346,5 +346,8 @@ def pretrain_tiny_lvlm(family: str, dims, cfg: PretrainConfig, train_records, ou
         "parameters": sum(p.numel() for p in parameters), "loss_curve": curve,
         "final_loss": curve[-1]["loss"], "train_seconds": round(time.monotonic() - started, 1),
     }
-    trainer.save(out_dir, extra=summary)
+    # the saved record holds no durations, so two clean runs give identical model dirs (they stay in the log)
+    record = {key: value for key, value in summary.items() if key != "train_seconds"}
+    record["loss_curve"] = [{key: value for key, value in point.items() if key != "seconds"} for point in curve]
+    trainer.save(out_dir, extra=record)
     return summary

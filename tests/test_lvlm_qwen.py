@@ -327,7 +327,7 @@ def test_non_square_images_positions_and_fast_path(tmp_path, tiny_dir, images):
     """mrope positions match the model's get_rope_index, and fast == naive, for images of several shapes."""
     from PIL import Image
 
-    from lever_lm.lvlm.qwen import mrope_positions
+    from lever_lm.lvlm.qwen_positions import mrope_positions
 
     rng = np.random.default_rng(5)
     shaped = []

@@ -4,7 +4,7 @@ Gives the same log-probs as ``QwenVLAdapter.score_naive`` (up to float rounding)
 
 1. Vision cache: each distinct image (keyed by path) goes through the vision tower once per ``clear()``; its
    merged patch embeddings are placed at the ``<|image_pad|>`` positions of ``inputs_embeds``.
-2. Positions: the 3-D mrope position ids of the FULL sequence (``qwen.mrope_positions``, equal to the model's
+2. Positions: the 3-D mrope position ids of the FULL sequence (``qwen_positions.mrope_positions``, equal to the model's
    ``get_rope_index``); a continuation gets its slice. Positions of a prefix depend only on the prefix, so its keys/values (which
    are stored after rotary) are valid in front of any continuation.
 3. KV prefixes: the prompt up to the end of demo k's answer depends only on the template and demos 0..k
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from lever_lm.lvlm.base import Prompt, choose_prefix_depths
+from lever_lm.lvlm.qwen_positions import mrope_positions
 
 if TYPE_CHECKING:
     from lever_lm.lvlm.qwen import AssembledPrompt, QwenVLAdapter
@@ -104,8 +105,6 @@ class FastScorer:
 
     def _sequence(self, prompt: Prompt, counts: dict[str, int]) -> _Sequence:
         import torch
-
-        from lever_lm.lvlm.qwen import mrope_positions
 
         assembled = self.adapter.assemble(prompt, counts, for_generation=False)
         grids = [self.features[path][1].tolist() for path in assembled.image_paths]

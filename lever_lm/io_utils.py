@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,14 +35,37 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
-def _remove_leftovers(target: Path, suffix: str) -> None:
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder next to ``path``; it replaces ``path`` (a folder, or nothing) only if the block
+    succeeds. Staging folders of the same target left by a killed writer are removed first."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target, "", folders=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it owner-only
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def _remove_leftovers(target: Path, suffix: str, folders: bool = False) -> None:
     import re
 
-    # mkstemp's names: prefix, 8 characters of [a-z0-9_], suffix
+    # mkstemp's/mkdtemp's names: prefix, 8 characters of [a-z0-9_], suffix
     pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp{re.escape(suffix)}")
     for entry in os.scandir(target.parent):
-        if entry.name.startswith(f".{target.name}.") and pattern.fullmatch(entry.name) and entry.is_file():
-            with contextlib.suppress(FileNotFoundError):
+        if not (entry.name.startswith(f".{target.name}.") and pattern.fullmatch(entry.name)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if folders and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif not folders and entry.is_file():
                 os.unlink(entry.path)
 
 

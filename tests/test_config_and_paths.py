@@ -119,3 +119,26 @@ def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
         _current_umask.cache_clear()
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_atomic_dir_publishes_whole_folders_only_and_clears_a_killed_writers_staging(tmp_path):
+    from lever_lm.io_utils import atomic_dir
+
+    target = tmp_path / "model"
+    killed_writer = tmp_path / ".model.k1ll3d_x.tmp"  # mkdtemp's name pattern for this target
+    (killed_writer / "sub").mkdir(parents=True)
+    unrelated = tmp_path / ".other.abcdefgh.tmp"
+    unrelated.mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as staging:
+            (staging / "weights.bin").write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abcdefgh.tmp"]  # the leftover is gone too
+
+    target.mkdir()
+    (target / "stale.bin").write_bytes(b"old")
+    with atomic_dir(target) as staging:
+        (staging / "weights.bin").write_bytes(b"new")
+    assert sorted(p.name for p in target.iterdir()) == ["weights.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abcdefgh.tmp", "model"]

@@ -44,14 +44,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lever_lm.io_utils import write_json
+from lever_lm.io_utils import atomic_dir, write_json
 
 SPLITS = ("train", "val")
 CONVENTIONS = ("word", "code")
@@ -364,14 +362,6 @@ def generate_toy_okvqa(out_root: str | os.PathLike, cfg: ToyDatasetConfig) -> No
     ids = np.random.default_rng(seeds[0]).choice(np.arange(9, 581_930), size=sum(n_images.values()), replace=False)
     split_ids = {"train": ids[: cfg.train_images], "val": ids[cfg.train_images :]}
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.", suffix=".tmp", dir=out_root.parent))
-    try:
+    with atomic_dir(out_root) as staging:
         for split, seed in zip(SPLITS, seeds[1:]):
             _write_split(staging, split, split_ids[split], np.random.default_rng(seed), cfg)
-        staging.chmod(0o755)  # mkdtemp makes it 0700
-        if out_root.exists():
-            out_root.rmdir()
-        staging.rename(out_root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from lever_lm.io_utils import atomic_dir
+
 FAMILIES = ("flamingo", "qwen2_5_vl")
 PRETRAINING_FILE = "pretraining.json"  # the training summary, in a pretrained model's dir
 
@@ -149,22 +151,9 @@ def tiny_vocabulary(texts: Iterable[str]) -> list[str]:
     return collect_vocabulary([*texts, DEFAULT_SYSTEM_PROMPT, "system user assistant"])
 
 
-def _atomic_dir(out_dir: Path):
-    """A staging folder next to ``out_dir``; ``_publish`` renames it onto ``out_dir``."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-
-
 def _write_extra(staging: Path, extra: Mapping[str, Any] | None) -> None:
     if extra is not None:
         (staging / PRETRAINING_FILE).write_text(json.dumps(extra, indent=1, sort_keys=True), encoding="utf-8")
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    staging.chmod(0o755)  # mkdtemp makes it 0700
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
 
 
 # ----------------------------------------------------------------------------------------------- Qwen2.5-VL
@@ -261,16 +250,10 @@ def new_tiny_qwen(words: Sequence[str], dims: QwenTinyDims | None = None, seed: 
 
 def save_qwen_dir(out_dir: str | os.PathLike, model, processor, extra: Mapping[str, Any] | None = None) -> None:
     """``save_pretrained`` of model and processor into ``out_dir`` atomically (+ ``extra`` as ``pretraining.json``)."""
-    out_dir = Path(out_dir)
-    staging = _atomic_dir(out_dir)
-    try:
+    with atomic_dir(out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
         _write_extra(staging, extra)
-        _publish(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 # ----------------------------------------------------------------------------------------------- OpenFlamingo
@@ -410,9 +393,7 @@ def save_flamingo_dir(out_dir: str | os.PathLike, tiny: TinyFlamingo, extra: Map
 
     from lever_lm.lvlm.flamingo import TINY_INFO_FILE, TINY_OPEN_CLIP_CONFIG_DIR, TINY_VISION_NAME
 
-    out_dir = Path(out_dir)
-    staging = _atomic_dir(out_dir)
-    try:
+    with atomic_dir(out_dir) as staging:
         clip_dir = staging / TINY_OPEN_CLIP_CONFIG_DIR
         clip_dir.mkdir()
         (clip_dir / f"{TINY_VISION_NAME}.json").write_text(json.dumps(_tiny_open_clip_config(tiny.dims), indent=1))
@@ -442,10 +423,6 @@ def save_flamingo_dir(out_dir: str | os.PathLike, tiny: TinyFlamingo, extra: Map
         }
         (staging / TINY_INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True), encoding="utf-8")
         _write_extra(staging, extra)
-        _publish(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 # ----------------------------------------------------------------------------------------------- both families

@@ -338,3 +338,38 @@ def test_fast_path_beams_equal_naive_path_beams_on_tiny_models(tmp_path, family)
         assert fast.sequences == naive.sequences, order
         np.testing.assert_allclose(np.array(fast.step_scores), np.array(naive.step_scores), atol=1e-4, rtol=0)
         assert np.ptp(np.array(fast.step_scores)) > 1e-4  # scores differ visibly: the comparison means something
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["flamingo", "qwen"])
+def test_adapter_work_counters_per_anchor(tmp_path, family):
+    """``adapter.counters`` counts LM/vision forwards, tokens and host syncs at the call sites, readable as deltas."""
+    import torch
+
+    from lever_lm.lvlm.base import WorkCounters
+    from lever_lm.toy.lvlm import make_tiny_adapter
+
+    torch.set_num_threads(1)
+    records = tiny_adapter_records(tmp_path)
+    words = list(records["question"]) + list(records["label"])
+    adapter = make_tiny_adapter("flamingo" if family == "flamingo" else "qwen2_5_vl", words, seed=0, precision="fp32")
+    anchor, candidates = 0, [3, 1, 7, 4, 8, 2]
+    distinct_images = len({records["image_path"][i] for i in [anchor, *candidates]})
+    base = dict(construct_order="left", beam_size=3, shot_num=2, cand_num=len(candidates))
+    assert isinstance(adapter.counters, WorkCounters) and set(adapter.counters) == set(WorkCounters.KEYS)
+    per_path = {}
+    for fast in (True, False):
+        before = adapter.counters.snapshot()
+        search_anchor(adapter, records, anchor, candidates, BeamSearchConfig(**base, use_fast_path=fast))
+        per_path[fast] = adapter.counters.since(before)
+    fast, naive = per_path[True], per_path[False]
+    assert fast["vision_images"] == distinct_images and fast["vision_forward_calls"] >= 1
+    assert naive["vision_images"] > fast["vision_images"]
+    for counts in (fast, naive):
+        assert counts["lm_forward_calls"] >= base["shot_num"]  # at least one batch per step
+        assert 0 < counts["lm_tokens"] <= counts["lm_padded_tokens"]
+        assert counts["host_syncs"] >= base["shot_num"] and counts["h2d_copies"] > 0
+        assert counts["vision_tokens"] > 0
+    assert fast["lm_tokens"] < naive["lm_tokens"]  # prefix reuse skips cached blocks
+    adapter.counters.reset()
+    assert all(value == 0 for value in adapter.counters.values())

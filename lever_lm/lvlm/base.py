@@ -39,11 +39,57 @@ class LVLMConfigError(InputError):
     """A configured model path is missing or incomplete; the message names the config key."""
 
 
+class WorkCounters(dict):
+    """Cumulative counts of the work a scoring call does, kept by the adapters at their call sites (plain integer
+    additions, so counting costs nothing measurable); read deltas with ``snapshot()`` / ``since(snapshot)``.
+
+    - ``lm_forward_calls``: language-model forward passes (one per padded batch).
+    - ``vision_forward_calls``: vision-tower forward passes (one per image batch); ``vision_images`` the images in
+      them and ``vision_tokens`` the patch tokens (what the tower's compute scales with).
+    - ``lm_tokens``: non-pad tokens run through the language model; ``lm_padded_tokens`` rows x width of each
+      batch (what it costs); their ratio is the padding overhead.
+    - ``host_syncs``: device-to-host reads in the scoring path (``.cpu()``, ``.item()``, ``.tolist()``,
+      ``.numpy()`` on a tensor that lives on the model's device), each a blocking wait on a GPU; counted through
+      ``device_read`` at every such call site, so the number is the same on the CPU as on a GPU. Syncs inside
+      transformers / open_flamingo code are not counted.
+    - ``h2d_copies``: host-to-device copies issued in the scoring path (``.to(device)`` of host tensors).
+    """
+
+    KEYS = ("lm_forward_calls", "vision_forward_calls", "vision_images", "vision_tokens", "lm_tokens",
+            "lm_padded_tokens", "host_syncs", "h2d_copies")
+
+    def __init__(self):
+        super().__init__({key: 0 for key in self.KEYS})
+
+    def reset(self) -> None:
+        for key in self.KEYS:
+            self[key] = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self)
+
+    def since(self, snapshot: dict[str, int]) -> dict[str, int]:
+        """Counts accumulated after ``snapshot`` was taken."""
+        return {key: self[key] - snapshot.get(key, 0) for key in self.KEYS}
+
+    def device_read(self, value):
+        """Count one device-to-host read and pass its result through: ``counters.device_read(t.cpu())``."""
+        self["host_syncs"] += 1
+        return value
+
+    def to_device(self, tensor, device, *args, **kwargs):
+        """``tensor.to(device, ...)``, counted as one host-to-device copy."""
+        self["h2d_copies"] += 1
+        return tensor.to(device, *args, **kwargs)
+
+
 class LVLMAdapter(ABC):
     """Base class of the OpenFlamingo and Qwen2.5-VL adapters."""
 
     #: number of images pushed through the vision encoder so far (the benchmark reads it)
     vision_encoder_calls: int = 0
+    #: work counters of the scoring paths (``WorkCounters``); each adapter sets its own in ``__init__``
+    counters: WorkCounters
 
     @abstractmethod
     def score(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:

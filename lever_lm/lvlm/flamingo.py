@@ -39,6 +39,7 @@ from lever_lm.lvlm.base import (
     LVLMAdapter,
     LVLMConfigError,
     Prompt,
+    WorkCounters,
     answer_token_span,
     select_device_dtype,
 )
@@ -412,6 +413,7 @@ class FlamingoAdapter(LVLMAdapter):
         self.dtype = dtype
         self.vision_encoder_calls = 0
         self.text_tokens_computed = 0  # non-pad tokens run through the language model (benchmark counter)
+        self.counters = WorkCounters()  # work per scoring call, counted at the call sites (base.WorkCounters)
         self.media_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.eoc_token_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
         self.pad_token_id = tokenizer.pad_token_id
@@ -433,9 +435,12 @@ class FlamingoAdapter(LVLMAdapter):
     def _encode_images(self, pixels):
         """(N, C, H, W) -> perceiver latents (N, n, d): Flamingo._encode_vision_x with T = F = 1 per image."""
         model = self.model
-        tokens = model.vision_encoder(pixels.to(self.device, self.dtype))[1]
+        tokens = model.vision_encoder(self.counters.to_device(pixels, self.device, self.dtype))[1]
         latents = model.perceiver(tokens[:, None, None])  # (N, 1, n, d)
         self.vision_encoder_calls += pixels.shape[0]
+        self.counters["vision_forward_calls"] += 1
+        self.counters["vision_images"] += pixels.shape[0]
+        self.counters["vision_tokens"] += tokens.shape[0] * tokens.shape[1]
         return latents[:, 0]
 
     def vision_features(self, image_paths: Sequence[str]) -> dict[str, Any]:
@@ -451,6 +456,11 @@ class FlamingoAdapter(LVLMAdapter):
             for path, feats in zip(chunk, latents):
                 self._vision_cache[path] = feats
         return {p: self._vision_cache[p] for p in image_paths}
+
+    def _vision_tokens_per_image(self) -> int:
+        """Patch tokens the ViT puts out per image, as the fast path counts them (the naive path's counter)."""
+        grid = getattr(self.model.vision_encoder, "grid_size", None)
+        return int(grid[0] * grid[1]) if grid is not None else 0
 
     def clear_cache(self) -> None:
         self._vision_cache.clear()
@@ -486,20 +496,27 @@ class FlamingoAdapter(LVLMAdapter):
                     if pixels is None:
                         pixels = torch.zeros((len(batch), max_images, 1, *image.shape))
                     pixels[row, slot, 0] = image
+            counters = self.counters
             with torch.inference_mode():
                 logits = self.model(
-                    vision_x=pixels.to(self.device, self.dtype),
-                    lang_x=input_ids.to(self.device),
-                    attention_mask=attention_mask.to(self.device),
+                    vision_x=counters.to_device(pixels, self.device, self.dtype),
+                    lang_x=counters.to_device(input_ids, self.device),
+                    attention_mask=counters.to_device(attention_mask, self.device),
                 ).logits
                 self.vision_encoder_calls += len(batch) * max_images  # padded image slots are encoded too
-                self.text_tokens_computed += int(attention_mask.sum())
+                self.text_tokens_computed += int(attention_mask.sum())  # host tensor: no device sync
+                counters["lm_forward_calls"] += 1
+                counters["vision_forward_calls"] += 1
+                counters["vision_images"] += len(batch) * max_images
+                counters["vision_tokens"] += len(batch) * max_images * self._vision_tokens_per_image()
+                counters["lm_tokens"] += int(attention_mask.sum())
+                counters["lm_padded_tokens"] += attention_mask.numel()
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
                 for row, item in enumerate(batch):
                     s, e = item.span
-                    targets = input_ids[row, s:e].to(self.device)
+                    targets = counters.to_device(input_ids[row, s:e], self.device)
                     picked = logprobs[row, s - 1 : e - 1].gather(-1, targets[:, None])[:, 0]
-                    results.append(picked.double().cpu().numpy())
+                    results.append(counters.device_read(picked.double().cpu().numpy()))
         return results
 
     # -- generation
@@ -554,7 +571,7 @@ class FlamingoAdapter(LVLMAdapter):
             ids = item.input_ids
             input_ids[row, max_len - len(ids) :] = torch.tensor(ids)
             attention_mask[row, max_len - len(ids) :] = 1
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        input_ids, attention_mask = (self.counters.to_device(t, self.device) for t in (input_ids, attention_mask))
         base, _, _, native_cache = _model_parts(lang)
         attns = [layer.attn for layer in getattr(lang, "gated_cross_attn_layers", []) if layer is not None]
         fast = bool(attns) and all(getattr(a, "only_attend_immediate_media", False) for a in attns)
@@ -567,7 +584,7 @@ class FlamingoAdapter(LVLMAdapter):
             for row, item in enumerate(batch):
                 index[row, : len(item.image_paths)] = torch.tensor([slot[p] for p in item.image_paths])
             vision = media
-            context = _generation_cross_attention(attns, media, index.to(media.device))
+            context = _generation_cross_attention(attns, media, self.counters.to_device(index, media.device))
         else:
             vision = self.stack_vision([a.image_paths for a in batch])
             context = contextlib.nullcontext()
@@ -608,7 +625,8 @@ class FlamingoAdapter(LVLMAdapter):
         finally:
             lang.clear_conditioned_layers()
             lang._use_cached_vision_x = False
-        texts = self.tokenizer.batch_decode(generated[:, max_len:].cpu(), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(self.counters.device_read(generated[:, max_len:].cpu()),
+                                            skip_special_tokens=True)
         return [t.strip() for t in texts]
 
     def stack_vision(self, image_lists: Sequence[Sequence[str]]):

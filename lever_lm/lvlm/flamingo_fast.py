@@ -158,7 +158,12 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
         mask[row, prefix_max - item.prefix_length : prefix_max + len(item.ids)] = 1
         positions[row] = item.prefix_length + torch.arange(cont_max)
     adapter.text_tokens_computed += sum(len(item.ids) for item in batch)
-    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+    counters = adapter.counters
+    counters["lm_forward_calls"] += 1
+    counters["lm_tokens"] += sum(len(item.ids) for item in batch)
+    counters["lm_padded_tokens"] += rows * cont_max
+    input_ids, mask = counters.to_device(input_ids, device), counters.to_device(mask, device)
+    positions = counters.to_device(positions, device) if takes_positions else None
 
     past = None
     if prefix_max:
@@ -197,7 +202,7 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
                 hidden, logits = None, output.logits
             if store:
                 return _extract_prefixes(adapter, batch, output.past_key_values, prefix_max, cont_max, native_cache)
-            return _span_logprobs(batch, input_ids, hidden, logits, head)
+            return _span_logprobs(batch, input_ids, hidden, logits, head, counters)
     finally:
         lang.clear_conditioned_layers()
 
@@ -234,7 +239,7 @@ def _extract_prefixes(adapter, batch: list[_Item], past, prefix_max: int, cont_m
     return entries
 
 
-def _span_logprobs(batch: list[_Item], input_ids, hidden, logits, head) -> list[np.ndarray]:
+def _span_logprobs(batch: list[_Item], input_ids, hidden, logits, head, counters) -> list[np.ndarray]:
     import torch
 
     rows, cols, sizes = [], [], []
@@ -243,10 +248,10 @@ def _span_logprobs(batch: list[_Item], input_ids, hidden, logits, head) -> list[
         rows.extend([row] * (end - start))
         cols.extend(range(start - 1, end - 1))  # token t is predicted at position t - 1
         sizes.append(end - start)
-    rows_t = torch.tensor(rows, device=input_ids.device)
-    cols_t = torch.tensor(cols, device=input_ids.device)
+    rows_t = counters.to_device(torch.tensor(rows), input_ids.device)
+    cols_t = counters.to_device(torch.tensor(cols), input_ids.device)
     picked = head(hidden[rows_t, cols_t]) if logits is None else logits[rows_t, cols_t]
     logprobs = torch.log_softmax(picked.float(), dim=-1)
     targets = input_ids[rows_t, cols_t + 1]
-    values = logprobs.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+    values = counters.device_read(logprobs.gather(-1, targets[:, None])[:, 0].double().cpu().numpy())
     return list(np.split(values, np.cumsum(sizes)[:-1]))

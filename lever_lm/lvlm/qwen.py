@@ -40,6 +40,7 @@ from lever_lm.lvlm.base import (
     LVLMAdapter,
     LVLMConfigError,
     Prompt,
+    WorkCounters,
     answer_token_span,
     select_device_dtype,
 )
@@ -371,6 +372,7 @@ class QwenVLAdapter(LVLMAdapter):
         self.dtype = next(model.parameters()).dtype
         self.merge_size = model.config.vision_config.spatial_merge_size
         self.vision_encoder_calls = 0
+        self.counters = WorkCounters()  # work per scoring call, counted at the call sites (base.WorkCounters)
         self._image_kwargs = {
             k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v is not None
         }
@@ -390,10 +392,11 @@ class QwenVLAdapter(LVLMAdapter):
         inputs = self.processor.image_processor(
             images=[load_image(p) for p in paths], return_tensors="pt", **self._image_kwargs
         )
-        return inputs["pixel_values"].to(self.device, self.dtype), inputs["image_grid_thw"].to(self.device)
+        return (self.counters.to_device(inputs["pixel_values"], self.device, self.dtype),
+                self.counters.to_device(inputs["image_grid_thw"], self.device))
 
     def tokens_per_image(self, grid_thw) -> list[int]:
-        return (grid_thw.prod(-1) // self.merge_size**2).tolist()
+        return self.counters.device_read((grid_thw.prod(-1) // self.merge_size**2).tolist())
 
     def span_logprobs(self, hidden, input_ids, batch_rows, spans, offsets) -> list[np.ndarray]:
         """Log-probs of span tokens: row ``batch_rows[i]`` of ``hidden`` predicts ``spans[i]`` (absolute
@@ -404,9 +407,9 @@ class QwenVLAdapter(LVLMAdapter):
         for row, (start, end), offset, ids in zip(batch_rows, spans, offsets, input_ids):
             states = hidden[row, start - 1 - offset: end - 1 - offset]
             logits = self.model.lm_head(states).float()
-            targets = torch.as_tensor(ids[start:end], device=logits.device)
+            targets = self.counters.to_device(torch.as_tensor(ids[start:end]), logits.device)
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
-            results.append(logprobs.double().cpu().numpy())
+            results.append(self.counters.device_read(logprobs.double().cpu().numpy()))
         return results
 
     def _check_scorable(self, prompts: Sequence[Prompt]) -> None:
@@ -440,6 +443,13 @@ class QwenVLAdapter(LVLMAdapter):
                     image_grid_thw=grid_thw, use_cache=False,
                 ).last_hidden_state
                 self.vision_encoder_calls += len(paths)
+                counters = self.counters
+                counters["lm_forward_calls"] += 1
+                counters["vision_forward_calls"] += 1
+                counters["vision_images"] += len(paths)
+                counters["vision_tokens"] += pixel_values.shape[0]
+                counters["lm_tokens"] += sum(len(a.input_ids) for a in assembled)
+                counters["lm_padded_tokens"] += input_ids.numel()
                 results += self.span_logprobs(
                     hidden, [a.input_ids for a in assembled], range(len(batch)),
                     [a.query_span for a in assembled], [0] * len(batch),
@@ -499,7 +509,7 @@ class QwenVLAdapter(LVLMAdapter):
             pixel_values, grid_thw = self.preprocess_images(missing)
             embeds = model.model.visual(pixel_values.type(model.model.visual.dtype), grid_thw=grid_thw)
             for path, image_embeds, grid in zip(missing, torch.split(embeds, self.tokens_per_image(grid_thw)),
-                                                grid_thw.cpu()):
+                                                self.counters.device_read(grid_thw.cpu())):
                 features[path] = (image_embeds, grid)
             self.vision_encoder_calls += len(missing)
         counts = {path: embeds.shape[0] for path, (embeds, _) in features.items()}
@@ -524,9 +534,9 @@ class QwenVLAdapter(LVLMAdapter):
             deltas[row, 0] = own.max() + 1 - width
         prefix = model.model(
             input_ids=prefix_ids, inputs_embeds=inputs_embeds, attention_mask=prefix_mask,
-            position_ids=torch.from_numpy(positions).to(self.device), use_cache=True,
+            position_ids=self.counters.to_device(torch.from_numpy(positions), self.device), use_cache=True,
         )
-        model.model.rope_deltas = torch.from_numpy(deltas).to(self.device)
+        model.model.rope_deltas = self.counters.to_device(torch.from_numpy(deltas), self.device)
         past = prefix.past_key_values
         past.batch_repeat_interleave(num_beams)
         try:
@@ -560,4 +570,4 @@ class QwenVLAdapter(LVLMAdapter):
             span = slice(length - len(sequence), length) if left else slice(0, len(sequence))
             ids[row, span] = torch.as_tensor(sequence)
             mask[row, span] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return self.counters.to_device(ids, self.device), self.counters.to_device(mask, self.device)

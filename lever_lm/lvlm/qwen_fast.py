@@ -79,9 +79,13 @@ class FastScorer:
             pixel_values, grid_thw = self.adapter.preprocess_images(chunk)
             embeds = model.model.visual(pixel_values.type(model.model.visual.dtype), grid_thw=grid_thw)
             counts = self.adapter.tokens_per_image(grid_thw)
-            for path, image_embeds, grid in zip(chunk, torch.split(embeds, counts), grid_thw.cpu()):
+            counters = self.adapter.counters
+            for path, image_embeds, grid in zip(chunk, torch.split(embeds, counts), counters.device_read(grid_thw.cpu())):
                 self.features[path] = (image_embeds, grid)
             self.adapter.vision_encoder_calls += len(chunk)
+            counters["vision_forward_calls"] += 1
+            counters["vision_images"] += len(chunk)
+            counters["vision_tokens"] += pixel_values.shape[0]
 
     # -- scoring --------------------------------------------------------------------------------------------
 
@@ -157,6 +161,10 @@ class FastScorer:
         past_max = max(t.start for t in tasks)
         cont_max = max(t.end - t.start for t in tasks)
         self.tokens_run += sum(t.end - t.start for t in tasks)
+        counters = adapter.counters
+        counters["lm_forward_calls"] += 1
+        counters["lm_tokens"] += sum(t.end - t.start for t in tasks)
+        counters["lm_padded_tokens"] += batch * cont_max
 
         ids = torch.full((batch, cont_max), adapter._pad_token_id(), dtype=torch.long)
         positions = torch.zeros((3, batch, cont_max), dtype=torch.long)
@@ -168,7 +176,7 @@ class FastScorer:
             positions[:, row, :length] = task.sequence.positions[:, task.start: task.end]
             mask[row, past_max - task.start: past_max + length] = 1
             image_features += self._continuation_images(task)
-        ids, positions, mask = ids.to(device), positions.to(device), mask.to(device)
+        ids, positions, mask = (counters.to_device(t, device) for t in (ids, positions, mask))
         embeds = text_model.embed_tokens(ids)
         if image_features:
             image_mask = (ids == image_token_id)[..., None].expand_as(embeds)

@@ -4,8 +4,9 @@
 #   1. fp32 exactness on CUDA (scaled dims, both models, 2 anchors, cand 64): fast vs naive beams and max |delta score|
 #      (issue: identical beams, |delta| <= 1e-4).
 #   2. --dims 3b --precision bf16 --cand 64 (real Qwen2.5-VL-3B / OpenFlamingo-3B sizes, random init), both models:
-#      naive on 1 anchor, fast paths on 2 anchors with score_batch_size 32 (default) and 128 (the issue's
-#      reference setting, 2.2 s/anchor Qwen, 0.43 s/anchor Flamingo), then --profile (kernel time / wall, matmul share,
+#      naive on 1 anchor, fast paths on 2 anchors with score_batch_size 32 (default), 128 (the issue's reference
+#      setting, 2.2 s/anchor Qwen, 0.43 s/anchor Flamingo) and token-budget batches (1024 rows at most, at most
+#      32768 padded LM tokens per batch: score_token_budget), then --profile (kernel time / wall, matmul share,
 #      kernel launches, cudaStreamSynchronize / cudaMemcpyAsync per anchor). Prints s/anchor, LM tokens, the adapters'
 #      counters (forwards, host syncs, H2D copies), TFLOP/s, MFU (vs 989 TFLOP/s bf16) and peak GPU memory per path,
 #      and bf16 exactness (share of identical beams, max |delta step score|).
@@ -44,8 +45,8 @@ $PY -c "import torch, transformers, open_clip, open_flamingo; print('torch', tor
 BENCH=($PY benchmarks/bench_beam_search.py --device cuda --threads 8 --cand 64)
 date -u +"start %T"
 echo "### 1. fp32 exactness on CUDA (scaled dims)"
-timeout 120 "${BENCH[@]}" --precision fp32 --dims scaled --anchors 2 --fast-settings 32 128
+timeout 120 "${BENCH[@]}" --precision fp32 --dims scaled --anchors 2 --fast-settings 32 1024:32768
 date -u +"step 1 done %T"
 echo "### 2. 3B sizes, bf16"
-timeout 400 "${BENCH[@]}" --precision bf16 --dims 3b --anchors 2 --naive-anchors 1 --fast-settings 32 128 --profile
+timeout 400 "${BENCH[@]}" --precision bf16 --dims 3b --anchors 2 --naive-anchors 1 --fast-settings 32 128 1024:32768 --profile
 date -u +"step 2 done %T"

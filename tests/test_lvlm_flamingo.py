@@ -414,3 +414,32 @@ def test_checkpoint_carrying_code_is_refused_without_a_pickle_fallback(tmp_path)
     assert not marker.exists()
     torch.save({"model_state_dict": {"module.w": torch.ones(2)}}, path)
     assert list(_read_checkpoint(str(path), "k")) == ["w"]
+
+
+def test_scores_do_not_depend_on_the_token_budget(adapter, examples):
+    """score_token_budget only regroups the forward rows: scores agree to float rounding whatever the budget."""
+    import dataclasses
+
+    steps = _left_order_steps(examples)
+    original = adapter.config
+    try:
+        adapter.clear_cache()
+        reference = [adapter.score(p) for p in steps]
+        forwards = {}
+        for budget, rows in ((1, 4), (60, 4), (10**6, 1000)):
+            adapter.config = dataclasses.replace(original, score_token_budget=budget, score_batch_size=rows)
+            adapter.clear_cache()
+            before = adapter.counters.snapshot()
+            for prompts, expected in zip(steps, reference):
+                for got, want in zip(adapter.score(prompts), expected):
+                    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+            forwards[budget] = adapter.counters.since(before)["lm_forward_calls"]
+        assert forwards[1] > forwards[60] > forwards[10**6]
+        adapter.clear_cache()
+        for prompts in steps:
+            _assert_close(adapter.score(prompts), adapter.score_naive(prompts))
+        with pytest.raises(ValueError, match=r"beam_models\.m\.score_token_budget"):
+            config_from_dict("m", {"variant": "tiny", "score_token_budget": -3})
+    finally:
+        adapter.config = original
+        adapter.clear_cache()

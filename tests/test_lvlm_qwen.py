@@ -383,3 +383,47 @@ def test_answer_as_reply_continues_the_generation_prompt(adapter, images):
     assert reply.answer_spans[0] == adapter.assemble(prompt, counts, for_generation=False).answer_spans[0]
     with pytest.raises(ValueError, match="answer_as_reply"):
         adapter.assemble(prompt, counts, for_generation=True, answer_as_reply=True)
+
+
+def test_scores_do_not_depend_on_the_token_budget(adapter, images):
+    """score_token_budget only regroups the forward rows: scores agree to float rounding whatever the budget (a row
+    per batch, small and huge budgets), and still equal the naive path's."""
+    import dataclasses
+
+    step1, left, right, three = _left_and_right_prompts(images)
+    mixed = step1 + left + right + three
+    original = adapter.config
+    try:
+        adapter.clear_cache()
+        reference = [adapter.score(p) for p in (step1, left, three)]
+        forwards = {}
+        for budget, rows in ((1, 8), (150, 8), (600, 1000), (10**6, 1000)):
+            adapter.config = dataclasses.replace(original, score_token_budget=budget, score_batch_size=rows)
+            adapter.clear_cache()
+            before = adapter.counters.snapshot()
+            for prompts, expected in zip((step1, left, three), reference):
+                for got, want in zip(adapter.score(prompts), expected):
+                    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+            forwards[budget] = adapter.counters.since(before)["lm_forward_calls"]
+        assert forwards[1] > forwards[150] > forwards[10**6]  # the budget sets the batch sizes
+        adapter.clear_cache()
+        _assert_close(adapter.score(mixed), adapter.score_naive(mixed))
+    finally:
+        adapter.config = original
+        adapter.clear_cache()
+
+
+def test_plan_batches_fills_a_token_budget_in_length_order():
+    from lever_lm.lvlm.base import plan_batches
+
+    lengths = [5, 1, 4, 2, 9, 3]
+    keys = [(0, n) for n in lengths]
+    assert plan_batches(lengths, keys, 4, None) == [[1, 3, 5, 2], [0, 4]]  # no budget: max_rows rows at a time
+    # length order 1,2,3,4,5,9: rows x longest <= 8 -> [1,2,3] would be 3x3 = 9 > 8
+    assert plan_batches(lengths, keys, 10, 8) == [[1, 3], [5, 2], [0], [4]]  # 9 alone, over the budget
+    assert plan_batches(lengths, keys, 1, 100) == [[i] for i in (1, 3, 5, 2, 0, 4)]
+    with pytest.raises(ValueError):
+        plan_batches(lengths, keys, 4, 0)
+    with pytest.raises(ValueError, match=r"beam_models\.q\.score_token_budget"):
+        config_from_dict("q", {"variant": "tiny", "score_token_budget": 0})
+    assert config_from_dict("q", {"variant": "tiny", "score_token_budget": 4096}).score_token_budget == 4096

@@ -150,6 +150,42 @@ def answer_token_span(offsets: Sequence[tuple[int, int]], char_start: int, char_
     return inside[0], inside[-1] + 1
 
 
+def plan_batches(lengths: Sequence[int], sort_keys: Sequence[tuple], max_rows: int,
+                 token_budget: int | None) -> list[list[int]]:
+    """Batches of the fast paths' forward rows, as lists of row indices.
+
+    ``lengths[i]`` is row i's continuation length (the tokens it runs through the language model), ``sort_keys[i]``
+    the adapter's batching order. Without a token budget: rows sorted by ``sort_keys``, ``max_rows`` at a time
+    (``score_batch_size``; the behaviour before budgets existed). With ``token_budget``: rows sorted by length (then
+    ``sort_keys``), so rows of like length share a batch and little is padded, and each batch filled while
+    ``rows x longest continuation`` (the padded tokens the language model runs) stays within the budget and the
+    rows within ``max_rows``; a row longer than the budget runs alone. Batching changes only float summation order,
+    never which tokens a row sees.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if token_budget is None:
+        order = sorted(range(len(lengths)), key=lambda i: sort_keys[i])
+        return [order[first: first + max_rows] for first in range(0, len(order), max_rows)]
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1 or None, got {token_budget}")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], sort_keys[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order:
+        length = lengths[index]
+        widest = max(longest, length)
+        if current and (len(current) >= max_rows or (len(current) + 1) * widest > token_budget):
+            batches.append(current)
+            current, widest = [], length
+        current.append(index)
+        longest = widest
+    if current:
+        batches.append(current)
+    return batches
+
+
 def choose_prefix_depths(prefix_keys: Sequence[Sequence[Hashable]], cached: Container) -> list[int]:
     """Per prompt, how many leading ICDs to serve from the key/value cache (the fast paths' shared policy).
 

@@ -70,6 +70,8 @@ class FlamingoConfig:
     decoder_layers_attr_name: str | None = None
     precision: str = "auto"
     score_batch_size: int = 32
+    #: padded LM tokens per scoring batch (rows x longest continuation), None: ``score_batch_size`` rows alone
+    score_token_budget: int | None = None
     max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
     seed: int = 0
     model_dir: str | None = None  # tiny: a tiny model dir (lever_lm.toy.lvlm); every path derives from it
@@ -109,6 +111,9 @@ def _validate_config(config: FlamingoConfig) -> None:
         value = getattr(config, int_field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{config.key(int_field)}: expected a positive integer, got {value!r}")
+    budget = config.score_token_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"{config.key('score_token_budget')}: expected a positive integer or null, got {budget!r}")
     if config.variant == "local":
         missing = [f for f in (*LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
         if missing:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Example, Prompt, choose_prefix_depths
+from lever_lm.lvlm.base import Example, Prompt, choose_prefix_depths, plan_batches
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,13 @@ def score_with_prefix_reuse(adapter, prompts: Sequence[Prompt], assembled: Seque
 
 
 def _run_items(adapter, items: list[_Item], store: bool) -> dict:
-    """Run items in padded batches grouped by continuation length; returns {store_key: PrefixKV} or {index: scores}."""
-    order = sorted(range(len(items)), key=lambda i: (len(items[i].ids), items[i].prefix_length))
-    step = adapter.config.score_batch_size
+    """Run items in padded batches grouped by continuation length (``base.plan_batches``: ``score_batch_size`` rows,
+    and at most ``score_token_budget`` padded tokens when set); returns {store_key: PrefixKV} or {index: scores}."""
+    config = adapter.config
+    lengths = [len(item.ids) for item in items]
+    sort_keys = [(len(item.ids), item.prefix_length) for item in items]
     results: dict = {}
-    for start in range(0, len(order), step):
-        chosen = order[start : start + step]
+    for chosen in plan_batches(lengths, sort_keys, config.score_batch_size, config.score_token_budget):
         outputs = _forward_batch(adapter, [items[i] for i in chosen], store)
         for i, out in zip(chosen, outputs):
             results[items[i].store_key if store else i] = out

@@ -92,6 +92,8 @@ class QwenVLConfig:
     max_pixels: int | None = None
     precision: str = "auto"
     score_batch_size: int = 32
+    #: padded LM tokens per scoring batch (rows x longest continuation), None: ``score_batch_size`` rows alone
+    score_token_budget: int | None = None
     seed: int = 0
 
     def key(self, field_name: str) -> str:
@@ -114,6 +116,9 @@ def config_from_dict(name: str, entry: Mapping[str, Any]) -> QwenVLConfig:
     _check_choice(config, "precision", PRECISIONS)
     if not isinstance(config.score_batch_size, int) or config.score_batch_size < 1:
         raise ValueError(f"{config.key('score_batch_size')}: must be a positive integer, got {config.score_batch_size!r}")
+    budget = config.score_token_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"{config.key('score_token_budget')}: must be a positive integer or null, got {budget!r}")
     for pixels in ("min_pixels", "max_pixels"):
         value = getattr(config, pixels)
         if value is not None and (not isinstance(value, int) or value < 1):

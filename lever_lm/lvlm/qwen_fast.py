@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Prompt, choose_prefix_depths
+from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches
 from lever_lm.lvlm.qwen_positions import mrope_positions
 
 if TYPE_CHECKING:
@@ -138,11 +138,11 @@ class FastScorer:
     def _run(self, tasks: list[_Task]) -> list[np.ndarray]:
         """Run tasks in padded batches; store requested prefixes; return span log-probs of scoring tasks
         in task order."""
-        order = sorted(range(len(tasks)), key=lambda i: (tasks[i].start, tasks[i].end - tasks[i].start))
         results: dict[int, np.ndarray] = {}
-        batch_size = self.adapter.config.score_batch_size
-        for first in range(0, len(order), batch_size):
-            indices = order[first: first + batch_size]
+        config = self.adapter.config
+        lengths = [t.end - t.start for t in tasks]
+        sort_keys = [(t.start, t.end - t.start) for t in tasks]  # like past lengths together: little KV padding
+        for indices in plan_batches(lengths, sort_keys, config.score_batch_size, config.score_token_budget):
             for index, logprobs in zip(indices, self._run_batch([tasks[i] for i in indices])):
                 if logprobs is not None:
                     results[index] = logprobs

@@ -83,6 +83,15 @@ class WorkCounters(dict):
         return tensor.to(device, *args, **kwargs)
 
 
+def to_device_packed(counters: WorkCounters, tensors: Sequence, device) -> list:
+    """Host integer tensors moved to ``device`` in ONE copy (flattened, concatenated, split and reshaped there)."""
+    import torch
+
+    flat = counters.to_device(torch.cat([t.reshape(-1) for t in tensors]), device)
+    pieces = torch.split(flat, [t.numel() for t in tensors])
+    return [piece.view(t.shape) for piece, t in zip(pieces, tensors)]
+
+
 class LVLMAdapter(ABC):
     """Base class of the OpenFlamingo and Qwen2.5-VL adapters."""
 

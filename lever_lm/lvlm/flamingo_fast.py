@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Example, Prompt, choose_prefix_depths, plan_batches
+from lever_lm.lvlm.base import Example, Prompt, choose_prefix_depths, plan_batches, to_device_packed
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,27 @@ def score_with_prefix_reuse(adapter, prompts: Sequence[Prompt], assembled: Seque
 def _run_items(adapter, items: list[_Item], store: bool) -> dict:
     """Run items in padded batches grouped by continuation length (``base.plan_batches``: ``score_batch_size`` rows,
     and at most ``score_token_budget`` padded tokens when set); returns {store_key: PrefixKV} or {index: scores}."""
+    import torch
+
     config = adapter.config
     lengths = [len(item.ids) for item in items]
     sort_keys = [(len(item.ids), item.prefix_length) for item in items]
     results: dict = {}
+    order: list[int] = []
+    pieces = []
     for chosen in plan_batches(lengths, sort_keys, config.score_batch_size, config.score_token_budget):
         outputs = _forward_batch(adapter, [items[i] for i in chosen], store)
-        for i, out in zip(chosen, outputs):
-            results[items[i].store_key if store else i] = out
+        if store:
+            for i, out in zip(chosen, outputs):
+                results[items[i].store_key] = out
+        else:
+            order += chosen
+            pieces.append(outputs)
+    if not store and pieces:
+        # the span log-probs of every batch in ONE device-to-host transfer
+        flat = adapter.counters.device_read(torch.cat(pieces).cpu().numpy())
+        sizes = [items[i].span[1] - items[i].span[0] for i in order]
+        results = dict(zip(order, np.split(flat, np.cumsum(sizes)[:-1])))
     return results
 
 
@@ -163,8 +176,7 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
     counters["lm_forward_calls"] += 1
     counters["lm_tokens"] += sum(len(item.ids) for item in batch)
     counters["lm_padded_tokens"] += rows * cont_max
-    input_ids, mask = counters.to_device(input_ids, device), counters.to_device(mask, device)
-    positions = counters.to_device(positions, device) if takes_positions else None
+    input_ids, mask, positions = to_device_packed(counters, (input_ids, mask, positions), device)
 
     past = None
     if prefix_max:
@@ -240,19 +252,19 @@ def _extract_prefixes(adapter, batch: list[_Item], past, prefix_max: int, cont_m
     return entries
 
 
-def _span_logprobs(batch: list[_Item], input_ids, hidden, logits, head, counters) -> list[np.ndarray]:
+def _span_logprobs(batch: list[_Item], input_ids, hidden, logits, head, counters):
+    """The batch's span log-probs, rows in order, as one flat float64 tensor left on the device (the caller reads
+    all batches back at once); row and column indices go over in one host-to-device copy."""
     import torch
 
-    rows, cols, sizes = [], [], []
+    rows, cols = [], []
     for row, item in enumerate(batch):
         start, end = item.span
         rows.extend([row] * (end - start))
         cols.extend(range(start - 1, end - 1))  # token t is predicted at position t - 1
-        sizes.append(end - start)
-    rows_t = counters.to_device(torch.tensor(rows), input_ids.device)
-    cols_t = counters.to_device(torch.tensor(cols), input_ids.device)
+    index = counters.to_device(torch.tensor([rows, cols], dtype=torch.long), input_ids.device)
+    rows_t, cols_t = index[0], index[1]
     picked = head(hidden[rows_t, cols_t]) if logits is None else logits[rows_t, cols_t]
     logprobs = torch.log_softmax(picked.float(), dim=-1)
     targets = input_ids[rows_t, cols_t + 1]
-    values = counters.device_read(logprobs.gather(-1, targets[:, None])[:, 0].double().cpu().numpy())
-    return list(np.split(values, np.cumsum(sizes)[:-1]))
+    return logprobs.gather(-1, targets[:, None])[:, 0].double()

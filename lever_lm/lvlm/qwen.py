@@ -394,11 +394,17 @@ class QwenVLAdapter(LVLMAdapter):
 
     def preprocess_images(self, paths: Sequence[str]):
         """Pixel patches and (t, h, w) grids of ``paths`` (in order), on the model's device."""
+        pixel_values, grid_thw = self.preprocess_images_host(paths)
+        return (self.counters.to_device(pixel_values, self.device, self.dtype),
+                self.counters.to_device(grid_thw, self.device))
+
+    def preprocess_images_host(self, paths: Sequence[str]):
+        """``preprocess_images`` on the host: what the fast path moves to the device once, keeping the grids (and
+        the image token counts they give) on the host, so it never reads them back."""
         inputs = self.processor.image_processor(
             images=[load_image(p) for p in paths], return_tensors="pt", **self._image_kwargs
         )
-        return (self.counters.to_device(inputs["pixel_values"], self.device, self.dtype),
-                self.counters.to_device(inputs["image_grid_thw"], self.device))
+        return inputs["pixel_values"], inputs["image_grid_thw"]
 
     def tokens_per_image(self, grid_thw) -> list[int]:
         return self.counters.device_read((grid_thw.prod(-1) // self.merge_size**2).tolist())
@@ -416,6 +422,21 @@ class QwenVLAdapter(LVLMAdapter):
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
             results.append(self.counters.device_read(logprobs.double().cpu().numpy()))
         return results
+
+    def span_logprobs_on_device(self, hidden, input_ids, batch_rows, spans, offsets):
+        """``span_logprobs`` for a whole batch in one go, left on the device: a flat float64 tensor of every span's
+        log-probs in order (split it by the span lengths). One host-to-device copy (row, column and target indices
+        together), one LM-head pass over the picked states, no read back."""
+        import torch
+
+        rows, cols, targets = [], [], []
+        for row, (start, end), offset, ids in zip(batch_rows, spans, offsets, input_ids):
+            rows += [row] * (end - start)
+            cols += range(start - 1 - offset, end - 1 - offset)  # token t is predicted at position t - 1
+            targets += ids[start:end]
+        index = self.counters.to_device(torch.tensor([rows, cols, targets], dtype=torch.long), hidden.device)
+        logits = self.model.lm_head(hidden[index[0], index[1]]).float()
+        return torch.log_softmax(logits, dim=-1).gather(-1, index[2][:, None])[:, 0].double()
 
     def _check_scorable(self, prompts: Sequence[Prompt]) -> None:
         for number, prompt in enumerate(prompts):

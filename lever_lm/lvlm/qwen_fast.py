@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches
+from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches, to_device_packed
 from lever_lm.lvlm.qwen_positions import mrope_positions
 
 if TYPE_CHECKING:
@@ -76,11 +76,12 @@ class FastScorer:
         model = self.adapter.model
         for first in range(0, len(missing), VISION_BATCH_IMAGES):
             chunk = missing[first: first + VISION_BATCH_IMAGES]
-            pixel_values, grid_thw = self.adapter.preprocess_images(chunk)
-            embeds = model.model.visual(pixel_values.type(model.model.visual.dtype), grid_thw=grid_thw)
-            counts = self.adapter.tokens_per_image(grid_thw)
             counters = self.adapter.counters
-            for path, image_embeds, grid in zip(chunk, torch.split(embeds, counts), counters.device_read(grid_thw.cpu())):
+            pixel_values, grid_host = self.adapter.preprocess_images_host(chunk)
+            pixel_values = counters.to_device(pixel_values, self.adapter.device, model.model.visual.dtype)
+            embeds = model.model.visual(pixel_values, grid_thw=counters.to_device(grid_host, self.adapter.device))
+            counts = (grid_host.prod(-1) // self.adapter.merge_size**2).tolist()  # host tensor: no device read
+            for path, image_embeds, grid in zip(chunk, torch.split(embeds, counts), grid_host):
                 self.features[path] = (image_embeds, grid)
             self.adapter.vision_encoder_calls += len(chunk)
             counters["vision_forward_calls"] += 1
@@ -138,17 +139,29 @@ class FastScorer:
     def _run(self, tasks: list[_Task]) -> list[np.ndarray]:
         """Run tasks in padded batches; store requested prefixes; return span log-probs of scoring tasks
         in task order."""
-        results: dict[int, np.ndarray] = {}
+        import torch
+
         config = self.adapter.config
         lengths = [t.end - t.start for t in tasks]
         sort_keys = [(t.start, t.end - t.start) for t in tasks]  # like past lengths together: little KV padding
+        order: list[int] = []  # scoring tasks in the order their log-probs sit in ``pieces``
+        pieces = []
         for indices in plan_batches(lengths, sort_keys, config.score_batch_size, config.score_token_budget):
-            for index, logprobs in zip(indices, self._run_batch([tasks[i] for i in indices])):
-                if logprobs is not None:
-                    results[index] = logprobs
-        return [results[i] for i in range(len(tasks)) if tasks[i].score]
+            scored, values = self._run_batch([tasks[i] for i in indices])
+            order += [indices[k] for k in scored]
+            if values is not None:
+                pieces.append(values)
+        if not pieces:
+            return []
+        # the log-probs of every batch in ONE device-to-host transfer
+        flat = self.adapter.counters.device_read(torch.cat(pieces).cpu().numpy())
+        sizes = [tasks[i].sequence.assembled.query_span[1] - tasks[i].sequence.assembled.query_span[0] for i in order]
+        by_task = dict(zip(order, np.split(flat, np.cumsum(sizes)[:-1])))
+        return [by_task[i] for i in range(len(tasks)) if tasks[i].score]
 
-    def _run_batch(self, tasks: list[_Task]) -> list[np.ndarray | None]:
+    def _run_batch(self, tasks: list[_Task]):
+        """One padded forward; returns (positions in ``tasks`` of the scoring tasks, their span log-probs
+        concatenated, on the device, or None)."""
         import torch
         from transformers import DynamicCache
 
@@ -176,7 +189,7 @@ class FastScorer:
             positions[:, row, :length] = task.sequence.positions[:, task.start: task.end]
             mask[row, past_max - task.start: past_max + length] = 1
             image_features += self._continuation_images(task)
-        ids, positions, mask = (counters.to_device(t, device) for t in (ids, positions, mask))
+        ids, positions, mask = to_device_packed(counters, (ids, positions, mask), device)
         embeds = text_model.embed_tokens(ids)
         if image_features:
             image_mask = (ids == image_token_id)[..., None].expand_as(embeds)
@@ -205,15 +218,16 @@ class FastScorer:
                     for layer in cache.layers
                 ]
         scoring = [(row, t) for row, t in enumerate(tasks) if t.score]
-        logprobs = adapter.span_logprobs(
+        if not scoring:
+            return [], None
+        values = adapter.span_logprobs_on_device(
             hidden,
             [t.sequence.assembled.input_ids for _, t in scoring],
             [row for row, _ in scoring],
             [t.sequence.assembled.query_span for _, t in scoring],
             [t.start for _, t in scoring],
         )
-        by_row = dict(zip((row for row, _ in scoring), logprobs))
-        return [by_row.get(row) for row in range(batch)]
+        return [row for row, _ in scoring], values
 
     def _continuation_images(self, task: _Task) -> list:
         """Cached features of the images whose tokens lie in the task's token range, in order."""

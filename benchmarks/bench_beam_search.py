@@ -328,8 +328,12 @@ def profile_anchor(adapter, table, anchor, candidates, base_cfg, name, setting, 
                                                                 "aten::_scaled_dot_product_efficient_attention",
                                                                 "aten::_efficient_attention_forward",
                                                                 "aten::_flash_attention_forward"))
-    calls = {key: sum(e.count for e in events if e.key == key)
-             for key in ("cudaLaunchKernel", "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaDeviceSynchronize")}
+    # runtime API calls by name prefix (the launch call is cudaLaunchKernel or cudaLaunchKernelExC by CUDA version)
+    calls = {label: sum(e.count for e in events if e.key.startswith(prefixes))
+             for label, prefixes in (("kernel launches", ("cudaLaunchKernel", "cuLaunchKernel")),
+                                     ("cudaStreamSynchronize", ("cudaStreamSynchronize",)),
+                                     ("cudaDeviceSynchronize", ("cudaDeviceSynchronize",)),
+                                     ("cudaMemcpy*", ("cudaMemcpy",)))}
     top = sorted((e for e in events if e.key.startswith("aten::")), key=device_time, reverse=True)[:8]
     print(f"  profile {name}: GPU kernel time / wall {100 * kernel_us / wall_us:.0f}% | matmul+attention share of "
           f"kernel time {100 * matmul_us / max(kernel_us, 1):.0f}% | per anchor: "
@@ -400,7 +404,10 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
     if args.profile:
         anchor = anchors[-1]
         for name, setting in [(setting_name(*s), s) for s in settings] + ([("naive", None)] if args.profile_naive else []):
-            profile_anchor(adapter, table, anchor, candidates[anchor], base, name, setting, args.device)
+            try:
+                profile_anchor(adapter, table, anchor, candidates[anchor], base, name, setting, args.device)
+            except Exception as err:  # noqa: BLE001 - a profiler hiccup must not cost the other model's run
+                print(f"  profile {name}: failed: {type(err).__name__}: {err}", flush=True)
     del adapter
     if args.device == "cuda":
         import torch
@@ -466,7 +473,15 @@ def main(argv=None) -> None:
               f"order {args.order} | {n_train} train records with distinct {IMAGE_SIZE}px images")
         models = ["flamingo", "qwen"] if args.model == "both" else [args.model]
         for model in models:
-            bench_model(model, args, records, anchors, candidates)
+            try:
+                bench_model(model, args, records, anchors, candidates)
+            except Exception as err:  # noqa: BLE001 - report and go on with the other model
+                import traceback
+
+                traceback.print_exc()
+                print(f"=== {model}: FAILED: {type(err).__name__}: {err}", flush=True)
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@
 #
 # Prepare here once (needs pip's index; the device machine has no network and transformers 5.x, no open_clip and
 # no open_flamingo):   bash benchmarks/gpu_check.sh --prepare
-# Run on the device machine (device tool `run`, carry [".whl"], timeout_s 540):
+# Run on the device machine (device tool `run`, carry [".whl"], timeout_s 600; the steps stop at 120 + 100 + 330 s):
 #   bash benchmarks/gpu_check.sh
 # The log is also written to $OUT/gpu_check.log when $OUT is set.
 set -uo pipefail
@@ -47,12 +47,12 @@ $PY -c "import torch, transformers, open_clip, open_flamingo; print('torch', tor
 BENCH=($PY benchmarks/bench_beam_search.py --device cuda --threads 8 --cand 64)
 date -u +"start %T"
 echo "### 0. fast-vs-naive tests on CUDA (fp32, tiny models)"
-timeout 180 $PY -m pytest -q -x -p no:cacheprovider tests/test_beam_search.py tests/test_lvlm_qwen.py \
+timeout 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_beam_search.py tests/test_lvlm_qwen.py \
   tests/test_lvlm_flamingo.py -k "tiny_models or counters or fast_equals_naive or token_budget"
 date -u +"step 0 done %T"
 echo "### 1. fp32 exactness on CUDA (scaled dims)"
-timeout 120 "${BENCH[@]}" --precision fp32 --dims scaled --anchors 2 --fast-settings 32 1024:32768
+timeout 100 "${BENCH[@]}" --precision fp32 --dims scaled --anchors 2 --fast-settings 32 1024:32768
 date -u +"step 1 done %T"
 echo "### 2. 3B sizes, bf16"
-timeout 400 "${BENCH[@]}" --precision bf16 --dims 3b --anchors 2 --naive-anchors 1 --fast-settings 32 128 1024:32768 --profile
+timeout 330 "${BENCH[@]}" --precision bf16 --dims 3b --anchors 2 --naive-anchors 1 --fast-settings 32 128 1024:32768 --profile
 date -u +"step 2 done %T"

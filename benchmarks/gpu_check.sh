@@ -24,8 +24,7 @@ cd "$(dirname "$0")/.."
 WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 open_clip_torch==3.3.0 open-flamingo==2.0.1
         ftfy==6.3.1 wcwidth==0.9.4 einops-exts==0.0.4)  # the versions of the project's .venv (README), pure-Python or manylinux cp312
 if [[ "${1:-}" == "--prepare" ]]; then
-  mkdir -p .git/info .whl
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  mkdir -p .whl  # git-ignored
   PIP=(python3 -m pip); [[ -x .venv/bin/python ]] && PIP=(.venv/bin/python -m pip)
   exec "${PIP[@]}" download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -316,9 +316,8 @@ def tiny_adapter_records(tmp_path, n=9):
     return records
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["flamingo", "qwen"])
-def test_fast_path_beams_equal_naive_path_beams_on_tiny_models(tmp_path, family):
+def tiny_adapter_case(tmp_path, family: str):
+    """(records, a random-init tiny adapter of ``family`` on them, anchor, candidates, distinct images of both)."""
     import torch
 
     from lever_lm.toy.lvlm import make_tiny_adapter
@@ -329,6 +328,13 @@ def test_fast_path_beams_equal_naive_path_beams_on_tiny_models(tmp_path, family)
     adapter = make_tiny_adapter("flamingo" if family == "flamingo" else "qwen2_5_vl", words, seed=0, precision="fp32")
     anchor, candidates = 0, [3, 1, 7, 4, 8, 2]
     distinct_images = len({records["image_path"][i] for i in [anchor, *candidates]})
+    return records, adapter, anchor, candidates, distinct_images
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["flamingo", "qwen"])
+def test_fast_path_beams_equal_naive_path_beams_on_tiny_models(tmp_path, family):
+    records, adapter, anchor, candidates, distinct_images = tiny_adapter_case(tmp_path, family)
     for order in ("left", "right"):
         base = dict(construct_order=order, beam_size=3, shot_num=2, cand_num=len(candidates))
         adapter.vision_encoder_calls = 0
@@ -344,17 +350,9 @@ def test_fast_path_beams_equal_naive_path_beams_on_tiny_models(tmp_path, family)
 @pytest.mark.parametrize("family", ["flamingo", "qwen"])
 def test_adapter_work_counters_per_anchor(tmp_path, family):
     """``adapter.counters`` counts LM/vision forwards, tokens and host syncs at the call sites, readable as deltas."""
-    import torch
-
     from lever_lm.lvlm.base import WorkCounters
-    from lever_lm.toy.lvlm import make_tiny_adapter
 
-    torch.set_num_threads(1)
-    records = tiny_adapter_records(tmp_path)
-    words = list(records["question"]) + list(records["label"])
-    adapter = make_tiny_adapter("flamingo" if family == "flamingo" else "qwen2_5_vl", words, seed=0, precision="fp32")
-    anchor, candidates = 0, [3, 1, 7, 4, 8, 2]
-    distinct_images = len({records["image_path"][i] for i in [anchor, *candidates]})
+    records, adapter, anchor, candidates, distinct_images = tiny_adapter_case(tmp_path, family)
     base = dict(construct_order="left", beam_size=3, shot_num=2, cand_num=len(candidates))
     assert isinstance(adapter.counters, WorkCounters) and set(adapter.counters) == set(WorkCounters.KEYS)
     per_path = {}

@@ -30,7 +30,6 @@ Public API
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from lever_lm.beam_search import BeamSearchConfig, ExampleTable, ex_name, search_anchor, validate_candidate_pool
-from lever_lm.io_utils import append_jsonl, atomic_path, cut_torn_tail, read_json, read_jsonl, write_json
+from lever_lm.io_utils import append_jsonl, atomic_path, cut_torn_tail, json_sha256, read_json, read_jsonl, write_json
 from lever_lm.progress import ProgressReporter
 
 if TYPE_CHECKING:
@@ -220,8 +219,7 @@ def run_beam_shard(
     path.parent.mkdir(parents=True, exist_ok=True)
     if input_fingerprint is not None:
         key = {"inputs": input_fingerprint, "params": params, "anchors": anchor_ids}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-        _check_fingerprint(path, digest, log)
+        _check_fingerprint(path, json_sha256(key), log)
     has_header, done = _resume_state(path, params, anchor_ids)
     remaining = [a for a in anchor_ids if a not in done]
     log.info(

@@ -40,8 +40,6 @@ Heavy imports (torch, transformers, the adapters, the selectors' networks) happe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
@@ -52,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from lever_lm.io_utils import file_sha256
+from lever_lm.io_utils import file_sha256, json_sha256
 from lever_lm.paths import BASELINES
 
 if TYPE_CHECKING:
@@ -145,8 +143,7 @@ class InferenceConfig:
 
 def config_digest(**parts: Any) -> str:
     """sha256 of the canonical json of what decides a job's results (config, identity, model entry)."""
-    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return json_sha256(parts)
 
 
 # ----------------------------------------------------------------------------------------------- inputs

@@ -102,6 +102,15 @@ def file_sha256(path: str | os.PathLike) -> str:
 FINGERPRINT_HASH_LIMIT = 256 << 20
 
 
+def json_sha256(obj: Any) -> str:
+    """Hex sha256 of ``obj``'s canonical json (sorted keys, compact; unknown types as ``str``): a fingerprint of
+    what decides a job's results."""
+    import hashlib
+
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def path_fingerprint(path: str | os.PathLike, hash_limit: int = FINGERPRINT_HASH_LIMIT) -> str:
     """sha256 of a file's bytes, or of a directory's files (relative names and bytes, in sorted order); a file
     over ``hash_limit`` bytes enters by size and mtime. What resume files are keyed on."""

@@ -443,3 +443,30 @@ def test_scores_do_not_depend_on_the_token_budget(adapter, examples):
     finally:
         adapter.config = original
         adapter.clear_cache()
+
+
+def test_vision_token_budget_packs_a_steps_images_into_few_forwards(adapter, examples):
+    """The default budget encodes a scoring call's new images in one forward; one image per forward (budget 1)
+    gives the same scores."""
+    import dataclasses
+
+    step1 = _left_order_steps(examples)[0]
+    distinct = len({e.image_path for p in step1 for e in (*p.demos, p.query)})
+    original = adapter.config
+    try:
+        adapter.clear_cache()
+        before = adapter.counters.snapshot()
+        reference = adapter.score(step1)
+        assert adapter.counters.since(before)["vision_forward_calls"] == 1
+        adapter.config = dataclasses.replace(original, vision_token_budget=1)
+        adapter.clear_cache()
+        before = adapter.counters.snapshot()
+        for got, want in zip(adapter.score(step1), reference):
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        counts = adapter.counters.since(before)
+        assert counts["vision_forward_calls"] == counts["vision_images"] == distinct
+        with pytest.raises(ValueError, match=r"beam_models\.m\.vision_token_budget"):
+            config_from_dict("m", {"variant": "tiny", "vision_token_budget": 0})
+    finally:
+        adapter.config = original
+        adapter.clear_cache()

@@ -427,3 +427,40 @@ def test_plan_batches_fills_a_token_budget_in_length_order():
     with pytest.raises(ValueError, match=r"beam_models\.q\.score_token_budget"):
         config_from_dict("q", {"variant": "tiny", "score_token_budget": 0})
     assert config_from_dict("q", {"variant": "tiny", "score_token_budget": 4096}).score_token_budget == 4096
+
+
+def test_vision_token_budget_packs_a_steps_images_into_few_forwards(adapter, images):
+    """All new images of a scoring call go through the tower in one forward at the default budget; a budget of one
+    patch token gives one forward per image, with the same scores."""
+    import dataclasses
+
+    step1, left, _, three = _left_and_right_prompts(images)
+    distinct = len({e.image_path for p in step1 for e in (*p.demos, p.query)})
+    original = adapter.config
+    try:
+        adapter.clear_cache()
+        before = adapter.counters.snapshot()
+        reference = adapter.score(step1)
+        assert adapter.counters.since(before)["vision_forward_calls"] == 1
+        adapter.config = dataclasses.replace(original, vision_token_budget=1)
+        adapter.clear_cache()
+        before = adapter.counters.snapshot()
+        for got, want in zip(adapter.score(step1), reference):
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        counts = adapter.counters.since(before)
+        assert counts["vision_forward_calls"] == counts["vision_images"] == distinct
+        with pytest.raises(ValueError, match=r"beam_models\.q\.vision_token_budget"):
+            config_from_dict("q", {"variant": "tiny", "vision_token_budget": 0})
+    finally:
+        adapter.config = original
+        adapter.clear_cache()
+
+
+def test_plan_image_batches_packs_consecutive_images_within_the_budget():
+    from lever_lm.lvlm.base import plan_image_batches
+
+    assert plan_image_batches([4, 4, 4, 9, 1, 2], 8) == [[0, 1], [2], [3], [4, 5]]  # 9 alone, over the budget
+    assert plan_image_batches([4] * 5, 10**6) == [[0, 1, 2, 3, 4]]
+    assert plan_image_batches([], 8) == []
+    with pytest.raises(ValueError):
+        plan_image_batches([1], 0)

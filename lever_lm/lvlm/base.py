@@ -124,6 +124,28 @@ class LVLMAdapter(ABC):
         """Drop cached vision features and key/value blocks (beam search calls this per anchor)."""
 
 
+#: image patch tokens per vision-tower forward: a whole beam step's new images (cand 64 at 224 px: 65 x 256
+#: patches) go through in one forward; bounds activation memory for large images
+DEFAULT_VISION_TOKEN_BUDGET = 32768
+
+
+def plan_image_batches(patch_counts: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Vision-encoder batches, as lists of image indices in the given order: consecutive images while their patch
+    tokens stay within ``token_budget`` (an image larger than the budget goes alone)."""
+    if token_budget < 1:
+        raise ValueError(f"vision token_budget must be >= 1, got {token_budget}")
+    batches: list[list[int]] = []
+    total = 0
+    for index, count in enumerate(patch_counts):
+        if batches and total + count <= token_budget:
+            batches[-1].append(index)
+            total += count
+        else:
+            batches.append([index])
+            total = count
+    return batches
+
+
 def select_device_dtype(precision: str):
     """CUDA when available; ``auto`` means bf16 there and fp32 on the CPU."""
     import torch

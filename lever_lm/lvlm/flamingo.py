@@ -35,12 +35,14 @@ import numpy as np
 
 from lever_lm.data import load_image
 from lever_lm.lvlm.base import (
+    DEFAULT_VISION_TOKEN_BUDGET,
     Example,
     LVLMAdapter,
     LVLMConfigError,
     Prompt,
     WorkCounters,
     answer_token_span,
+    plan_image_batches,
     select_device_dtype,
 )
 
@@ -72,6 +74,8 @@ class FlamingoConfig:
     score_batch_size: int = 32
     #: padded LM tokens per scoring batch (rows x longest continuation), None: ``score_batch_size`` rows alone
     score_token_budget: int | None = None
+    #: image patch tokens per vision-encoder forward (the fast path packs a whole beam step's new images into few)
+    vision_token_budget: int = DEFAULT_VISION_TOKEN_BUDGET
     max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
     seed: int = 0
     model_dir: str | None = None  # tiny: a tiny model dir (lever_lm.toy.lvlm); every path derives from it
@@ -107,7 +111,7 @@ def _validate_config(config: FlamingoConfig) -> None:
         raise ValueError(f"{config.key('variant')}: expected 'local' or 'tiny', got {config.variant!r}")
     if config.precision not in PRECISIONS:
         raise ValueError(f"{config.key('precision')}: expected one of {PRECISIONS}, got {config.precision!r}")
-    for int_field in ("score_batch_size", "cross_attn_every_n_layers", "max_cached_prefixes"):
+    for int_field in ("score_batch_size", "vision_token_budget", "cross_attn_every_n_layers", "max_cached_prefixes"):
         value = getattr(config, int_field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{config.key(int_field)}: expected a positive integer, got {value!r}")
@@ -449,13 +453,14 @@ class FlamingoAdapter(LVLMAdapter):
         return latents[:, 0]
 
     def vision_features(self, image_paths: Sequence[str]) -> dict[str, Any]:
-        """Cached perceiver output per distinct image; each new image goes through the encoder once."""
+        """Cached perceiver output per distinct image; each new image goes through the encoder once, as many per
+        forward as ``vision_token_budget`` patch tokens allow."""
         import torch
 
         missing = list(dict.fromkeys(p for p in image_paths if p not in self._vision_cache))
-        step = self.config.score_batch_size
-        for start in range(0, len(missing), step):
-            chunk = missing[start : start + step]
+        patches = [max(1, self._vision_tokens_per_image())] * len(missing)
+        for indices in plan_image_batches(patches, self.config.vision_token_budget):
+            chunk = [missing[i] for i in indices]
             with torch.inference_mode():
                 latents = self._encode_images(torch.stack([self._pixels(p) for p in chunk]))
             for path, feats in zip(chunk, latents):
@@ -639,13 +644,16 @@ class FlamingoAdapter(LVLMAdapter):
         import torch
 
         features = self.vision_features([p for paths in image_lists for p in paths])
-        sample = next(iter(features.values()))
+        distinct = list(features)
+        sample = features[distinct[0]]
+        table = torch.stack([*features.values(), sample.new_zeros(sample.shape)])  # last row: the padding
+        slot_of = {path: i for i, path in enumerate(distinct)}
         max_images = max(len(paths) for paths in image_lists)
-        out = torch.zeros((len(image_lists), max_images, *sample.shape), dtype=sample.dtype, device=sample.device)
+        index = torch.full((len(image_lists), max_images), len(distinct), dtype=torch.long)
         for row, paths in enumerate(image_lists):
-            for slot, path in enumerate(paths):
-                out[row, slot] = features[path]
-        return out
+            index[row, :len(paths)] = torch.tensor([slot_of[p] for p in paths], dtype=torch.long)
+        # one gather, not a copy per (row, image)
+        return table[self.counters.to_device(index, table.device)]
 
 
 

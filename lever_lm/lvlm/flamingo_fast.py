@@ -84,6 +84,8 @@ class _Item:
 def score_with_prefix_reuse(adapter, prompts: Sequence[Prompt], assembled: Sequence[Any]) -> list[np.ndarray]:
     """Per-token answer-span log-probs for ``prompts`` (assembled by the adapter), reusing prefix key/values."""
     cache = adapter._prefix_cache
+    # every new image of the call (a whole beam step) through the encoder up front, in budget-sized batches
+    adapter.vision_features([e.image_path for p in prompts for e in (*p.demos, p.query)])
     prefix_lengths = choose_prefix_depths([[p.demos[:k] for k in range(1, len(p.demos) + 1)] for p in prompts], cache)
     available: dict[tuple[Example, ...], PrefixKV] = {}
     owners: dict[tuple[Example, ...], int] = {}

@@ -23,13 +23,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches, to_device_packed
+from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches, plan_image_batches, to_device_packed
 from lever_lm.lvlm.qwen_positions import mrope_positions
 
 if TYPE_CHECKING:
     from lever_lm.lvlm.qwen import AssembledPrompt, QwenVLAdapter
-
-VISION_BATCH_IMAGES = 32
 
 
 @dataclass
@@ -70,23 +68,31 @@ class FastScorer:
     # -- vision ---------------------------------------------------------------------------------------------
 
     def encode_images(self, paths: Sequence[str]) -> None:
+        """Vision features of the images not cached yet: preprocessed together on the host, then as few tower
+        forwards as ``vision_token_budget`` allows (all of a beam step's new images in one at the defaults)."""
         import torch
 
         missing = list(dict.fromkeys(p for p in paths if p not in self.features))
+        if not missing:
+            return
         model = self.adapter.model
-        for first in range(0, len(missing), VISION_BATCH_IMAGES):
-            chunk = missing[first: first + VISION_BATCH_IMAGES]
-            counters = self.adapter.counters
-            pixel_values, grid_host = self.adapter.preprocess_images_host(chunk)
-            pixel_values = counters.to_device(pixel_values, self.adapter.device, model.model.visual.dtype)
-            embeds = model.model.visual(pixel_values, grid_thw=counters.to_device(grid_host, self.adapter.device))
-            counts = (grid_host.prod(-1) // self.adapter.merge_size**2).tolist()  # host tensor: no device read
-            for path, image_embeds, grid in zip(chunk, torch.split(embeds, counts), grid_host):
+        counters = self.adapter.counters
+        pixel_values, grid_host = self.adapter.preprocess_images_host(missing)
+        patches = grid_host.prod(-1).tolist()  # host tensor: no device read
+        first_patch = np.concatenate(([0], np.cumsum(patches)))
+        for chunk in plan_image_batches(patches, self.adapter.config.vision_token_budget):
+            lo, hi = chunk[0], chunk[-1] + 1  # batches are consecutive images
+            pixels = counters.to_device(pixel_values[first_patch[lo]: first_patch[hi]], self.adapter.device,
+                                        model.model.visual.dtype)
+            grids = grid_host[lo:hi]
+            embeds = model.model.visual(pixels, grid_thw=counters.to_device(grids, self.adapter.device))
+            counts = (grids.prod(-1) // self.adapter.merge_size**2).tolist()
+            for path, image_embeds, grid in zip(missing[lo:hi], torch.split(embeds, counts), grids):
                 self.features[path] = (image_embeds, grid)
-            self.adapter.vision_encoder_calls += len(chunk)
+            self.adapter.vision_encoder_calls += hi - lo
             counters["vision_forward_calls"] += 1
-            counters["vision_images"] += len(chunk)
-            counters["vision_tokens"] += pixel_values.shape[0]
+            counters["vision_images"] += hi - lo
+            counters["vision_tokens"] += pixels.shape[0]
 
     # -- scoring --------------------------------------------------------------------------------------------
 

@@ -53,10 +53,16 @@ class WorkCounters(dict):
       ``device_read`` at every such call site, so the number is the same on the CPU as on a GPU. Syncs inside
       transformers / open_flamingo code are not counted.
     - ``h2d_copies``: host-to-device copies issued in the scoring path (``.to(device)`` of host tensors).
+    - ``kv_copy_ops``: tensor operations of the fast paths that copy cached key/values (assembling a batch's past,
+      storing a prefix), each about one kernel launch on a GPU; ``kv_copy_bytes`` the bytes they write. Copies
+      inside the model's own cache update are not counted.
+    - ``vision_attention_calls``: attention calls of Qwen's vision tower under ``qwen_vision.grouped_attention``,
+      against ``vision_attention_chunks``, the per-window / per-image calls the stock tower makes for the same input.
     """
 
     KEYS = ("lm_forward_calls", "vision_forward_calls", "vision_images", "vision_tokens", "lm_tokens",
-            "lm_padded_tokens", "host_syncs", "h2d_copies")
+            "lm_padded_tokens", "host_syncs", "h2d_copies", "kv_copy_ops", "kv_copy_bytes", "vision_attention_calls",
+            "vision_attention_chunks")
 
     def __init__(self):
         super().__init__({key: 0 for key in self.KEYS})

@@ -470,3 +470,23 @@ def test_vision_token_budget_packs_a_steps_images_into_few_forwards(adapter, exa
     finally:
         adapter.config = original
         adapter.clear_cache()
+
+
+def test_a_batch_past_costs_a_fixed_number_of_copies(adapter, examples):
+    """Key/value reuse copies per forward, not per (row, layer): each batch's past is one gather from the pool."""
+    import dataclasses
+
+    steps = _left_order_steps(examples)
+    original = adapter.config
+    try:
+        adapter.config = dataclasses.replace(original, score_batch_size=1000)
+        adapter.clear_cache()
+        adapter.score(steps[0])
+        before = adapter.counters.snapshot()
+        adapter.score(steps[1])
+        counts = adapter.counters.since(before)
+        assert len(steps[1]) > 2
+        assert 0 < counts["kv_copy_ops"] <= 3 * counts["lm_forward_calls"] + 1  # +1: the pool may grow once
+    finally:
+        adapter.config = original
+        adapter.clear_cache()

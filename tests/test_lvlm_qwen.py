@@ -464,3 +464,24 @@ def test_plan_image_batches_packs_consecutive_images_within_the_budget():
     assert plan_image_batches([], 8) == []
     with pytest.raises(ValueError):
         plan_image_batches([1], 0)
+
+
+def test_a_batch_past_costs_a_fixed_number_of_copies(adapter, images):
+    """Key/value reuse copies per forward, not per (row, layer): each batch's past is one gather from the pool."""
+    import dataclasses
+
+    step1, left, right, _ = _left_and_right_prompts(images)
+    original = adapter.config
+    try:
+        adapter.config = dataclasses.replace(original, score_batch_size=1000)
+        adapter.clear_cache()
+        adapter.score(step1)
+        before = adapter.counters.snapshot()
+        adapter.score(left + right)
+        counts = adapter.counters.since(before)
+        layers = adapter.model.config.text_config.num_hidden_layers
+        assert len(left + right) > 2 and layers > 1
+        assert 0 < counts["kv_copy_ops"] <= 3 * counts["lm_forward_calls"] + 1  # +1: the pool may grow once
+    finally:
+        adapter.config = original
+        adapter.clear_cache()

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lever_lm.data import load_image
+from lever_lm.lvlm.kv_pool import KVPool
 from lever_lm.lvlm.base import (
     DEFAULT_VISION_TOKEN_BUDGET,
     Example,
@@ -428,9 +429,7 @@ class FlamingoAdapter(LVLMAdapter):
         self.pad_token_id = tokenizer.pad_token_id
         self._text_ids: dict[str, tuple[int, ...]] = {}
         self._vision_cache: dict[str, Any] = {}  # image_path -> perceiver output (latents, dim)
-        from lever_lm.lvlm.flamingo_fast import PrefixCache
-
-        self._prefix_cache = PrefixCache(config.max_cached_prefixes)
+        self._prefix_cache = KVPool(self.counters, config.max_cached_prefixes)
         self._kv_seq_dim: int | None = None  # sequence axis of the language model's key/value tensors
 
     # -- shared pieces

@@ -19,108 +19,62 @@ positions go through the LM head when the model exposes its base model and outpu
 from __future__ import annotations
 
 import inspect
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from lever_lm.lvlm.base import Example, Prompt, choose_prefix_depths, plan_batches, to_device_packed
-
-
-@dataclass(frozen=True)
-class PrefixKV:
-    """Key/values of a run of leading ICD blocks: tensor (layers, 2, *one row's key shape), the sequence axis at
-    ``seq_dim + 1`` where ``seq_dim`` is the model's sequence axis of a batched key tensor (2 for HF caches)."""
-
-    kv: Any
-    length: int
-
-
-class PrefixCache:
-    """Least-recently-used map from a tuple of leading ICDs to their key/values, bounded in entries."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[Example, ...], PrefixKV] = OrderedDict()
-
-    def __contains__(self, key) -> bool:
-        return key in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key) -> PrefixKV | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key, entry: PrefixKV) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
+from lever_lm.lvlm.kv_pool import kv_buffer, prefilled_cache
 
 
 @dataclass
 class _Item:
-    """One forward row: continuation tokens (with their images) on top of an optional cached prefix."""
+    """One forward row: continuation tokens (with their images) on top of an optional pooled prefix."""
 
-    prefix: PrefixKV | None
+    prefix: tuple[Example, ...] | None  # key of the prefix in the adapter's KVPool
+    prefix_length: int
     ids: Sequence[int]
     images: Sequence[str]
     span: tuple[int, int] | None = None  # answer span in continuation coordinates
     store_key: tuple[Example, ...] | None = None  # keep prefix + continuation key/values under this key
 
-    @property
-    def prefix_length(self) -> int:
-        return self.prefix.length if self.prefix is not None else 0
-
 
 def score_with_prefix_reuse(adapter, prompts: Sequence[Prompt], assembled: Sequence[Any]) -> list[np.ndarray]:
     """Per-token answer-span log-probs for ``prompts`` (assembled by the adapter), reusing prefix key/values."""
-    cache = adapter._prefix_cache
+    pool = adapter._prefix_cache
     # every new image of the call (a whole beam step) through the encoder up front, in budget-sized batches
     adapter.vision_features([e.image_path for p in prompts for e in (*p.demos, p.query)])
-    prefix_lengths = choose_prefix_depths([[p.demos[:k] for k in range(1, len(p.demos) + 1)] for p in prompts], cache)
-    available: dict[tuple[Example, ...], PrefixKV] = {}
+    prefix_lengths = choose_prefix_depths([[p.demos[:k] for k in range(1, len(p.demos) + 1)] for p in prompts], pool)
+    # entries this call may read stay; older ones beyond max_cached_prefixes go (new ones are dropped next call)
+    pool.trim(keep={p.demos[:j] for p, k in zip(prompts, prefix_lengths) for j in range(1, k + 1)})
     owners: dict[tuple[Example, ...], int] = {}
     for index, (prompt, k) in enumerate(zip(prompts, prefix_lengths)):
         if k:
-            key = prompt.demos[:k]
-            owners.setdefault(key, index)
-            entry = cache.get(key)
-            if entry is not None:
-                available[key] = entry
-    missing = [key for key in owners if key not in available]
+            owners.setdefault(prompt.demos[:k], index)
+    missing = [key for key in owners if key not in pool]
     for length in sorted({len(key) for key in missing}):
         items = []
         for key in (key for key in missing if len(key) == length):
-            base = next((j for j in range(length - 1, 0, -1) if key[:j] in available or key[:j] in cache), 0)
-            prefix = (available.get(key[:base]) or cache.get(key[:base])) if base else None
+            base = next((j for j in range(length - 1, 0, -1) if key[:j] in pool), 0)
             blocks = assembled[owners[key]].block_ids[base:length]
-            items.append(_Item(prefix, [t for b in blocks for t in b], [d.image_path for d in key[base:]],
-                               store_key=key))
-        for key, entry in _run_items(adapter, items, store=True).items():
-            available[key] = entry
-            cache.put(key, entry)
+            items.append(_Item(key[:base] if base else None, pool.length(key[:base]) if base else 0,
+                               [t for b in blocks for t in b], [d.image_path for d in key[base:]], store_key=key))
+        _run_items(adapter, items, store=True)
     items = []
     for prompt, item, k in zip(prompts, assembled, prefix_lengths):
         offset = sum(len(b) for b in item.block_ids[:k])
         start, end = item.span
-        items.append(_Item(available[prompt.demos[:k]] if k else None, item.input_ids[offset:],
-                           item.image_paths[k:], span=(start - offset, end - offset)))
+        items.append(_Item(prompt.demos[:k] if k else None, pool.length(prompt.demos[:k]) if k else 0,
+                           item.input_ids[offset:], item.image_paths[k:], span=(start - offset, end - offset)))
     scores = _run_items(adapter, items, store=False)
     return [scores[i] for i in range(len(items))]
 
 
 def _run_items(adapter, items: list[_Item], store: bool) -> dict:
     """Run items in padded batches grouped by continuation length (``base.plan_batches``: ``score_batch_size`` rows,
-    and at most ``score_token_budget`` padded tokens when set); returns {store_key: PrefixKV} or {index: scores}."""
+    and at most ``score_token_budget`` padded tokens when set); stores their key/values in the pool (``store``) or
+    returns {index: scores}."""
     import torch
 
     config = adapter.config
@@ -131,10 +85,7 @@ def _run_items(adapter, items: list[_Item], store: bool) -> dict:
     pieces = []
     for chosen in plan_batches(lengths, sort_keys, config.score_batch_size, config.score_token_budget):
         outputs = _forward_batch(adapter, [items[i] for i in chosen], store)
-        if store:
-            for i, out in zip(chosen, outputs):
-                results[items[i].store_key] = out
-        else:
+        if not store:
             order += chosen
             pieces.append(outputs)
     if not store and pieces:
@@ -178,29 +129,31 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
     counters["lm_forward_calls"] += 1
     counters["lm_tokens"] += sum(len(item.ids) for item in batch)
     counters["lm_padded_tokens"] += rows * cont_max
-    input_ids, mask, positions = to_device_packed(counters, (input_ids, mask, positions), device)
+    pool = adapter._prefix_cache
+    # pool slot of each row's past (a row without one reads slot 0, all masked)
+    slots = torch.tensor([pool.entry(item.prefix)[0] if item.prefix is not None else 0 for item in batch])
+    input_ids, mask, positions, slots = to_device_packed(counters, (input_ids, mask, positions, slots), device)
 
-    past = None
-    if prefix_max:
-        seq_dim = adapter._kv_seq_dim
-        sample = next(item.prefix.kv for item in batch if item.prefix is not None)
-        shape = list(sample.shape)
-        shape[seq_dim + 1] = prefix_max
-        kv = torch.zeros((*shape[:2], rows, *shape[2:]), dtype=sample.dtype, device=sample.device)
-        for row, item in enumerate(batch):
-            if item.prefix is not None:  # left padding: the prefix ends where the continuation starts
-                kv[:, :, row].narrow(seq_dim + 1, prefix_max - item.prefix.length, item.prefix.length).copy_(item.prefix.kv)
-        legacy = [(kv[layer, 0], kv[layer, 1]) for layer in range(kv.shape[0])]
-        if native_cache:
-            from transformers import DynamicCache
-
-            past = DynamicCache.from_legacy_cache(tuple(legacy))
-        else:
-            past = legacy  # remote-code MPT writes its per-layer entries back into this list
+    past = buffer = None
+    if native_cache and (prefix_max or store):
+        # one buffer for past + new key/values of every layer; the past in one gather, the new ones written in place
+        buffer = kv_buffer((base if base is not None else lang).config, rows, prefix_max + cont_max, dtype, device,
+                           adapter.config.key("lang_encoder_path"))
+        if prefix_max:
+            pool.past_into(buffer.narrow(4, 0, prefix_max), slots, prefix_max)
+        past = prefilled_cache(buffer, prefix_max)
+    elif prefix_max:
+        # remote-code MPT: its own per-layer (keys, values) list, concatenated (and written back) inside the model
+        shape = list(pool.data.shape)
+        shape[2], shape[3 + pool.seq_axis] = rows, prefix_max
+        kv = torch.empty(shape, dtype=pool.data.dtype, device=pool.data.device)
+        pool.past_into(kv, slots, prefix_max)
+        past = [(kv[layer, 0], kv[layer, 1]) for layer in range(kv.shape[0])]
 
     vision = adapter.stack_vision([item.images for item in batch])
     media_locations = input_ids == adapter.media_token_id
-    kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask, past_key_values=past, use_cache=store)
+    kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask, past_key_values=past,
+                                  use_cache=store or past is not None)
     if takes_positions:
         kwargs["position_ids"] = positions
     try:
@@ -216,19 +169,18 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
                 output = lang(**kwargs)
                 hidden, logits = None, output.logits
             if store:
-                return _extract_prefixes(adapter, batch, output.past_key_values, prefix_max, cont_max, native_cache)
+                _store_prefixes(adapter, batch, buffer if native_cache else output.past_key_values, prefix_max,
+                                cont_max)
+                return []
             return _span_logprobs(batch, input_ids, hidden, logits, head, counters)
     finally:
         lang.clear_conditioned_layers()
 
 
-def _sequence_dim(adapter, keys, total: int, native_cache: bool) -> int:
-    """Axis of the sequence in a batched key tensor: 2 for HF caches (batch, heads, seq, dim); found by its length
-    for remote-code models (e.g. (batch, seq, width) in MosaicGPT), then fixed for the adapter's lifetime."""
-    if native_cache:
-        found = [2] if keys.dim() == 4 and keys.shape[2] == total else []
-    else:
-        found = [d for d in range(1, keys.dim()) if keys.shape[d] == total]
+def _sequence_dim(adapter, keys, total: int) -> int:
+    """Axis of the sequence in a remote-code model's batched key tensor (e.g. (batch, seq, width) in MosaicGPT),
+    found by its length, then fixed for the adapter's lifetime."""
+    found = [d for d in range(1, keys.dim()) if keys.shape[d] == total]
     if adapter._kv_seq_dim is not None and adapter._kv_seq_dim in found:
         return adapter._kv_seq_dim
     if len(found) != 1:
@@ -240,18 +192,22 @@ def _sequence_dim(adapter, keys, total: int, native_cache: bool) -> int:
     return found[0]
 
 
-def _extract_prefixes(adapter, batch: list[_Item], past, prefix_max: int, cont_max: int,
-                      native_cache: bool) -> list[PrefixKV]:
+def _store_prefixes(adapter, batch: list[_Item], source, prefix_max: int, cont_max: int) -> None:
+    """Keep each row's prefix + continuation key/values in the pool. ``source``: the ``prefilled_cache`` buffer
+    (native caches) or a remote-code model's returned per-layer (keys, values) list."""
     import torch
 
-    legacy = past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past
-    seq_dim = _sequence_dim(adapter, legacy[0][0], prefix_max + cont_max, native_cache)
-    entries = []
-    for row, item in enumerate(batch):
-        first, stop = prefix_max - item.prefix_length, prefix_max + len(item.ids)
-        kv = torch.stack([torch.stack([k[row], v[row]]) for k, v in legacy])
-        entries.append(PrefixKV(kv.narrow(seq_dim + 1, first, stop - first).contiguous(), stop - first))
-    return entries
+    seq_axis = 1  # (heads, seq, head dim) rows of HF caches
+    if not torch.is_tensor(source):
+        seq_axis = _sequence_dim(adapter, source[0][0], prefix_max + cont_max) - 1
+        flat = torch.stack([tensor for layer in source for tensor in layer])  # one copy: (layers * 2, batch, ...)
+        source = flat.view(len(source), 2, *flat.shape[1:])
+        adapter.counters["kv_copy_ops"] += 1
+    adapter._prefix_cache.put(
+        [item.store_key for item in batch], source, list(range(len(batch))),
+        [prefix_max - item.prefix_length for item in batch], [item.prefix_length + len(item.ids) for item in batch],
+        seq_axis=seq_axis,
+    )
 
 
 def _span_logprobs(batch: list[_Item], input_ids, hidden, logits, head, counters):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches, plan_image_batches, to_device_packed
+from lever_lm.lvlm.kv_pool import KVPool, kv_buffer, prefilled_cache
 from lever_lm.lvlm.qwen_positions import mrope_positions
 
 if TYPE_CHECKING:
@@ -44,12 +45,13 @@ class _Sequence:
 
 @dataclass
 class _Task:
-    """Run tokens [start, end) of ``sequence`` on top of ``past`` (KV of tokens [0, start), or None)."""
+    """Run tokens [start, end) of ``sequence`` on top of the pooled prefix ``past`` (KV of tokens [0, start), or
+    None when start is 0)."""
 
     sequence: _Sequence
     start: int
     end: int
-    past: list | None
+    past: tuple | None
     store_key: tuple | None = None  # keep the resulting KV (tokens [0, end)) under this prefix key
     score: bool = False  # return the query span's log-probs
 
@@ -58,7 +60,7 @@ class FastScorer:
     def __init__(self, adapter: "QwenVLAdapter"):
         self.adapter = adapter
         self.features: dict[str, tuple] = {}  # image path -> (merged embeds (n, hidden), grid_thw (3,) on CPU)
-        self.prefixes: dict[tuple, list] = {}  # prefix key -> per layer (keys, values), each (kv_heads, T, hd)
+        self.prefixes = KVPool(adapter.counters)  # prefix key -> key/values of tokens [0, end of its last demo)
         self.tokens_run = 0  # tokens pushed through the language model (not reset by clear; for benchmarks)
 
     def clear(self) -> None:
@@ -110,7 +112,7 @@ class FastScorer:
             tasks = []
             for sequence, depth in zip(sequences, depths):
                 start = sequence.assembled.demo_ends[depth - 1] if depth else 0
-                past = self.prefixes[sequence.prefix_key(depth)] if depth else None
+                past = sequence.prefix_key(depth) if depth else None
                 tasks.append(_Task(sequence, start, len(sequence.assembled.input_ids), past, score=True))
             return self._run(tasks)
 
@@ -136,7 +138,7 @@ class FastScorer:
                     continue
                 base = next((d for d in range(depth - 1, 0, -1) if sequence.prefix_key(d) in self.prefixes), 0)
                 start = sequence.assembled.demo_ends[base - 1] if base else 0
-                past = self.prefixes[sequence.prefix_key(base)] if base else None
+                past = sequence.prefix_key(base) if base else None
                 tasks.append(_Task(sequence, start, sequence.assembled.demo_ends[depth - 1], past, store_key=key))
             self._run(tasks)
 
@@ -169,7 +171,6 @@ class FastScorer:
         """One padded forward; returns (positions in ``tasks`` of the scoring tasks, their span log-probs
         concatenated, on the device, or None)."""
         import torch
-        from transformers import DynamicCache
 
         adapter = self.adapter
         model = adapter.model
@@ -195,18 +196,22 @@ class FastScorer:
             positions[:, row, :length] = task.sequence.positions[:, task.start: task.end]
             mask[row, past_max - task.start: past_max + length] = 1
             image_features += self._continuation_images(task)
-        ids, positions, mask = to_device_packed(counters, (ids, positions, mask), device)
+        # pool slot of each row's past (a row without one reads slot 0, all masked)
+        slots = torch.tensor([self.prefixes.entry(t.past)[0] if t.past is not None else 0 for t in tasks])
+        ids, positions, mask, slots = to_device_packed(counters, (ids, positions, mask, slots), device)
         embeds = text_model.embed_tokens(ids)
         if image_features:
             image_mask = (ids == image_token_id)[..., None].expand_as(embeds)
             embeds = embeds.masked_scatter(image_mask, torch.cat(image_features).to(embeds.dtype))
 
-        keep_kv = any(t.store_key is not None for t in tasks)
-        cache = None
-        if past_max:
-            cache = DynamicCache(ddp_cache_data=self._left_padded_past(tasks, past_max), config=text_model.config)
-        elif keep_kv:
-            cache = DynamicCache(config=text_model.config)
+        stores = [(row, t) for row, t in enumerate(tasks) if t.store_key is not None]
+        cache = buffer = None
+        if past_max or stores:  # one buffer for past + new key/values of every layer; the past in one gather
+            buffer = kv_buffer(text_model.config, batch, past_max + cont_max, embeds.dtype, device,
+                               adapter.config.key("model_path"))
+            if past_max:
+                self.prefixes.past_into(buffer.narrow(4, 0, past_max), slots, past_max)
+            cache = prefilled_cache(buffer, past_max)
         hidden = text_model(
             inputs_embeds=embeds,
             attention_mask=mask,
@@ -216,13 +221,9 @@ class FastScorer:
             cache_position=torch.arange(past_max, past_max + cont_max, device=device),
         ).last_hidden_state
 
-        for row, task in enumerate(tasks):
-            if task.store_key is not None:
-                self.prefixes[task.store_key] = [
-                    (layer.keys[row, :, past_max - task.start: past_max + task.end - task.start].clone(),
-                     layer.values[row, :, past_max - task.start: past_max + task.end - task.start].clone())
-                    for layer in cache.layers
-                ]
+        if stores:  # the row's tokens [0, end) sit at buffer positions [past_max - start, past_max - start + end)
+            self.prefixes.put([t.store_key for _, t in stores], buffer, [row for row, _ in stores],
+                              [past_max - t.start for _, t in stores], [t.end for _, t in stores])
         scoring = [(row, t) for row, t in enumerate(tasks) if t.score]
         if not scoring:
             return [], None
@@ -242,20 +243,3 @@ class FastScorer:
         run_starts = np.flatnonzero(is_image & ~np.concatenate(([False], is_image[:-1])))
         return [self.features[path][0] for path, start in zip(task.sequence.assembled.image_paths, run_starts)
                 if task.start <= start < task.end]
-
-    @staticmethod
-    def _left_padded_past(tasks: list[_Task], past_max: int) -> list[tuple]:
-        import torch
-
-        reference = next(t.past for t in tasks if t.past is not None)
-        layers = []
-        for layer_index, (ref_keys, ref_values) in enumerate(reference):
-            heads, _, head_dim = ref_keys.shape
-            keys = ref_keys.new_zeros((len(tasks), heads, past_max, head_dim))
-            values = ref_values.new_zeros((len(tasks), heads, past_max, head_dim))
-            for row, task in enumerate(tasks):
-                if task.past is not None:
-                    keys[row, :, past_max - task.start:] = task.past[layer_index][0]
-                    values[row, :, past_max - task.start:] = task.past[layer_index][1]
-            layers.append((keys, values))
-        return layers

@@ -11,6 +11,8 @@ This covers both beam-search orders: "left" (c + S + x: the block of c is the pr
 c + x and reused at every later step) and "right" (S + c + x: S is shared by all candidates of a beam).
 
 Batching: prefix key/values of different lengths are left-padded and masked; continuations are right-padded.
+Prefixes live in one ``kv_pool.KVPool`` tensor: a batch's past is one gather, and with an HF-native cache the
+forward writes the continuation's key/values in place into the same buffer, from which new prefixes are stored.
 The language model used by open_flamingo's flamingo_3B (MPT) uses ALiBi, a per-key bias that is invariant to
 padding; models taking ``position_ids`` get the true positions (prefix length + offset). Only the answer
 positions go through the LM head when the model exposes its base model and output embeddings.

@@ -12,8 +12,9 @@ Gives the same log-probs as ``QwenVLAdapter.score_naive`` (up to float rounding)
    by several prompts of the call, else the first demo's block (so "left"-order beam search, which puts the
    new candidate at the front, finds it again at the next step). Missing prefixes are computed level by level,
    each on top of the deepest shorter prefix already cached. Continuations run in padded batches: past keys and
-   values left-padded and masked, continuation right-padded.
-Memory: cached prefixes live until ``clear()`` (beam search clears per anchor).
+   values left-padded and masked, continuation right-padded. The prefixes live in one ``kv_pool.KVPool`` tensor,
+   so a batch's past is one gather into a preallocated buffer that the forward then fills in place.
+Memory: cached prefixes live until ``clear()`` (beam search clears per anchor); the pool's storage is kept.
 """
 
 from __future__ import annotations

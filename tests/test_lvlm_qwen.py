@@ -485,3 +485,17 @@ def test_a_batch_past_costs_a_fixed_number_of_copies(adapter, images):
     finally:
         adapter.config = original
         adapter.clear_cache()
+
+
+def test_fast_path_vision_runs_one_attention_call_per_chunk_length(adapter, images):
+    """The fast path's tower runs under qwen_vision.grouped_attention: the images of a step share a size, so each
+    vision block makes one attention call where the stock loop makes one per window or image."""
+    step1 = _left_and_right_prompts(images)[0]
+    adapter.clear_cache()
+    before = adapter.counters.snapshot()
+    adapter.score(step1)
+    counts = adapter.counters.since(before)
+    blocks = len(adapter.model.model.visual.blocks)
+    assert counts["vision_forward_calls"] == 1
+    assert counts["vision_attention_calls"] == blocks < counts["vision_attention_chunks"]
+    adapter.clear_cache()

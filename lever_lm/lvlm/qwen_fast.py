@@ -27,6 +27,7 @@ import numpy as np
 from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches, plan_image_batches, to_device_packed
 from lever_lm.lvlm.kv_pool import KVPool, kv_buffer, prefilled_cache
 from lever_lm.lvlm.qwen_positions import mrope_positions
+from lever_lm.lvlm.qwen_vision import grouped_attention
 
 if TYPE_CHECKING:
     from lever_lm.lvlm.qwen import AssembledPrompt, QwenVLAdapter
@@ -83,12 +84,17 @@ class FastScorer:
         pixel_values, grid_host = self.adapter.preprocess_images_host(missing)
         patches = grid_host.prod(-1).tolist()  # host tensor: no device read
         first_patch = np.concatenate(([0], np.cumsum(patches)))
+        visual = model.model.visual
+        # the tower loops over the grids in Python (rotary and window indices): host grids spare a device read per
+        # image; flash_attention_2 alone needs its cu_seqlens (made from the grids) on the device
+        grids_on_host = visual.config._attn_implementation != "flash_attention_2"
         for chunk in plan_image_batches(patches, self.adapter.config.vision_token_budget):
             lo, hi = chunk[0], chunk[-1] + 1  # batches are consecutive images
             pixels = counters.to_device(pixel_values[first_patch[lo]: first_patch[hi]], self.adapter.device,
-                                        model.model.visual.dtype)
+                                        visual.dtype)
             grids = grid_host[lo:hi]
-            embeds = model.model.visual(pixels, grid_thw=counters.to_device(grids, self.adapter.device))
+            with grouped_attention(visual, counters):
+                embeds = visual(pixels, grid_thw=grids if grids_on_host else counters.to_device(grids, pixels.device))
             counts = (grids.prod(-1) // self.adapter.merge_size**2).tolist()
             for path, image_embeds, grid in zip(missing[lo:hi], torch.split(embeds, counts), grids):
                 self.features[path] = (image_embeds, grid)

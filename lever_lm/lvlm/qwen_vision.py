@@ -52,23 +52,34 @@ class _PlanCache:
         self.counters = counters
         self.entries: dict[int, tuple[Any, int, _ChunkPlan]] = {}
 
-    def plan(self, cu_seqlens) -> _ChunkPlan:
+    def plan(self, cu_seqlens, model_device) -> _ChunkPlan:
         entry = self.entries.get(id(cu_seqlens))
-        if entry is not None and entry[0] is cu_seqlens and entry[1] == cu_seqlens._version:
+        version = _version(cu_seqlens)
+        if entry is not None and entry[0] is cu_seqlens and entry[1] == version:
             return entry[2]
         boundaries = cu_seqlens.tolist()  # the one device-to-host read, as the stock forward's lengths.tolist()
-        if self.counters is not None:
+        # a device read unless the boundaries are host numbers next to a model on a GPU (grids passed on the host)
+        if self.counters is not None and (cu_seqlens.device == model_device or cu_seqlens.device.type != "cpu"):
             self.counters.device_read(boundaries)
         lengths = [end - start for start, end in zip(boundaries[:-1], boundaries[1:])]
         groups = sorted((length, count) for length, count in Counter(lengths).items() if length > 0)
         plan = _ChunkPlan(n_chunks=len(lengths), groups=groups)
         if len(self.entries) >= _PLAN_CACHE_SIZE:
             self.entries.pop(next(iter(self.entries)))
-        self.entries[id(cu_seqlens)] = (cu_seqlens, cu_seqlens._version, plan)
+        self.entries[id(cu_seqlens)] = (cu_seqlens, version, plan)
         return plan
 
     def clear(self) -> None:
         self.entries.clear()
+
+
+def _version(tensor) -> int | None:
+    """The tensor's in-place version counter; None for inference-mode tensors, which keep none (the tower never
+    writes its ``cu_seqlens`` in place, so identity alone then keys the plan)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 def _token_order(plan: _ChunkPlan, cu_seqlens):
@@ -122,7 +133,7 @@ def _grouped_forward(self, original_forward, plans: _PlanCache, counters, hidden
     query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)  # (seq, heads, head_dim) each
     heads, head_dim = query.shape[1], query.shape[2]
 
-    plan = plans.plan(cu_seqlens)
+    plan = plans.plan(cu_seqlens, hidden_states.device)
     attention = _attention_interface(self)
     dropout = 0.0 if not self.training else self.attention_dropout
 

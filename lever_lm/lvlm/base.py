@@ -84,8 +84,13 @@ class WorkCounters(dict):
         return value
 
     def to_device(self, tensor, device, *args, **kwargs):
-        """``tensor.to(device, ...)``, counted as one host-to-device copy."""
+        """``tensor.to(device, ...)``, counted as one host-to-device copy. To a GPU the copy is issued
+        non-blocking: PyTorch's blocking copy waits for the whole stream (a host sync per copy), while an
+        asynchronous copy from pageable memory is staged by the driver before the call returns, so the host
+        tensor may change or go right after."""
         self["h2d_copies"] += 1
+        if str(device).startswith("cuda") and tensor.device.type == "cpu":
+            kwargs.setdefault("non_blocking", True)
         return tensor.to(device, *args, **kwargs)
 
 

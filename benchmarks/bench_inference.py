@@ -17,8 +17,16 @@ fastest run counts (this machine is shared). Prints queries/s of the modes, the 
 Qwen's weights are scaled up (as in its tests) so that answers depend on the prompt; at random init it answers
 almost the same for every prompt, which would make the identity check toothless.
 
+``--token-budget N [N ...]`` adds, per N, the mode "budget N": ``generate_answers`` with ``inference.token_budget``
+N (batches of like token length, at most ``--batch-size`` prompts, rows x (longest prompt + max_new_tokens) x beams
+<= N), and a second table that compares each with the fixed batches ("batched") of the same run: batches, padded
+prompt-token share (1 - real / (rows x longest prompt), summed over batches), the largest batch's cost in the
+budget's units, queries/s, the ratio to "batched", and whether the answers are identical. ``--only-batched`` skips
+the two batch-1 modes (and the first table).
+
 Usage: .venv/bin/python benchmarks/bench_inference.py [--queries 64] [--batch-size 16] [--threads 1]
        [--beams 1 3] [--families flamingo qwen] [--max-new-tokens 5] [--repeats 3]
+       [--token-budget 600 1200 ...] [--only-batched]
 """
 
 from __future__ import annotations
@@ -100,17 +108,24 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["flamingo", "qwen"], choices=["flamingo", "qwen"])
     parser.add_argument("--max-new-tokens", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode; the fastest counts")
+    parser.add_argument("--token-budget", type=int, nargs="+", default=[], metavar="N",
+                        help="also run token-budget batching with each N and compare it with the fixed batches")
+    parser.add_argument("--only-batched", action="store_true", help="skip the batch-1 modes (and their table)")
     args = parser.parse_args()
+    if any(n < 1 for n in args.token_budget):
+        parser.error("--token-budget: every N must be >= 1")
 
     import torch
 
-    from lever_lm.inference import generate_answers
+    from lever_lm.inference import generate_answers, plan_generation_batches
     from lever_lm.toy.tokenizer import collect_vocabulary
     from tests.test_inference_generation import flamingo_reference, qwen_reference
 
     torch.set_num_threads(args.threads)
     words = collect_vocabulary([t for pair in QA for t in pair])
-    rows = []
+    rows, budget_rows = [], []
+    modes = ([] if args.only_batched else ["library batch-1", "batch-1"]) + ["batched"]
+    budgets = {"batched": None, **{f"budget {n}": n for n in args.token_budget}}
     with tempfile.TemporaryDirectory() as tmp:
         prompts = make_prompts(Path(tmp), args.queries)
         counts = sorted({len(p.demos) + 1 for p in prompts})
@@ -120,18 +135,23 @@ def main() -> None:
         for family in args.families:
             adapter = build_adapter(family, words)
             reference = flamingo_reference if family == "flamingo" else qwen_reference
+            lengths = adapter.prompt_token_lengths(prompts)
+            print(f"{family}: prompt tokens {min(lengths)}-{max(lengths)} (mean {np.mean(lengths):.1f})")
             for beams in args.beams:
+                plans = {mode: plan_generation_batches(adapter, prompts, args.max_new_tokens, beams, args.batch_size,
+                                                       budget) for mode, budget in budgets.items()}
                 generate_answers(adapter, prompts[:6], args.max_new_tokens, beams, args.batch_size)  # warm-up
                 adapter.generate(prompts[:1], args.max_new_tokens, beams)
                 for scenario in ("cold", "warm"):
                     results = {}
-                    for mode in ("library batch-1", "batch-1", "batched"):
+                    for mode in modes + [m for m in budgets if m != "batched"]:
                         def run(mode=mode):
                             if mode == "library batch-1":
                                 return [reference(adapter, p, beams, args.max_new_tokens) for p in prompts]
                             if mode == "batch-1":
                                 return [adapter.generate([p], args.max_new_tokens, beams)[0] for p in prompts]
-                            return generate_answers(adapter, prompts, args.max_new_tokens, beams, args.batch_size)
+                            return generate_answers(adapter, prompts, args.max_new_tokens, beams, args.batch_size,
+                                                    token_budget=budgets[mode])
                         runs = []
                         for _ in range(args.repeats):  # a shared machine: the fastest run is the least disturbed
                             adapter.clear_cache()
@@ -142,21 +162,39 @@ def main() -> None:
                         if len(answers) != 1:
                             sys.exit(f"{family} {mode}: answers differ between repeated runs")
                         results[mode] = min(runs, key=lambda r: r[1])
-                    (library, library_s), (single, single_s) = results["library batch-1"], results["batch-1"]
                     batched, batched_s = results["batched"]
                     n = len(prompts)
-                    rows.append((family, beams, scenario, n / library_s, n / single_s, n / batched_s,
-                                 single_s / batched_s, library_s / batched_s, batched == single == library,
-                                 len(set(single))))
+                    if not args.only_batched:
+                        (library, library_s), (single, single_s) = results["library batch-1"], results["batch-1"]
+                        rows.append((family, beams, scenario, n / library_s, n / single_s, n / batched_s,
+                                     single_s / batched_s, library_s / batched_s, batched == single == library,
+                                     len(set(single))))
+                    for mode, plan in plans.items():
+                        answers, seconds = results[mode]
+                        padded = sum(len(b) * max(lengths[i] for i in b) for b in plan)
+                        peak = max(len(b) * (max(lengths[i] for i in b) + args.max_new_tokens) * beams for b in plan)
+                        budget_rows.append((family, beams, scenario, mode, len(plan), 1 - sum(lengths) / padded, peak,
+                                            n / seconds, batched_s / seconds, answers == batched))
             adapter.clear_cache()
-    header = ("LVLM (tiny)", "beams", "vision", "library batch-1 q/s", "batch-1 q/s", "batched q/s",
-              "batched / batch-1", "batched / library", "identical", "distinct answers")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for family, beams, scenario, library_qps, single_qps, batched_qps, ratio, ratio_lib, same, distinct in rows:
-        print(f"| {family} | {beams} | {scenario} | {library_qps:.1f} | {single_qps:.1f} | {batched_qps:.1f} | "
-              f"{ratio:.2f}x | {ratio_lib:.2f}x | {'yes' if same else 'NO'} | {distinct}/{args.queries} |")
-    if not all(row[8] for row in rows):
+    if rows:
+        header = ("LVLM (tiny)", "beams", "vision", "library batch-1 q/s", "batch-1 q/s", "batched q/s",
+                  "batched / batch-1", "batched / library", "identical", "distinct answers")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---" for _ in header) + "|")
+        for family, beams, scenario, library_qps, single_qps, batched_qps, ratio, ratio_lib, same, distinct in rows:
+            print(f"| {family} | {beams} | {scenario} | {library_qps:.1f} | {single_qps:.1f} | {batched_qps:.1f} | "
+                  f"{ratio:.2f}x | {ratio_lib:.2f}x | {'yes' if same else 'NO'} | {distinct}/{args.queries} |")
+    if args.token_budget:
+        print(f"\nfixed batches of {args.batch_size} (batched) vs token budgets; cost = rows x (longest prompt + "
+              f"max_new_tokens) x beams")
+        header = ("LVLM (tiny)", "beams", "vision", "setting", "batches", "padded prompt tokens", "largest batch cost",
+                  "q/s", "vs batched", "identical")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---" for _ in header) + "|")
+        for family, beams, scenario, mode, n_batches, share, peak, qps, ratio, same in budget_rows:
+            print(f"| {family} | {beams} | {scenario} | {mode} | {n_batches} | {100 * share:.1f}% | {peak} | "
+                  f"{qps:.1f} | {ratio:.2f}x | {'yes' if same else 'NO'} |")
+    if not all(row[8] for row in rows) or not all(row[-1] for row in budget_rows):
         sys.exit("answers differ between the modes")
 
 

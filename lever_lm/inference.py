@@ -14,8 +14,10 @@ Public API
   its answers, a shot of 0 or larger than the test pool, embeddings of another encoder) stops before the LVLM
   loads, with one message naming the culprit, and leaves no ``metrics.json``.
 - ``evaluate(adapter, chooser, queries, train, shots, cfg, task)`` -> (per-shot scores, predictions frame).
-- ``generate_answers(adapter, prompts, max_new_tokens, num_beams, batch_size)``: batched generation in order of
-  prompt size, results in the order given.
+- ``generate_answers(adapter, prompts, max_new_tokens, num_beams, batch_size, ..., token_budget=None)``: batched
+  generation, results in the order given; ``plan_generation_batches(...)`` its batches: ``batch_size`` prompts in
+  order of size, or with ``inference.token_budget`` batches of like token length within
+  ``rows x (longest prompt + max_new_tokens) x num_beams`` tokens (``adapter.prompt_token_lengths``).
 - ``select_queries(n_val, max_queries, seed)``, ``write_inference_outputs(...)`` (predictions first, metrics last,
   both atomic), ``config_digest(...)``.
 - ``InferenceJournal``, ``journal_path(predictions_path)``: resume after a crash (below).
@@ -25,7 +27,8 @@ json line to ``<predictions>.partial.jsonl``, next to its outputs but NOT a rule
 declared outputs of a failed job, never this file). Its first line is the job's fingerprint: the sha256 of every
 input (records, embeddings, test pool, checkpoint, the LVLM's weights), the inference config, the identity and the
 model entry. A rerun with the same fingerprint takes the batches already done from it and generates only the rest,
-with the very same batches (generation order and batch composition do not depend on what was done before), so
+with the very same batches (generation order and batch composition do not depend on what was done before; the
+config in the fingerprint includes ``token_budget`` when set, so batches of another plan are never reused), so
 ``metrics.json`` and ``predictions.parquet`` come out byte-identical to an uninterrupted run. A torn last line (a
 killed writer) is cut; a file with another fingerprint (other inputs or config) is discarded with a warning. The
 file is removed once both outputs are written. Edits to the package's code are not part of the fingerprint (nor of
@@ -96,9 +99,11 @@ class InferenceConfig:
     batch_size: int = 16
     retriever_seed: int = 0
     always_normalize: bool = False
+    #: None: ``batch_size`` prompts per generation batch; N: batches planned by tokens (``plan_generation_batches``)
+    token_budget: int | None = None
 
     KNOWN_KEYS = ("shots", "max_queries", "query_seed", "num_beams", "max_new_tokens", "batch_size", "retriever_seed",
-                  "always_normalize", "baselines")
+                  "always_normalize", "token_budget", "baselines")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None, task: str) -> "InferenceConfig":
@@ -133,11 +138,16 @@ class InferenceConfig:
             batch_size=_int_field(section, "batch_size", 16, 1),
             retriever_seed=_int_field(section, "retriever_seed", 0, 0),
             always_normalize=always,
+            token_budget=_int_field(section, "token_budget", None, 1, allow_none=True),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """What metrics.json records and the digests hash. ``token_budget`` only when set, so a job without one keeps
+        the metrics, config digest and resume fingerprint it had before the key existed."""
         out = dataclasses.asdict(self)
         out["shots"] = list(self.shots)
+        if self.token_budget is None:
+            del out["token_budget"]
         return out
 
 
@@ -270,25 +280,62 @@ def _prompt_size(prompt: "Prompt") -> tuple[int, int]:
     return len(examples), sum(len(e.question) + len(e.answer or "") for e in examples)
 
 
+def plan_generation_batches(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_new_tokens: int,
+                            num_beams: int, batch_size: int, token_budget: int | None = None) -> list[list[int]]:
+    """Generation batches, as lists of prompt positions; deterministic for given prompts and settings (resume needs
+    the same batches again).
+
+    ``token_budget`` None: prompts sorted by size (image count, text length), ``batch_size`` at a time. With a
+    budget: ``base.plan_batches`` over each prompt's cost ``(prompt tokens + max_new_tokens) x num_beams``
+    (``adapter.prompt_token_lengths``: tokens as the language model sees them), so a batch holds at most
+    ``batch_size`` prompts and ``rows x (longest prompt + max_new_tokens) x num_beams`` stays within the budget: the
+    key/value cache of the batch's beams at the last step, what memory scales with. Prompts are sorted by token
+    length, so batch-mates pad little; a prompt over the budget runs alone.
+    """
+    from lever_lm.lvlm.base import plan_batches
+
+    if batch_size < 1:
+        raise ValueError(f"inference.batch_size: expected >= 1, got {batch_size}")
+    keys = [_prompt_size(p) for p in prompts]
+    if token_budget is None:
+        return plan_batches([0] * len(prompts), keys, batch_size, None)
+    if isinstance(token_budget, bool) or token_budget < 1:
+        raise ValueError(f"inference.token_budget: expected an integer >= 1 or null, got {token_budget!r}")
+    lengths = adapter.prompt_token_lengths(prompts)
+    if len(lengths) != len(prompts):
+        raise RuntimeError(f"adapter.prompt_token_lengths returned {len(lengths)} lengths for {len(prompts)} prompts")
+    costs = [(int(n) + max_new_tokens) * num_beams for n in lengths]
+    return plan_batches(costs, keys, batch_size, token_budget)
+
+
+def _all_from_journal(done: Mapping[int, tuple[Sequence[int], Sequence[str]]], n: int) -> list[str] | None:
+    """The raw outputs of all ``n`` prompts when ``done`` holds batches 0..m-1 that together hold every position once
+    (each with its texts); else None."""
+    if not n or sorted(done) != list(range(len(done))) or any(len(b) != len(t) for b, t in done.values()):
+        return None
+    out: dict[int, str] = {int(i): str(text) for batch, texts in done.values() for i, text in zip(batch, texts)}
+    count = sum(len(batch) for batch, _ in done.values())
+    return [out[i] for i in range(n)] if count == n and sorted(out) == list(range(n)) else None
+
+
 def generate_answers(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_new_tokens: int, num_beams: int,
                      batch_size: int, progress: Callable[[int, int], None] | None = None,
                      done: Mapping[int, tuple[Sequence[int], Sequence[str]]] | None = None,
-                     on_batch: Callable[[int, list[int], list[str]], None] | None = None) -> list[str]:
-    """Raw generations, batched: prompts sorted by size (image count, text length) so a batch pads little, then
-    ``batch_size`` at a time through ``adapter.generate``; results in the order of ``prompts``.
+                     on_batch: Callable[[int, list[int], list[str]], None] | None = None,
+                     token_budget: int | None = None) -> list[str]:
+    """Raw generations, batched by ``plan_generation_batches`` (``batch_size`` prompts in order of size, or
+    token-budget batches), each batch through ``adapter.generate``; results in the order of ``prompts``.
 
     The adapters handle batches of mixed image counts exactly (tests: batched answers == batch-1 answers).
     Resume: ``done`` maps a batch index to (its prompt positions, their raw outputs) from an earlier run; such a
-    batch is not generated again if it holds the same prompts. ``on_batch(index, positions, texts)`` is called
-    after each batch that was generated.
+    batch is not generated again if it holds the same prompts (a batch of another plan, e.g. another token budget,
+    is generated again). ``on_batch(index, positions, texts)`` is called after each batch that was generated.
     """
-    if batch_size < 1:
-        raise ValueError(f"inference.batch_size: expected >= 1, got {batch_size}")
-    order = sorted(range(len(prompts)), key=lambda i: _prompt_size(prompts[i]))
-    out: list[str | None] = [None] * len(prompts)
     done = done or {}
-    for index, start in enumerate(range(0, len(order), batch_size)):
-        chunk = order[start:start + batch_size]
+    plan = plan_generation_batches(adapter, prompts, max_new_tokens, num_beams, batch_size, token_budget)
+    out: list[str | None] = [None] * len(prompts)
+    finished = 0
+    for index, chunk in enumerate(plan):
         earlier = done.get(index)
         if earlier is not None and list(earlier[0]) == chunk and len(earlier[1]) == len(chunk):
             texts = [str(text) for text in earlier[1]]
@@ -300,8 +347,9 @@ def generate_answers(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_ne
                 on_batch(index, list(chunk), list(texts))
         for i, text in zip(chunk, texts):
             out[i] = text
+        finished += len(chunk)
         if progress is not None:
-            progress(min(start + batch_size, len(order)), len(order))
+            progress(finished, len(prompts))
     return out  # type: ignore[return-value]
 
 
@@ -378,8 +426,12 @@ def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retri
         if done:
             logger.info("shot %d: %d batch(es) taken from %s", k, len(done), journal.path)
         on_batch = (lambda index, positions, texts: journal.record(k, index, positions, texts)) if journal else None
-        raw = generate_answers(lvlm, prompts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, progress,
-                               done=done, on_batch=on_batch)
+        # a token-budget plan needs the LVLM's token counts; a shot the journal (fingerprint: same config and inputs,
+        # so the same plan) holds entirely needs no plan, so a fully resumed job still never loads the LVLM
+        raw = _all_from_journal(done, len(prompts)) if cfg.token_budget is not None else None
+        if raw is None:
+            raw = generate_answers(lvlm, prompts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, progress,
+                                   done=done, on_batch=on_batch, token_budget=cfg.token_budget)
         answers = [postprocess(task, text) for text in raw]
         per_question, score = score_answers(task, answers, queries.answers, queries.question_ids,
                                             cfg.always_normalize)
@@ -399,15 +451,22 @@ def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retri
 
 
 class _Lazy:
-    """An adapter, or a loader of one called at the first ``generate`` (a fully resumed job never loads the LVLM)."""
+    """An adapter, or a loader of one called at the first ``generate`` or ``prompt_token_lengths`` (a fully resumed
+    job never loads the LVLM)."""
 
     def __init__(self, source: Any) -> None:
         self._source, self._loaded = source, None
 
-    def generate(self, *args: Any, **kwargs: Any) -> list[str]:
+    def _adapter(self) -> Any:
         if self._loaded is None:
             self._loaded = self._source if hasattr(self._source, "generate") else self._source()
-        return self._loaded.generate(*args, **kwargs)
+        return self._loaded
+
+    def generate(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self._adapter().generate(*args, **kwargs)
+
+    def prompt_token_lengths(self, prompts: Sequence["Prompt"]) -> list[int]:
+        return self._adapter().prompt_token_lengths(prompts)
 
 
 def journal_path(predictions_path: str | os.PathLike) -> Path:

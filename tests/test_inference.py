@@ -253,6 +253,172 @@ def test_generate_answers_batches_by_size_and_restores_order():
         generate_answers(adapter, prompts, 5, 3, batch_size=0)
 
 
+class TokenFakeAdapter(FakeAdapter):
+    """A FakeAdapter that counts prompt tokens: 3 per image plus one per word (what a budget plan reads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.length_calls = 0
+
+    def prompt_token_lengths(self, prompts):
+        self.length_calls += 1
+        return [sum(3 + len(f"{e.question} {e.answer or ''}".split()) for e in (*p.demos, p.query)) for p in prompts]
+
+
+def _mixed_prompts(n=23):
+    return [Prompt(tuple(Example(f"d{j}.png", "q " * (1 + (i * j) % 4), f"a{i}{j}") for j in range(i % 5)),
+                   Example(f"y{i}.png", "why " * (1 + (7 * i) % 6) + "?")) for i in range(n)]
+
+
+def _todays_batches(prompts, batch_size):
+    """The batches before token budgets existed: sorted by (image count, text length), then fixed chunks."""
+    def size(i):
+        examples = (*prompts[i].demos, prompts[i].query)
+        return len(examples), sum(len(e.question) + len(e.answer or "") for e in examples)
+
+    order = sorted(range(len(prompts)), key=size)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def test_null_token_budget_keeps_todays_batches_config_and_digest():
+    from lever_lm.inference import plan_generation_batches
+
+    prompts = _mixed_prompts()
+    for batch_size in (1, 4, 5, 40):
+        adapter = TokenFakeAdapter()
+        expected = _todays_batches(prompts, batch_size)
+        assert plan_generation_batches(adapter, prompts, 5, 3, batch_size, None) == expected
+        out = generate_answers(adapter, prompts, 5, 3, batch_size, token_budget=None)
+        assert [[prompts.index(p) for p in batch] for batch in adapter.batches] == expected
+        assert out == FakeAdapter().generate(prompts, 5, 3) and adapter.length_calls == 0  # no token counting
+    cfg = InferenceConfig.from_config({"token_budget": None}, "vqa")
+    assert cfg.token_budget is None and cfg == InferenceConfig.from_config({}, "vqa")
+    assert "token_budget" not in cfg.to_dict()  # metrics.json, config digest and resume fingerprint as before
+    assert InferenceConfig.from_config({"token_budget": 512}, "vqa").to_dict()["token_budget"] == 512
+
+
+def test_token_budget_config_errors_name_the_key():
+    assert InferenceConfig.from_config({"token_budget": 1}, "vqa").token_budget == 1
+    for value in (0, -5, "512", True, 2.5):
+        with pytest.raises(ValueError, match="inference.token_budget"):
+            InferenceConfig.from_config({"token_budget": value}, "vqa")
+    with pytest.raises(ValueError, match="inference.token_budget"):
+        generate_answers(TokenFakeAdapter(), _mixed_prompts(3), 5, 3, 4, token_budget=0)
+
+
+@pytest.mark.parametrize("budget, batch_size, max_new, beams", [(200, 16, 5, 1), (300, 4, 5, 3), (90, 16, 2, 2),
+                                                                 (10_000, 6, 5, 3), (1, 8, 5, 1)])
+def test_token_budget_batches_stay_within_the_budget_sorted_by_length(budget, batch_size, max_new, beams):
+    from lever_lm.inference import plan_generation_batches
+
+    prompts = _mixed_prompts()
+    adapter = TokenFakeAdapter()
+    lengths = adapter.prompt_token_lengths(prompts)
+    plan = plan_generation_batches(adapter, prompts, max_new, beams, batch_size, budget)
+    assert sorted(i for batch in plan for i in batch) == list(range(len(prompts)))
+    flat = [lengths[i] for batch in plan for i in batch]
+    assert flat == sorted(flat)  # by token length: batch-mates pad little
+    for batch in plan:
+        assert len(batch) <= batch_size
+        cost = len(batch) * (max(lengths[i] for i in batch) + max_new) * beams
+        assert cost <= budget or len(batch) == 1  # a lone prompt over the budget goes alone
+    assert plan == plan_generation_batches(adapter, prompts, max_new, beams, batch_size, budget)  # deterministic
+    adapter = TokenFakeAdapter()
+    out = generate_answers(adapter, prompts, max_new, beams, batch_size, token_budget=budget)
+    assert out == FakeAdapter().generate(prompts, max_new, beams)  # the order given
+    assert [[prompts.index(p) for p in batch] for batch in adapter.batches] == plan
+    if budget == 10_000:  # the budget never binds: rows fill up to batch_size
+        assert [len(b) for b in plan] == [6, 6, 6, 5]
+    if budget == 1:
+        assert all(len(b) == 1 for b in plan)
+
+
+def test_token_budget_resume_reuses_only_batches_of_the_same_plan():
+    from lever_lm.inference import plan_generation_batches
+
+    prompts = _mixed_prompts()
+    adapter = TokenFakeAdapter()
+    plan = plan_generation_batches(adapter, prompts, 5, 1, 8, 120)
+    other = plan_generation_batches(adapter, prompts, 5, 1, 8, 60)
+    assert plan != other
+    texts = FakeAdapter().generate(prompts, 5, 1)
+    journal = {}
+    generate_answers(adapter, prompts, 5, 1, 8, token_budget=60,
+                     on_batch=lambda index, positions, raw: journal.__setitem__(index, (positions, raw)))
+    # batches of the budget-60 plan handed to a budget-120 run: only those holding the same prompts are reused
+    adapter = TokenFakeAdapter()
+    assert generate_answers(adapter, prompts, 5, 1, 8, done=journal, token_budget=120) == texts
+    same = sum(1 for index, batch in enumerate(plan) if journal.get(index, ([],))[0] == batch)
+    assert len(adapter.batches) == len(plan) - same
+    assert len(adapter.batches) == 6 > same  # here no batch of the other plan is reused
+    adapter = TokenFakeAdapter()
+    assert generate_answers(adapter, prompts, 5, 1, 8, done=journal, token_budget=60) == texts
+    assert adapter.batches == []  # the same plan: every batch reused
+
+
+RESUME_BUDGET = {"shots": [1, 2], "batch_size": 5, "num_beams": 1, "token_budget": 70}
+
+
+def test_killed_job_with_a_token_budget_resumes_and_another_budget_starts_over(toy, tmp_path, monkeypatch):
+    """Fingerprint: a journal written under one budget is discarded under another (never mixed in)."""
+    class Crashing(TokenFakeAdapter):
+        def __init__(self, crash_at):
+            super().__init__()
+            self.crash_at = crash_at
+
+        def generate(self, prompts, max_new_tokens, num_beams, batch_size=None):
+            if len(self.batches) == self.crash_at:
+                raise KeyboardInterrupt("killed")
+            return super().generate(prompts, max_new_tokens, num_beams, batch_size)
+
+    full_adapter = TokenFakeAdapter()
+    metrics, _ = _baseline(toy, tmp_path / "full", "RandomRetriever", RESUME_BUDGET, adapter=full_adapter)
+    assert metrics["inference"]["token_budget"] == 70
+    n_batches = len(full_adapter.batches)
+    sizes = [len(batch) for batch in full_adapter.batches]
+    assert n_batches > 6 and max(sizes) > 1  # the budget binds (12 queries / 5 per batch x 2 shots: 6), not alone
+    full = _bytes(tmp_path / "full" / "RandomRetriever")
+    with pytest.raises(KeyboardInterrupt):
+        _baseline(toy, tmp_path / "killed", "RandomRetriever", RESUME_BUDGET, adapter=Crashing(3))
+    adapter = TokenFakeAdapter()
+    _baseline(toy, tmp_path / "killed", "RandomRetriever", RESUME_BUDGET, adapter=adapter)
+    assert len(adapter.batches) == n_batches - 3 and _bytes(tmp_path / "killed" / "RandomRetriever") == full
+
+    with pytest.raises(KeyboardInterrupt):
+        _baseline(toy, tmp_path / "other", "RandomRetriever", {**RESUME_BUDGET, "token_budget": 40},
+                  adapter=Crashing(3))
+    adapter = TokenFakeAdapter()
+    _baseline(toy, tmp_path / "other", "RandomRetriever", RESUME_BUDGET, adapter=adapter)
+    assert len(adapter.batches) == n_batches and _bytes(tmp_path / "other" / "RandomRetriever") == full
+
+    # killed after the last batch, before the outputs: the rerun takes everything from the journal, no LVLM
+    import lever_lm.inference as inference
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "write_inference_outputs", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _baseline(toy, tmp_path / "late", "RandomRetriever", RESUME_BUDGET, adapter=TokenFakeAdapter())
+
+    def no_lvlm():
+        raise AssertionError("the LVLM was loaded")
+
+    _baseline(toy, tmp_path / "late", "RandomRetriever", RESUME_BUDGET, adapter=no_lvlm)
+    assert _bytes(tmp_path / "late" / "RandomRetriever") == full
+
+
+def test_null_token_budget_keeps_the_resume_fingerprint(toy, tmp_path):
+    """A job without the key and one with ``token_budget: null`` share their journal (same fingerprint)."""
+    with pytest.raises(KeyboardInterrupt):
+        _baseline(toy, tmp_path, "RandomRetriever", RESUME_INFERENCE, adapter=CrashingAdapter(2))
+    adapter = FakeAdapter()
+    metrics, _ = _baseline(toy, tmp_path, "RandomRetriever", {**RESUME_INFERENCE, "token_budget": None},
+                           adapter=adapter)
+    assert len(adapter.batches) == 4 and "token_budget" not in metrics["inference"]
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 

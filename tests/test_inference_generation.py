@@ -135,3 +135,101 @@ def test_generate_checks_its_arguments(flamingo, qwen, prompts):
 
 def test_generate_of_no_prompts(flamingo, qwen):
     assert flamingo.generate([], max_new_tokens=3, num_beams=3) == [] == qwen.generate([], 3, 3)
+
+
+# ----------------------------------------------------------------------------------------------- token budgets
+
+
+class Recording:
+    """An adapter wrapper that records the batches ``generate_answers`` hands to ``generate``."""
+
+    def __init__(self, adapter):
+        self.adapter, self.batches = adapter, []
+
+    def prompt_token_lengths(self, prompts):
+        return self.adapter.prompt_token_lengths(prompts)
+
+    def generate(self, prompts, max_new_tokens, num_beams, batch_size=None):
+        self.batches.append(list(prompts))
+        return self.adapter.generate(prompts, max_new_tokens, num_beams, batch_size)
+
+
+@pytest.mark.parametrize("family", ["flamingo", "qwen"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_token_budget_generation_equals_batch_one(request, prompts, family, num_beams):
+    from lever_lm.inference import generate_answers
+
+    adapter = request.getfixturevalue(family)
+    lengths = adapter.prompt_token_lengths(prompts)
+    budget = 3 * (int(np.median(lengths)) + 5) * num_beams  # about three rows a batch
+    recording = Recording(adapter)
+    answers = generate_answers(recording, prompts, 5, num_beams, batch_size=16, token_budget=budget)
+    single = [adapter.generate([p], max_new_tokens=5, num_beams=num_beams)[0] for p in prompts]
+    assert len(set(single)) >= 6, single
+    assert answers == single
+    length_of = {id(p): n for p, n in zip(prompts, lengths)}
+    batch_lengths = [[length_of[id(p)] for p in batch] for batch in recording.batches]
+    assert [n for batch in batch_lengths for n in batch] == sorted(lengths)  # sorted by token length
+    assert len(recording.batches) > 2 and max(len(b) for b in recording.batches) > 1
+    for batch in batch_lengths:
+        assert len(batch) * (max(batch) + 5) * num_beams <= budget or len(batch) == 1
+
+
+def _image_of_size(folder, width, height):
+    from PIL import Image
+
+    path = folder / f"{width}x{height}.png"
+    Image.fromarray(np.random.default_rng(width * 1000 + height).integers(0, 255, (height, width, 3),
+                                                                           dtype=np.uint8)).save(path)
+    return str(path)
+
+
+SIZES = [(56, 56), (30, 200), (640, 480), (13, 17), (100, 37), (224, 224), (301, 97), (8, 8)]
+
+
+@pytest.mark.parametrize("pixels", [{}, {"max_pixels": 3000}, {"min_pixels": 20000},
+                                    {"min_pixels": 1000, "max_pixels": 5000},
+                                    {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280}])  # the last: Qwen's own
+def test_qwen_image_token_count_from_the_header_equals_the_processor(qwen, tmp_path, pixels):
+    """Header size + smart_resize == what preprocess_images_host makes (grid prod // merge_size**2), for the
+    adapter's min_pixels / max_pixels overrides; and prompt_token_lengths == the assembled generation prompts."""
+    paths = [_image_of_size(tmp_path, w, h) for w, h in SIZES]
+    saved = qwen._image_kwargs
+    qwen._image_kwargs = dict(pixels)  # what QwenVLConfig's min_pixels / max_pixels set
+    try:
+        _, grid = qwen.preprocess_images_host(paths)
+        expected = (grid.prod(-1) // qwen.merge_size**2).tolist()
+        assert [qwen.image_token_count(p) for p in paths] == expected
+        assert len(set(expected)) >= 3, expected  # the sizes give different counts
+        prompts = [Prompt(tuple(Example(paths[(i + j) % len(paths)], QA[j][0], QA[j][1]) for j in range(i % 4)),
+                          Example(paths[i], QA[i][0])) for i in range(len(paths))]
+        counts = dict(zip(paths, expected))
+        assert qwen.prompt_token_lengths(prompts) == [len(qwen.assemble(p, counts, for_generation=True).input_ids)
+                                                      for p in prompts]
+    finally:
+        qwen._image_kwargs = saved
+
+
+def test_qwen_image_token_count_with_configured_pixels(tmp_path):
+    """The overrides as a config sets them (``beam_models.<name>.min_pixels / max_pixels``)."""
+    from lever_lm.toy.lvlm import make_tiny_adapter
+
+    adapter = make_tiny_adapter("qwen2_5_vl", WORDS, seed=0, precision="fp32", min_pixels=1000, max_pixels=9000)
+    paths = [_image_of_size(tmp_path, w, h) for w, h in SIZES]
+    _, grid = adapter.preprocess_images_host(paths)
+    assert [adapter.image_token_count(p) for p in paths] == (grid.prod(-1) // adapter.merge_size**2).tolist()
+
+
+def test_prompt_token_lengths_are_the_generation_inputs(flamingo, qwen, prompts):
+    """Both adapters count the prompt their ``generate`` runs: Flamingo one <image> token per image, Qwen each
+    image's merged patches (from the vision features generate computes)."""
+    assert flamingo.prompt_token_lengths(prompts) == [len(flamingo.assemble(p, with_answer=False).input_ids)
+                                                      for p in prompts]
+    ids = [flamingo.assemble(p, with_answer=False).input_ids for p in prompts]
+    assert [row.count(flamingo.media_token_id) for row in ids] == [len(p.demos) + 1 for p in prompts]
+    paths = list(dict.fromkeys(e.image_path for p in prompts for e in (*p.demos, p.query)))
+    _, grid = qwen.preprocess_images_host(paths)
+    counts = dict(zip(paths, (grid.prod(-1) // qwen.merge_size**2).tolist()))
+    assert qwen.prompt_token_lengths(prompts) == [len(qwen.assemble(p, counts, for_generation=True).input_ids)
+                                                  for p in prompts]
+    assert qwen.prompt_token_lengths([]) == [] == flamingo.prompt_token_lengths([])

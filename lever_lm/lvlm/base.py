@@ -131,6 +131,11 @@ class LVLMAdapter(ABC):
         """Answer text for each prompt's query (the query's ``answer`` is ignored), ``batch_size`` prompts at a
         time (default: the adapter's ``score_batch_size``); rows may hold different numbers of images."""
 
+    def prompt_token_lengths(self, prompts: Sequence[Prompt]) -> list[int]:
+        """Tokens the language model sees for each generation prompt (no query answer), images included, computed
+        without running the model: ICL inference plans its token-budget batches from them."""
+        raise NotImplementedError(f"{type(self).__name__} does not count prompt tokens")
+
     def clear_cache(self) -> None:
         """Drop cached vision features and key/value blocks (beam search calls this per anchor)."""
 

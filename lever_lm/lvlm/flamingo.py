@@ -556,6 +556,11 @@ class FlamingoAdapter(LVLMAdapter):
                 outputs[i] = text
         return outputs
 
+    def prompt_token_lengths(self, prompts: Sequence[Prompt]) -> list[int]:
+        """Token count of each assembled generation prompt; an image is its one ``<image>`` token in the language
+        model (its latents come in through cross-attention), so the text alone decides it."""
+        return [len(self.assemble(p, with_answer=False).input_ids) for p in prompts]
+
     def _generate_batch(self, batch: Sequence[AssembledPrompt], max_new_tokens: int, num_beams: int) -> list[str]:
         """One left-padded batch through HF ``generate`` of the Flamingo-extended language model.
 

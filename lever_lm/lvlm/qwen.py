@@ -520,6 +520,41 @@ class QwenVLAdapter(LVLMAdapter):
                     outputs[i] = text
         return outputs
 
+    def prompt_token_lengths(self, prompts: Sequence[Prompt]) -> list[int]:
+        """Token count of each assembled generation prompt, every ``<|image_pad|>`` expanded to its image's tokens
+        (``image_token_count``: from the image header, no decode, no vision tower)."""
+        paths = dict.fromkeys(e.image_path for p in prompts for e in (*p.demos, p.query))
+        counts = {path: self.image_token_count(path) for path in paths}
+        return [len(self.assemble(p, counts, for_generation=True).input_ids) for p in prompts]
+
+    def image_token_count(self, path: str) -> int:
+        """Merged-patch tokens of one image, as ``preprocess_images_host`` would make them (grid prod //
+        merge_size**2), from its header size and the image processor's own ``smart_resize`` (patch_size,
+        merge_size, min/max pixels with the adapter's overrides); cached per path and pixel limits."""
+        from PIL import Image
+
+        processor = self.processor.image_processor
+        size = dict(getattr(processor, "size", None) or {})
+        low = self._image_kwargs.get("min_pixels", size.get("shortest_edge", getattr(processor, "min_pixels", None)))
+        high = self._image_kwargs.get("max_pixels", size.get("longest_edge", getattr(processor, "max_pixels", None)))
+        key = (path, low, high)
+        cache = self.__dict__.setdefault("_image_token_counts", {})
+        if key not in cache:
+            try:
+                with Image.open(path) as image:  # reads the header only
+                    width, height = image.size
+            except OSError as error:  # as load_image says it
+                from lever_lm.data import DatasetError
+
+                raise DatasetError(f"cannot read image {path}: {error}") from error
+            patch, merge = processor.patch_size, processor.merge_size
+            if getattr(processor, "do_resize", True):
+                from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+                height, width = smart_resize(height, width, factor=patch * merge, min_pixels=low, max_pixels=high)
+            cache[key] = (height // patch) * (width // patch) // self.merge_size**2
+        return cache[key]
+
     def _generate_batch(self, batch: Sequence[Prompt], max_new_tokens: int, num_beams: int) -> list[str]:
         """One left-padded batch: vision once per distinct image, prompt prefilled once per row, then HF ``generate``.
 

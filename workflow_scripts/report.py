@@ -3,13 +3,12 @@
 from lever_lm.runlog import script_logging
 
 with script_logging(snakemake.log[0], "report") as log:
-    from dataclasses import asdict
-
     from lever_lm.inference import InferenceConfig
     from lever_lm.report import build_report
 
     inp, out, params = snakemake.input, snakemake.output, snakemake.params
-    expected = asdict(InferenceConfig.from_config(params.inference, params.task))
+    # what metrics.json records, the same keys (token_budget only when set)
+    expected = InferenceConfig.from_config(params.inference, params.task).to_dict()
     warnings = build_report(
         inp.cell_metrics,
         inp.cell_predictions,

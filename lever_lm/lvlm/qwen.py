@@ -569,15 +569,10 @@ class QwenVLAdapter(LVLMAdapter):
         model = self.model
         paths = list(dict.fromkeys(e.image_path for p in batch for e in (*p.demos, p.query)))
         cached = self._fast.features
-        missing = [p for p in paths if p not in cached]
         features = {p: cached[p] for p in paths if p in cached}
-        if missing:
-            pixel_values, grid_thw = self.preprocess_images(missing)
-            embeds = model.model.visual(pixel_values.type(model.model.visual.dtype), grid_thw=grid_thw)
-            for path, image_embeds, grid in zip(missing, torch.split(embeds, self.tokens_per_image(grid_thw)),
-                                                self.counters.device_read(grid_thw.cpu())):
-                features[path] = (image_embeds, grid)
-            self.vision_encoder_calls += len(missing)
+        # the batch's other images through the fast path's encoder (budgeted batches, grouped attention), kept
+        # for this batch only: generation over a val split would otherwise hold every image's features
+        self._fast.encode_images([p for p in paths if p not in cached], into=features)
         counts = {path: embeds.shape[0] for path, (embeds, _) in features.items()}
         assembled = [self.assemble(p, counts, for_generation=True) for p in batch]
         input_ids, attention_mask = self._pad([a.input_ids for a in assembled], left=True)

@@ -71,12 +71,14 @@ class FastScorer:
 
     # -- vision ---------------------------------------------------------------------------------------------
 
-    def encode_images(self, paths: Sequence[str]) -> None:
-        """Vision features of the images not cached yet: preprocessed together on the host, then as few tower
-        forwards as ``vision_token_budget`` allows (all of a beam step's new images in one at the defaults)."""
+    def encode_images(self, paths: Sequence[str], into: dict | None = None) -> None:
+        """Vision features of the images not in ``into`` (default: the scorer's cache) yet, stored there:
+        preprocessed together on the host, then as few tower forwards as ``vision_token_budget`` allows (all of a
+        beam step's new images in one at the defaults)."""
         import torch
 
-        missing = list(dict.fromkeys(p for p in paths if p not in self.features))
+        into = self.features if into is None else into
+        missing = list(dict.fromkeys(p for p in paths if p not in into))
         if not missing:
             return
         model = self.adapter.model
@@ -97,7 +99,7 @@ class FastScorer:
                 embeds = visual(pixels, grid_thw=grids if grids_on_host else counters.to_device(grids, pixels.device))
             counts = (grids.prod(-1) // self.adapter.merge_size**2).tolist()
             for path, image_embeds, grid in zip(missing[lo:hi], torch.split(embeds, counts), grids):
-                self.features[path] = (image_embeds, grid)
+                into[path] = (image_embeds, grid)
             self.adapter.vision_encoder_calls += hi - lo
             counters["vision_forward_calls"] += 1
             counters["vision_images"] += hi - lo

@@ -23,6 +23,8 @@ FLOPs (forward only): 2 x LM parameters without the token-embedding table x real
 (ViT + merger / perceiver) x vision patch tokens; attention-score FLOPs (which grow with the context) are left out,
 so the figure is a lower bound of the work done. MFU = achieved / peak, peak by ``--peak-tflops`` (default: H100
 SXM dense, 989 TFLOP/s bf16, 67 TFLOP/s fp32 without tensor cores); n/a on the CPU.
+``--count-ops``: one more anchor per path with every non-view aten op counted (each one kernel launch on a GPU):
+total, copy ops (copy_/cat/index_select/gather/...) and attention calls per anchor; measurable on the CPU.
 ``--profile`` (CUDA): one more anchor per path under torch.profiler: GPU kernel time / wall, matmul share of kernel
 time, kernel launches, cudaStreamSynchronize / cudaMemcpyAsync calls and the top device ops. On the CPU it prints
 the top CPU ops.
@@ -64,7 +66,15 @@ DIMS = ("scaled", "3b_width", "3b")
 #: dense peak TFLOP/s of an H100 SXM: bf16 tensor cores, fp32 without tensor cores (TF32 is off by default)
 PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}
 COUNTER_COLUMNS = (("lm_forward_calls", "LM fwd"), ("vision_forward_calls", "vis fwd"), ("vision_images", "vis img"),
-                   ("host_syncs", "syncs"), ("h2d_copies", "H2D"))
+                   ("host_syncs", "syncs"), ("h2d_copies", "H2D"), ("kv_copy_ops", "KV copies"),
+                   ("vision_attention_calls", "vis attn calls"))
+#: aten ops that write a copy of their input (each one kernel on a GPU)
+COPY_OPS = frozenset({"copy_", "_to_copy", "cat", "index_select", "gather", "index_copy_", "index_put_", "clone",
+                      "fill_", "zero_", "masked_scatter", "constant_pad_nd", "slice_scatter", "new_zeros", "zeros",
+                      "full", "repeat", "expand_copy", "index", "narrow_copy"})
+ATTENTION_OPS = frozenset({"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                           "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+                           "_scaled_dot_product_cudnn_attention"})
 
 
 def make_records(image_dir: Path, n_train: int, seed: int) -> pd.DataFrame:
@@ -288,11 +298,41 @@ def print_path(name, run, flop_params, peak_tflops, device):
     tflops = flops / seconds / 1e12
     mfu = f"{100 * tflops / peak_tflops:.1f}%" if device == "cuda" else "n/a"
     padding = counts["lm_padded_tokens"] / counts["lm_tokens"] if counts["lm_tokens"] else float("nan")
-    counter_text = " ".join(f"{label} {counts[key]:.0f}" for key, label in COUNTER_COLUMNS)
+    counter_text = " ".join(f"{label} {counts[key]:.0f}" if key in counts else f"{label} n/a"
+                            for key, label in COUNTER_COLUMNS)
     memory = f" | peak GPU mem {run['peak_mb'] / 1024:.2f} GiB" if device == "cuda" else ""
     print(f"{name:>17}: {n / run['seconds']:.4f} anchors/s, {seconds:.3f} s/anchor | LM tokens/anchor "
           f"{counts['lm_tokens']:.0f} (padded x{padding:.2f}) | per anchor: {counter_text} | "
           f"{flops / 1e12:.2f} TFLOP/anchor, {tflops:.2f} TFLOP/s, MFU {mfu}{memory}", flush=True)
+
+
+def count_device_ops(adapter, table, anchor, candidates, base_cfg, name, setting):
+    """One anchor of one path with every aten op counted (``TorchDispatchMode``): non-view ops are what a GPU would
+    launch as kernels, so the counts are a device-independent proxy for launch overhead; printed per anchor."""
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = collections.Counter()
+
+    class Counting(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not getattr(func, "is_view", False):
+                counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    if setting is not None:
+        apply_setting(adapter, *setting)
+    cfg = BeamSearchConfig(**base_cfg, use_fast_path=setting is not None)
+    with torch.inference_mode(), Counting():
+        search_anchor(adapter, table, anchor, candidates, cfg)
+    total = sum(counts.values())
+    copies = sum(v for k, v in counts.items() if k in COPY_OPS)
+    attention = sum(v for k, v in counts.items() if k in ATTENTION_OPS)
+    top = ", ".join(f"{k} {v}" for k, v in counts.most_common(8))
+    print(f"  ops {name}: {total} device ops/anchor (kernel-launch proxy), {copies} copy ops, {attention} attention "
+          f"calls | top: {top}", flush=True)
 
 
 def profile_anchor(adapter, table, anchor, candidates, base_cfg, name, setting, device):
@@ -401,6 +441,10 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
             line += (f" | vs {fast_names[0]}: identical beams {100 * share:.0f}%, max |delta| {delta:.2e}, "
                      f"time ratio {fast_names[0]}/this {ratio:.2f}")
         print(line, flush=True)
+    if args.count_ops:
+        anchor = anchors[-1]
+        for name, setting in [("naive", None)] + [(setting_name(*s), s) for s in settings]:
+            count_device_ops(adapter, table, anchor, candidates[anchor], base, name, setting)
     if args.profile:
         anchor = anchors[-1]
         for name, setting in [(setting_name(*s), s) for s in settings] + ([("naive", None)] if args.profile_naive else []):
@@ -435,6 +479,8 @@ def main(argv=None) -> None:
                         help="fast paths to time: score_batch_size[:score_token_budget] (default: --batch-size)")
     parser.add_argument("--profile", action="store_true", help="one more anchor per fast path under torch.profiler")
     parser.add_argument("--profile-naive", action="store_true", help="with --profile, the naive path too")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="one more anchor per path with every aten op counted (a kernel-launch proxy)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: H100 SXM dense)")
     parser.add_argument("--meta-only", action="store_true",
                         help="print parameter counts (Qwen built on the meta device) and build nothing")

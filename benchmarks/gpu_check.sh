@@ -2,7 +2,8 @@
 # Issue 11's one-GPU check (about 4 minutes on one H100): everything its closing note needs, in one run.
 #
 #   0. The fast-vs-naive tests on CUDA (tiny models, fp32; the adapters take CUDA when it is there): identical beams,
-#      |delta score| <= 1e-4, scores independent of score_token_budget (<= 1e-5), the work counters.
+#      |delta score| <= 1e-4, scores independent of score_token_budget / vision_token_budget (<= 1e-5), the work
+#      counters, the key/value pool's gather and in-place cache, Qwen's grouped vision attention with host grids.
 #   1. fp32 exactness on CUDA (scaled dims, both models, 2 anchors, cand 64): fast vs naive beams and max |delta score|
 #      (issue: identical beams, |delta| <= 1e-4).
 #   2. --dims 3b --precision bf16 --cand 64 (real Qwen2.5-VL-3B / OpenFlamingo-3B sizes, random init), both models:
@@ -47,7 +48,8 @@ BENCH=($PY benchmarks/bench_beam_search.py --device cuda --threads 8 --cand 64)
 date -u +"start %T"
 echo "### 0. fast-vs-naive tests on CUDA (fp32, tiny models)"
 timeout 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_beam_search.py tests/test_lvlm_qwen.py \
-  tests/test_lvlm_flamingo.py -k "tiny_models or counters or fast_equals_naive or token_budget"
+  tests/test_lvlm_flamingo.py tests/test_kv_pool.py -k "tiny_models or counters or fast_equals_naive or token_budget \
+  or fixed_number or one_attention_call or prefilled or stored_prefixes"
 date -u +"step 0 done %T"
 echo "### 1. fp32 exactness on CUDA (scaled dims)"
 timeout 100 "${BENCH[@]}" --precision fp32 --dims scaled --anchors 2 --fast-settings 32 1024:32768

@@ -457,9 +457,12 @@ def test_vision_token_budget_packs_a_steps_images_into_few_forwards(adapter, ima
 
 
 def test_plan_image_batches_packs_consecutive_images_within_the_budget():
-    from lever_lm.lvlm.base import plan_image_batches
+    from lever_lm.lvlm.base import plan_image_batches, vision_token_budget
 
     assert plan_image_batches([4, 4, 4, 9, 1, 2], 8) == [[0, 1], [2], [3], [4, 5]]  # 9 alone, over the budget
+    assert vision_token_budget(None, "cuda:0") == 32768 and vision_token_budget(None, "cpu") == 4096
+    assert vision_token_budget(100, "cuda") == 100
+    assert config_from_dict("q", {"variant": "tiny", "vision_token_budget": None}).vision_token_budget is None
     assert plan_image_batches([4] * 5, 10**6) == [[0, 1, 2, 3, 4]]
     assert plan_image_batches([], 8) == []
     with pytest.raises(ValueError):

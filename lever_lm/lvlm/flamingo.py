@@ -36,7 +36,6 @@ import numpy as np
 from lever_lm.data import load_image
 from lever_lm.lvlm.kv_pool import KVPool
 from lever_lm.lvlm.base import (
-    DEFAULT_VISION_TOKEN_BUDGET,
     Example,
     LVLMAdapter,
     LVLMConfigError,
@@ -45,6 +44,7 @@ from lever_lm.lvlm.base import (
     answer_token_span,
     plan_image_batches,
     select_device_dtype,
+    vision_token_budget,
 )
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class FlamingoConfig:
     #: padded LM tokens per scoring batch (rows x longest continuation), None: ``score_batch_size`` rows alone
     score_token_budget: int | None = None
     #: image patch tokens per vision-encoder forward (the fast path packs a whole beam step's new images into few)
-    vision_token_budget: int = DEFAULT_VISION_TOKEN_BUDGET
+    vision_token_budget: int | None = None  # None: the device's default (base.DEFAULT_VISION_TOKEN_BUDGET)
     max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
     seed: int = 0
     model_dir: str | None = None  # tiny: a tiny model dir (lever_lm.toy.lvlm); every path derives from it
@@ -112,13 +112,14 @@ def _validate_config(config: FlamingoConfig) -> None:
         raise ValueError(f"{config.key('variant')}: expected 'local' or 'tiny', got {config.variant!r}")
     if config.precision not in PRECISIONS:
         raise ValueError(f"{config.key('precision')}: expected one of {PRECISIONS}, got {config.precision!r}")
-    for int_field in ("score_batch_size", "vision_token_budget", "cross_attn_every_n_layers", "max_cached_prefixes"):
+    for int_field in ("score_batch_size", "cross_attn_every_n_layers", "max_cached_prefixes"):
         value = getattr(config, int_field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{config.key(int_field)}: expected a positive integer, got {value!r}")
-    budget = config.score_token_budget
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"{config.key('score_token_budget')}: expected a positive integer or null, got {budget!r}")
+    for budget_field in ("score_token_budget", "vision_token_budget"):
+        budget = getattr(config, budget_field)
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"{config.key(budget_field)}: expected a positive integer or null, got {budget!r}")
     if config.variant == "local":
         missing = [f for f in (*LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
         if missing:
@@ -458,7 +459,7 @@ class FlamingoAdapter(LVLMAdapter):
 
         missing = list(dict.fromkeys(p for p in image_paths if p not in self._vision_cache))
         patches = [max(1, self._vision_tokens_per_image())] * len(missing)
-        for indices in plan_image_batches(patches, self.config.vision_token_budget):
+        for indices in plan_image_batches(patches, vision_token_budget(self.config.vision_token_budget, self.device)):
             chunk = [missing[i] for i in indices]
             with torch.inference_mode():
                 latents = self._encode_images(torch.stack([self._pixels(p) for p in chunk]))

@@ -36,7 +36,6 @@ import numpy as np
 from lever_lm.data import load_image
 from lever_lm.lvlm.qwen_positions import mrope_positions
 from lever_lm.lvlm.base import (
-    DEFAULT_VISION_TOKEN_BUDGET,
     Example,
     LVLMAdapter,
     LVLMConfigError,
@@ -96,7 +95,7 @@ class QwenVLConfig:
     #: padded LM tokens per scoring batch (rows x longest continuation), None: ``score_batch_size`` rows alone
     score_token_budget: int | None = None
     #: image patch tokens per vision-tower forward (the fast path packs a whole beam step's new images into few)
-    vision_token_budget: int = DEFAULT_VISION_TOKEN_BUDGET
+    vision_token_budget: int | None = None  # None: the device's default (base.DEFAULT_VISION_TOKEN_BUDGET)
     seed: int = 0
 
     def key(self, field_name: str) -> str:
@@ -117,13 +116,12 @@ def config_from_dict(name: str, entry: Mapping[str, Any]) -> QwenVLConfig:
     _check_choice(config, "variant", VARIANTS)
     _check_choice(config, "prompt_style", PROMPT_STYLES)
     _check_choice(config, "precision", PRECISIONS)
-    for int_field in ("score_batch_size", "vision_token_budget"):
-        value = getattr(config, int_field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{config.key(int_field)}: must be a positive integer, got {value!r}")
-    budget = config.score_token_budget
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"{config.key('score_token_budget')}: must be a positive integer or null, got {budget!r}")
+    if not isinstance(config.score_batch_size, int) or config.score_batch_size < 1:
+        raise ValueError(f"{config.key('score_batch_size')}: must be a positive integer, got {config.score_batch_size!r}")
+    for budget_field in ("score_token_budget", "vision_token_budget"):
+        budget = getattr(config, budget_field)
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"{config.key(budget_field)}: must be a positive integer or null, got {budget!r}")
     for pixels in ("min_pixels", "max_pixels"):
         value = getattr(config, pixels)
         if value is not None and (not isinstance(value, int) or value < 1):

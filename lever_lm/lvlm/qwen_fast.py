@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from lever_lm.lvlm.base import Prompt, choose_prefix_depths, plan_batches, plan_image_batches, to_device_packed
+from lever_lm.lvlm.base import (
+    Prompt,
+    choose_prefix_depths,
+    plan_batches,
+    plan_image_batches,
+    to_device_packed,
+    vision_token_budget,
+)
 from lever_lm.lvlm.kv_pool import KVPool, kv_buffer, prefilled_cache
 from lever_lm.lvlm.qwen_positions import mrope_positions
 from lever_lm.lvlm.qwen_vision import grouped_attention
@@ -90,7 +97,8 @@ class FastScorer:
         # the tower loops over the grids in Python (rotary and window indices): host grids spare a device read per
         # image; flash_attention_2 alone needs its cu_seqlens (made from the grids) on the device
         grids_on_host = visual.config._attn_implementation != "flash_attention_2"
-        for chunk in plan_image_batches(patches, self.adapter.config.vision_token_budget):
+        budget = vision_token_budget(self.adapter.config.vision_token_budget, self.adapter.device)
+        for chunk in plan_image_batches(patches, budget):
             lo, hi = chunk[0], chunk[-1] + 1  # batches are consecutive images
             pixels = counters.to_device(pixel_values[first_patch[lo]: first_patch[hi]], self.adapter.device,
                                         visual.dtype)

@@ -361,16 +361,7 @@ RESUME_BUDGET = {"shots": [1, 2], "batch_size": 5, "num_beams": 1, "token_budget
 
 def test_killed_job_with_a_token_budget_resumes_and_another_budget_starts_over(toy, tmp_path, monkeypatch):
     """Fingerprint: a journal written under one budget is discarded under another (never mixed in)."""
-    class Crashing(TokenFakeAdapter):
-        def __init__(self, crash_at):
-            super().__init__()
-            self.crash_at = crash_at
-
-        def generate(self, prompts, max_new_tokens, num_beams, batch_size=None):
-            if len(self.batches) == self.crash_at:
-                raise KeyboardInterrupt("killed")
-            return super().generate(prompts, max_new_tokens, num_beams, batch_size)
-
+    Crashing = crashing(TokenFakeAdapter)
     full_adapter = TokenFakeAdapter()
     metrics, _ = _baseline(toy, tmp_path / "full", "RandomRetriever", RESUME_BUDGET, adapter=full_adapter)
     assert metrics["inference"]["token_budget"] == 70
@@ -508,17 +499,24 @@ def test_selector_retriever_checks_shots_against_pools_before_selecting():
 # ----------------------------------------------------------------------------------------------- resume
 
 
-class CrashingAdapter(FakeAdapter):
-    """A FakeAdapter that dies (like a killed job) when asked for batch number ``crash_at`` (0-based, all shots)."""
+def crashing(adapter_class):
+    """``adapter_class`` that dies (like a killed job) when asked for batch number ``crash_at`` (0-based, all
+    shots)."""
 
-    def __init__(self, crash_at):
-        super().__init__()
-        self.crash_at = crash_at
+    class Crashing(adapter_class):
+        def __init__(self, crash_at):
+            super().__init__()
+            self.crash_at = crash_at
 
-    def generate(self, prompts, max_new_tokens, num_beams, batch_size=None):
-        if len(self.batches) == self.crash_at:
-            raise KeyboardInterrupt("killed")
-        return super().generate(prompts, max_new_tokens, num_beams, batch_size)
+        def generate(self, prompts, max_new_tokens, num_beams, batch_size=None):
+            if len(self.batches) == self.crash_at:
+                raise KeyboardInterrupt("killed")
+            return super().generate(prompts, max_new_tokens, num_beams, batch_size)
+
+    return Crashing
+
+
+CrashingAdapter = crashing(FakeAdapter)
 
 
 RESUME_INFERENCE = {"shots": [1, 2], "batch_size": 5}  # 12 queries: 3 batches per shot

@@ -19,6 +19,7 @@ from lever_lm.lvlm.flamingo import (
     load_flamingo_adapter,
 )
 from lever_lm.toy import lvlm as toy_lvlm
+from tests.adapter_checks import check_batch_past_copies_are_fixed, check_vision_budget_regroups_only
 from lever_lm.toy.lvlm import FlamingoTinyDims
 from lever_lm.toy.tokenizer import collect_vocabulary, split_words
 
@@ -446,47 +447,11 @@ def test_scores_do_not_depend_on_the_token_budget(adapter, examples):
 
 
 def test_vision_token_budget_packs_a_steps_images_into_few_forwards(adapter, examples):
-    """The default budget encodes a scoring call's new images in one forward; one image per forward (budget 1)
-    gives the same scores."""
-    import dataclasses
-
-    step1 = _left_order_steps(examples)[0]
-    distinct = len({e.image_path for p in step1 for e in (*p.demos, p.query)})
-    original = adapter.config
-    try:
-        adapter.clear_cache()
-        before = adapter.counters.snapshot()
-        reference = adapter.score(step1)
-        assert adapter.counters.since(before)["vision_forward_calls"] == 1
-        adapter.config = dataclasses.replace(original, vision_token_budget=1)
-        adapter.clear_cache()
-        before = adapter.counters.snapshot()
-        for got, want in zip(adapter.score(step1), reference):
-            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-        counts = adapter.counters.since(before)
-        assert counts["vision_forward_calls"] == counts["vision_images"] == distinct
-        with pytest.raises(ValueError, match=r"beam_models\.m\.vision_token_budget"):
-            config_from_dict("m", {"variant": "tiny", "vision_token_budget": 0})
-    finally:
-        adapter.config = original
-        adapter.clear_cache()
+    """A scoring call's new images go through the encoder together; the budget only regroups them."""
+    check_vision_budget_regroups_only(adapter, _left_order_steps(examples)[0], config_from_dict, "m")
 
 
 def test_a_batch_past_costs_a_fixed_number_of_copies(adapter, examples):
     """Key/value reuse copies per forward, not per (row, layer): each batch's past is one gather from the pool."""
-    import dataclasses
-
     steps = _left_order_steps(examples)
-    original = adapter.config
-    try:
-        adapter.config = dataclasses.replace(original, score_batch_size=1000)
-        adapter.clear_cache()
-        adapter.score(steps[0])
-        before = adapter.counters.snapshot()
-        adapter.score(steps[1])
-        counts = adapter.counters.since(before)
-        assert len(steps[1]) > 2
-        assert 0 < counts["kv_copy_ops"] <= 3 * counts["lm_forward_calls"] + 1  # +1: the pool may grow once
-    finally:
-        adapter.config = original
-        adapter.clear_cache()
+    check_batch_past_copies_are_fixed(adapter, steps[0], steps[1])

@@ -19,6 +19,7 @@ from lever_lm.lvlm.qwen import (  # noqa: E402
 from lever_lm.toy import lvlm as toy_lvlm  # noqa: E402
 from lever_lm.toy.lvlm import QwenTinyDims  # noqa: E402
 from lever_lm.toy.tokenizer import collect_vocabulary  # noqa: E402
+from tests.adapter_checks import check_batch_past_copies_are_fixed, check_vision_budget_regroups_only  # noqa: E402
 
 
 def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
@@ -430,30 +431,8 @@ def test_plan_batches_fills_a_token_budget_in_length_order():
 
 
 def test_vision_token_budget_packs_a_steps_images_into_few_forwards(adapter, images):
-    """All new images of a scoring call go through the tower in one forward at the default budget; a budget of one
-    patch token gives one forward per image, with the same scores."""
-    import dataclasses
-
-    step1, left, _, three = _left_and_right_prompts(images)
-    distinct = len({e.image_path for p in step1 for e in (*p.demos, p.query)})
-    original = adapter.config
-    try:
-        adapter.clear_cache()
-        before = adapter.counters.snapshot()
-        reference = adapter.score(step1)
-        assert adapter.counters.since(before)["vision_forward_calls"] == 1
-        adapter.config = dataclasses.replace(original, vision_token_budget=1)
-        adapter.clear_cache()
-        before = adapter.counters.snapshot()
-        for got, want in zip(adapter.score(step1), reference):
-            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-        counts = adapter.counters.since(before)
-        assert counts["vision_forward_calls"] == counts["vision_images"] == distinct
-        with pytest.raises(ValueError, match=r"beam_models\.q\.vision_token_budget"):
-            config_from_dict("q", {"variant": "tiny", "vision_token_budget": 0})
-    finally:
-        adapter.config = original
-        adapter.clear_cache()
+    """A scoring call's new images go through the tower together; the budget only regroups them."""
+    check_vision_budget_regroups_only(adapter, _left_and_right_prompts(images)[0], config_from_dict, "q")
 
 
 def test_plan_image_batches_packs_consecutive_images_within_the_budget():
@@ -471,23 +450,8 @@ def test_plan_image_batches_packs_consecutive_images_within_the_budget():
 
 def test_a_batch_past_costs_a_fixed_number_of_copies(adapter, images):
     """Key/value reuse copies per forward, not per (row, layer): each batch's past is one gather from the pool."""
-    import dataclasses
-
     step1, left, right, _ = _left_and_right_prompts(images)
-    original = adapter.config
-    try:
-        adapter.config = dataclasses.replace(original, score_batch_size=1000)
-        adapter.clear_cache()
-        adapter.score(step1)
-        before = adapter.counters.snapshot()
-        adapter.score(left + right)
-        counts = adapter.counters.since(before)
-        layers = adapter.model.config.text_config.num_hidden_layers
-        assert len(left + right) > 2 and layers > 1
-        assert 0 < counts["kv_copy_ops"] <= 3 * counts["lm_forward_calls"] + 1  # +1: the pool may grow once
-    finally:
-        adapter.config = original
-        adapter.clear_cache()
+    check_batch_past_copies_are_fixed(adapter, step1, left + right)
 
 
 def test_fast_path_vision_runs_one_attention_call_per_chunk_length(adapter, images):

@@ -332,6 +332,17 @@ def load_image(path: str | os.PathLike) -> Any:
         raise DatasetError(f"cannot read image {path}: {error}") from error
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of a record's image from its header, without decoding it; unreadable: as ``load_image``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+
+
 def write_records(path: str | os.PathLike, records: pd.DataFrame) -> None:
     """Write a records table as parquet, atomically, after checking the contract's columns."""
     _check_record_columns(path, records)

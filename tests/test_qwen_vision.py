@@ -109,16 +109,22 @@ def _stock_and_grouped(tower, pixels, grid, counters=None):
     return stock, grouped
 
 
+def _grouped_matches_stock(tower, sizes):
+    """Images of ``sizes`` through the stock and the grouped tower: outputs agree; (grid, counters, stock output)."""
+    pixels, grid = _pixels(sizes)
+    counters = WorkCounters()
+    stock, grouped = _stock_and_grouped(tower, pixels, grid, counters)
+    torch.testing.assert_close(grouped, stock, rtol=1e-5, atol=1e-5)
+    return grid, counters, stock
+
+
 SAME_SIZES = [(224, 224)] * 4  # 16x16 patches: 4 windows of 64 tokens each
 MIXED_SIZES = [(224, 224), (168, 112), (56, 84), (112, 224), (84, 56), (280, 196)]
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"], indirect=True)
 def test_same_size_images_match_stock_with_one_call_per_block(visual, implementation):
-    pixels, grid = _pixels(SAME_SIZES)
-    counters = WorkCounters()
-    stock, grouped = _stock_and_grouped(visual, pixels, grid, counters)
-    torch.testing.assert_close(grouped, stock, rtol=1e-5, atol=1e-5)
+    grid, counters, stock = _grouped_matches_stock(visual, SAME_SIZES)
     assert stock.abs().mean() > 0.1
     assert counters["vision_attention_calls"] == VISION_DEPTH
     assert counters["vision_attention_chunks"] == _stock_chunk_count(visual, grid) == 2 * 16 + 4
@@ -127,10 +133,7 @@ def test_same_size_images_match_stock_with_one_call_per_block(visual, implementa
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"], indirect=True)
 def test_mixed_size_images_match_stock(visual, implementation):
-    pixels, grid = _pixels(MIXED_SIZES)
-    counters = WorkCounters()
-    stock, grouped = _stock_and_grouped(visual, pixels, grid, counters)
-    torch.testing.assert_close(grouped, stock, rtol=1e-5, atol=1e-5)
+    grid, counters, _ = _grouped_matches_stock(visual, MIXED_SIZES)
     expected_calls = _distinct_length_count(visual, grid)
     assert expected_calls > VISION_DEPTH + 2  # mixed lengths in every block: the gather/scatter path ran
     assert counters["vision_attention_calls"] == expected_calls

@@ -146,6 +146,14 @@ class LVLMAdapter(ABC):
 DEFAULT_VISION_TOKEN_BUDGET = {"cuda": 32768, "cpu": 4096}
 
 
+def check_budget_fields(config, fields=("score_token_budget", "vision_token_budget")) -> None:
+    """The adapters' optional budgets: a positive integer or None, else ValueError naming the key."""
+    for name in fields:
+        budget = getattr(config, name)
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"{config.key(name)}: expected a positive integer or null, got {budget!r}")
+
+
 def vision_token_budget(configured: int | None, device) -> int:
     """The configured ``vision_token_budget``, else the device's default."""
     if configured is not None:

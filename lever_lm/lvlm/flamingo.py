@@ -42,6 +42,7 @@ from lever_lm.lvlm.base import (
     Prompt,
     WorkCounters,
     answer_token_span,
+    check_budget_fields,
     plan_image_batches,
     select_device_dtype,
     vision_token_budget,
@@ -116,10 +117,7 @@ def _validate_config(config: FlamingoConfig) -> None:
         value = getattr(config, int_field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{config.key(int_field)}: expected a positive integer, got {value!r}")
-    for budget_field in ("score_token_budget", "vision_token_budget"):
-        budget = getattr(config, budget_field)
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"{config.key(budget_field)}: expected a positive integer or null, got {budget!r}")
+    check_budget_fields(config)
     if config.variant == "local":
         missing = [f for f in (*LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
         if missing:

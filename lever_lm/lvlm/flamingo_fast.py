@@ -27,7 +27,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from lever_lm.lvlm.base import Example, Prompt, choose_prefix_depths, plan_batches, to_device_packed
-from lever_lm.lvlm.kv_pool import kv_buffer, prefilled_cache
 
 
 @dataclass
@@ -132,18 +131,14 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
     counters["lm_tokens"] += sum(len(item.ids) for item in batch)
     counters["lm_padded_tokens"] += rows * cont_max
     pool = adapter._prefix_cache
-    # pool slot of each row's past (a row without one reads slot 0, all masked)
-    slots = torch.tensor([pool.entry(item.prefix)[0] if item.prefix is not None else 0 for item in batch])
+    slots = pool.slots([item.prefix for item in batch])
     input_ids, mask, positions, slots = to_device_packed(counters, (input_ids, mask, positions, slots), device)
 
     past = buffer = None
     if native_cache and (prefix_max or store):
         # one buffer for past + new key/values of every layer; the past in one gather, the new ones written in place
-        buffer = kv_buffer((base if base is not None else lang).config, rows, prefix_max + cont_max, dtype, device,
-                           adapter.config.key("lang_encoder_path"))
-        if prefix_max:
-            pool.past_into(buffer.narrow(4, 0, prefix_max), slots, prefix_max)
-        past = prefilled_cache(buffer, prefix_max)
+        buffer, past = pool.batch_cache((base if base is not None else lang).config, slots, prefix_max, cont_max,
+                                        dtype, device, adapter.config.key("lang_encoder_path"))
     elif prefix_max:
         # remote-code MPT: its own per-layer (keys, values) list, concatenated (and written back) inside the model
         shape = list(pool.data.shape)

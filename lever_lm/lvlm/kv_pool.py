@@ -80,6 +80,21 @@ class KVPool:
 
     # -- reading
 
+    def slots(self, keys: Sequence[Hashable | None]):
+        """Host tensor of each key's slot, marked as recently used (None, a row without a past: slot 0, which its
+        attention mask hides)."""
+        import torch
+
+        return torch.tensor([self.entry(key)[0] if key is not None else 0 for key in keys], dtype=torch.long)
+
+    def batch_cache(self, config, slots_on_device, past_max: int, new_tokens: int, dtype, device, where: str):
+        """(buffer, cache) for one forward of ``len(slots_on_device)`` rows: a ``kv_buffer`` of ``past_max +
+        new_tokens`` positions holding each row's past (one gather), wrapped by ``prefilled_cache``."""
+        buffer = kv_buffer(config, len(slots_on_device), past_max + new_tokens, dtype, device, where)
+        if past_max:
+            self.past_into(buffer.narrow(4, 0, past_max), slots_on_device, past_max)
+        return buffer, prefilled_cache(buffer, past_max)
+
     def past_into(self, out, slots_on_device, past_max: int) -> None:
         """Write a batch's past into ``out`` ((layers, 2, rows, *row_shape) with ``past_max`` positions): row i gets
         slot ``slots_on_device[i]``'s last ``past_max`` positions (a row without a prefix may name any slot: its
@@ -108,10 +123,8 @@ class KVPool:
         width, seq_dim = self.width, 3 + self.seq_axis
         # index[i, j]: the source position landing at position j of the right-aligned entry i (in front of the
         # entry: clamped to 0, masked later)
-        index = torch.tensor(
-            [[max(0, first + length - width + j) for j in range(width)] for first, length in zip(firsts, lengths)],
-            dtype=torch.long,
-        )
+        ends = torch.tensor([first + length for first, length in zip(firsts, lengths)], dtype=torch.long)
+        index = (ends[:, None] - width + torch.arange(width)).clamp(min=0)
         slots = [self._take_slot() for _ in keys]
         index, rows_t, slots_t = to_device_packed(
             self.counters, (index, torch.tensor(list(rows)), torch.tensor(slots)), source.device

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lever_lm.data import load_image
+from lever_lm.data import image_size, load_image
 from lever_lm.lvlm.qwen_positions import mrope_positions
 from lever_lm.lvlm.base import (
     Example,
@@ -42,6 +42,7 @@ from lever_lm.lvlm.base import (
     Prompt,
     WorkCounters,
     answer_token_span,
+    check_budget_fields,
     select_device_dtype,
 )
 
@@ -118,10 +119,7 @@ def config_from_dict(name: str, entry: Mapping[str, Any]) -> QwenVLConfig:
     _check_choice(config, "precision", PRECISIONS)
     if not isinstance(config.score_batch_size, int) or config.score_batch_size < 1:
         raise ValueError(f"{config.key('score_batch_size')}: must be a positive integer, got {config.score_batch_size!r}")
-    for budget_field in ("score_token_budget", "vision_token_budget"):
-        budget = getattr(config, budget_field)
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"{config.key(budget_field)}: must be a positive integer or null, got {budget!r}")
+    check_budget_fields(config)
     for pixels in ("min_pixels", "max_pixels"):
         value = getattr(config, pixels)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -381,6 +379,7 @@ class QwenVLAdapter(LVLMAdapter):
         self.merge_size = model.config.vision_config.spatial_merge_size
         self.vision_encoder_calls = 0
         self.counters = WorkCounters()  # work per scoring call, counted at the call sites (base.WorkCounters)
+        self._image_token_counts: dict[tuple, int] = {}  # (path, min, max pixels) -> tokens (image_token_count)
         self._image_kwargs = {
             k: v for k, v in (("min_pixels", config.min_pixels), ("max_pixels", config.max_pixels)) if v is not None
         }
@@ -529,22 +528,14 @@ class QwenVLAdapter(LVLMAdapter):
         """Merged-patch tokens of one image, as ``preprocess_images_host`` would make them (grid prod //
         merge_size**2), from its header size and the image processor's own ``smart_resize`` (patch_size,
         merge_size, min/max pixels with the adapter's overrides); cached per path and pixel limits."""
-        from PIL import Image
-
         processor = self.processor.image_processor
         size = dict(getattr(processor, "size", None) or {})
         low = self._image_kwargs.get("min_pixels", size.get("shortest_edge", getattr(processor, "min_pixels", None)))
         high = self._image_kwargs.get("max_pixels", size.get("longest_edge", getattr(processor, "max_pixels", None)))
         key = (path, low, high)
-        cache = self.__dict__.setdefault("_image_token_counts", {})
+        cache = self._image_token_counts
         if key not in cache:
-            try:
-                with Image.open(path) as image:  # reads the header only
-                    width, height = image.size
-            except OSError as error:  # as load_image says it
-                from lever_lm.data import DatasetError
-
-                raise DatasetError(f"cannot read image {path}: {error}") from error
+            width, height = image_size(path)  # the header only
             patch, merge = processor.patch_size, processor.merge_size
             if getattr(processor, "do_resize", True):
                 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize

@@ -32,7 +32,7 @@ from lever_lm.lvlm.base import (
     to_device_packed,
     vision_token_budget,
 )
-from lever_lm.lvlm.kv_pool import KVPool, kv_buffer, prefilled_cache
+from lever_lm.lvlm.kv_pool import KVPool
 from lever_lm.lvlm.qwen_positions import mrope_positions
 from lever_lm.lvlm.qwen_vision import grouped_attention
 
@@ -213,8 +213,7 @@ class FastScorer:
             positions[:, row, :length] = task.sequence.positions[:, task.start: task.end]
             mask[row, past_max - task.start: past_max + length] = 1
             image_features += self._continuation_images(task)
-        # pool slot of each row's past (a row without one reads slot 0, all masked)
-        slots = torch.tensor([self.prefixes.entry(t.past)[0] if t.past is not None else 0 for t in tasks])
+        slots = self.prefixes.slots([t.past for t in tasks])
         ids, positions, mask, slots = to_device_packed(counters, (ids, positions, mask, slots), device)
         embeds = text_model.embed_tokens(ids)
         if image_features:
@@ -224,11 +223,8 @@ class FastScorer:
         stores = [(row, t) for row, t in enumerate(tasks) if t.store_key is not None]
         cache = buffer = None
         if past_max or stores:  # one buffer for past + new key/values of every layer; the past in one gather
-            buffer = kv_buffer(text_model.config, batch, past_max + cont_max, embeds.dtype, device,
-                               adapter.config.key("model_path"))
-            if past_max:
-                self.prefixes.past_into(buffer.narrow(4, 0, past_max), slots, past_max)
-            cache = prefilled_cache(buffer, past_max)
+            buffer, cache = self.prefixes.batch_cache(text_model.config, slots, past_max, cont_max, embeds.dtype,
+                                                      device, adapter.config.key("model_path"))
         hidden = text_model(
             inputs_embeds=embeds,
             attention_mask=mask,

@@ -8,7 +8,7 @@ captions with corpus CIDEr. Scores are reported x100, unrounded.
 Public API
 - ``BASELINES``, ``TASKS``, ``InferenceConfig.from_config(config["inference"], task)``.
 - ``InferenceInputs``: the records and selector-encoder embeddings of train and val (rule inputs).
-- ``run_selector_cell(...)`` / ``run_baseline(...)`` (aliases ``run_selector_inference`` / ``run_baseline_inference``):
+- ``run_selector_cell(...)`` / ``run_baseline(...)``:
   load, check, evaluate, write ``metrics.json`` +
   ``predictions.parquet``. Every bad input (checkpoint of another beam model or version, a val question without
   its answers, a shot of 0 or larger than the test pool, embeddings of another encoder) stops before the LVLM
@@ -570,10 +570,10 @@ def _remove_stale(metrics_path: str | os.PathLike) -> None:
 
 def _metrics(*, kind: str, dataset: str, task: str, beam_model: str, version: str | None, sampler: str | None,
              baseline: str | None, shots: dict, queries: ValQueries, cfg: InferenceConfig,
-             checkpoint: dict | None, digest: str) -> dict[str, Any]:
+             checkpoint: dict | None, digest: str, replicate: int) -> dict[str, Any]:
     return {
         "kind": kind, "dataset": dataset, "task": task, "beam_model": beam_model, "metric": METRIC_OF_TASK[task],
-        "version": version, "sampler": sampler, "baseline": baseline, "shots": shots,
+        "version": version, "sampler": sampler, "baseline": baseline, "replicate": replicate, "shots": shots,
         "n_queries": len(queries), "max_queries": cfg.max_queries, "query_seed": cfg.query_seed,
         "inference": cfg.to_dict(), "checkpoint": checkpoint, "config_digest": digest,
     }
@@ -607,8 +607,10 @@ def _retriever_shots(cfg: InferenceConfig, baseline: str, n_train: int) -> tuple
 def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool: str | None, inputs: InferenceInputs,
                       weights: Sequence[str] | None, entry: Mapping[str, Any], inference: Mapping[str, Any] | None,
                       task: str, metrics_path: str, predictions_path: str, adapter: "LVLMAdapter | None" = None,
-                      logger: logging.Logger | None = None) -> dict[str, Any]:
+                      logger: logging.Logger | None = None, replicate: int = 0) -> dict[str, Any]:
     """ICL inference of one selector cell (rule icl_inference); returns the metrics written.
+
+    ``replicate``: the replicate seed (lever_lm.replicates) the cell belongs to, recorded in metrics.json.
 
     ``identity``: dataset, beam_model, sampler, ex_name, version, lever_lm of the rule (the checkpoint's meta must
     agree). ``test_pool``: the sampler's test-pool json (val idx -> train ids; v1-v4 select within it).
@@ -664,7 +666,7 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
                            entry=dict(entry), checkpoint_sha256=checkpoint_info["sha256"])
     metrics = _metrics(kind="selector", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
                        version=identity["version"], sampler=identity["sampler"], baseline=None, shots=shots,
-                       queries=queries, cfg=cfg, checkpoint=checkpoint_info, digest=digest)
+                       queries=queries, cfg=cfg, checkpoint=checkpoint_info, digest=digest, replicate=replicate)
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
     journal.remove()
     return metrics
@@ -673,8 +675,11 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
 def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: InferenceInputs,
                  weights: Sequence[str] | None, entry: Mapping[str, Any], inference: Mapping[str, Any] | None,
                  task: str, metrics_path: str, predictions_path: str, adapter: "LVLMAdapter | None" = None,
-                 logger: logging.Logger | None = None) -> dict[str, Any]:
-    """ICL inference of one baseline (rule baseline_inference): RandomRetriever, ZeroShot or SimRetriever-*."""
+                 logger: logging.Logger | None = None, replicate: int = 0) -> dict[str, Any]:
+    """ICL inference of one baseline (rule baseline_inference): RandomRetriever, ZeroShot or SimRetriever-*.
+
+    ``replicate``: the replicate seed the run belongs to, recorded in metrics.json.
+    """
     from lever_lm.beam_search import ExampleTable
     from lever_lm.retrievers import make_baseline_retriever
 
@@ -700,12 +705,9 @@ def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: Infere
     digest = config_digest(kind="baseline", task=task, inference=cfg.to_dict(), dataset=dataset,
                            beam_model=beam_model, baseline=baseline, entry=dict(entry))
     metrics = _metrics(kind="baseline", dataset=dataset, task=task, beam_model=beam_model, version=None, sampler=None,
-                       baseline=baseline, shots=scores, queries=queries, cfg=cfg, checkpoint=None, digest=digest)
+                       baseline=baseline, shots=scores, queries=queries, cfg=cfg, checkpoint=None, digest=digest,
+                       replicate=replicate)
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
     journal.remove()
     return metrics
 
-
-# the names /tmp/contracts.md gave these entry points
-run_selector_inference = run_selector_cell
-run_baseline_inference = run_baseline

@@ -20,30 +20,32 @@ EMBEDDING_TEXT = EMBEDDING_PREFIX + ".text.npy"
 EMBEDDING_META = EMBEDDING_PREFIX + ".meta.json"
 INDEX_IMAGE = RESULTS + "/index/{encoder}/train.image.faiss"
 INDEX_TEXT = RESULTS + "/index/{encoder}/train.text.faiss"
-ANCHORS = RESULTS + "/anchors/{anchor_name}.json"
-CANDIDATES = RESULTS + "/candidates/{sampler}/{candidate_name}.json"
+ANCHORS = RESULTS + "/anchors/{anchor_name}{replicate}.json"
+CANDIDATES = RESULTS + "/candidates/{sampler}/{candidate_name}{replicate}.json"
 TEST_POOL = RESULTS + "/test_pools/{sampler}/{pool_name}.json"
-TINY_LVLM = RESULTS + "/models/{beam_model}"
-BEAM_DIR = RESULTS + "/beam/{beam_model}/{sampler}/{ex_name}"
+TINY_LVLM = RESULTS + "/models/{beam_model}{replicate}"
+BEAM_DIR = RESULTS + "/beam/{beam_model}/{sampler}/{ex_name}{replicate}"
 BEAM_SHARD = BEAM_DIR + "/shards/{scatteritem}.jsonl"
 BEAMS = BEAM_DIR + "/beams.json"
 # Stage 5: one selector per (version, beam_model, sampler), under the seed's model_cpk/{version} prefix.
-SELECTOR_DIR = RESULTS + "/model_cpk/{version}/{beam_model}/{sampler}/{ex_name}/{lever_lm}"
+SELECTOR_DIR = RESULTS + "/model_cpk/{version}/{beam_model}/{sampler}/{ex_name}{replicate}/{lever_lm}"
 SELECTOR_BEST = SELECTOR_DIR + "/best.ckpt"
 SELECTOR_LAST = SELECTOR_DIR + "/last.ckpt"
 SELECTOR_METRICS = SELECTOR_DIR + "/metrics.json"
 SELECTOR_RESUME = SELECTOR_DIR + "/resume"  # not a rule output: survives a killed job, so training resumes
 # Stage 6: ICL inference of one selector cell, and the baselines (which need no beams or selector).
-INFERENCE_DIR = RESULTS + "/icl_inference/{version}/{beam_model}/{sampler}/{ex_name}/{lever_lm}"
+INFERENCE_DIR = RESULTS + "/icl_inference/{version}/{beam_model}/{sampler}/{ex_name}{replicate}/{lever_lm}"
 INFERENCE_METRICS = INFERENCE_DIR + "/metrics.json"
 INFERENCE_PREDICTIONS = INFERENCE_DIR + "/predictions.parquet"
-BASELINE_PREFIX = RESULTS + "/icl_inference/baseline/{beam_model}_{baseline}_baseline"
+BASELINE_PREFIX = RESULTS + "/icl_inference/baseline/{beam_model}_{baseline}_baseline{replicate}"
 BASELINE_METRICS = BASELINE_PREFIX + "_metrics.json"
 BASELINE_PREDICTIONS = BASELINE_PREFIX + "_predictions.parquet"
-REPORT_DIR = RESULTS + "/report"
+REPORT_DIR = RESULTS + "/{report_name}"
 REPORT_TABLES = REPORT_DIR + "/tables.md"
 REPORT_TABLES_HTML = REPORT_DIR + "/tables.html"  # what `snakemake --report` shows inline (it cannot render .md)
 REPORT_OVERLAP = REPORT_DIR + "/selection_overlap.csv"
+REPORT_SCORES = REPORT_DIR + "/scores.csv"  # every cell x shot with its bootstrap interval and replicate spread
+REPORT_COMPARISONS = REPORT_DIR + "/comparisons.csv"  # paired differences of selector cells vs the baselines
 REPORT_PLOT = REPORT_DIR + "/plots/{beam_model}_{version}.png"
 
 
@@ -71,7 +73,10 @@ def ex_name(config: dict) -> str:
 
 
 def fill(template: str, config: dict, **wildcards: str) -> str:
-    """A template with the config-derived names and the given wildcards filled; others stay as wildcards."""
+    """A template with the config-derived names and the given wildcards filled; others stay as wildcards.
+
+    ``{replicate}`` defaults to "" (replicate 0, the config as written); pass ``replicate="{replicate}"`` to keep it.
+    """
     names = {
         "dataset": config["dataset"]["name"],
         "anchor_name": anchor_name(config),
@@ -79,6 +84,8 @@ def fill(template: str, config: dict, **wildcards: str) -> str:
         "pool_name": pool_name(config),
         "ex_name": ex_name(config),
         "lever_lm": config["lever_lm"],
+        "replicate": "",
+        "report_name": config.get("report", {}).get("name", "report"),
     }
     names.update(wildcards)
 
@@ -98,9 +105,12 @@ def embedding_targets(config: dict, encoder: str) -> list[str]:
 
 
 def selector_cells(config: dict) -> list[dict[str, str]]:
-    """The (version, beam_model, sampler) wildcards of every configured selector, in table order."""
+    """The (version, beam_model, sampler, replicate) wildcards of every configured selector, in table order."""
+    from lever_lm import replicates
+
     return [
-        {"version": version, "beam_model": beam_model, "sampler": sampler}
+        {"version": version, "beam_model": beam_model, "sampler": sampler, "replicate": replicates.suffix(seed)}
+        for seed in replicates.seeds(config)
         for version in config["versions"]
         for beam_model in config["beam_models"]
         for sampler in config["samplers"]
@@ -108,11 +118,20 @@ def selector_cells(config: dict) -> list[dict[str, str]]:
 
 
 def baseline_cells(config: dict) -> list[dict[str, str]]:
-    return [
-        {"beam_model": beam_model, "baseline": baseline}
+    """Every baseline run: the random one per replicate, the others per replicate of their beam model's weights."""
+    from lever_lm import replicates
+
+    cells = [
+        {
+            "beam_model": beam_model,
+            "baseline": baseline,
+            "replicate": replicates.baseline_suffix(config, beam_model, baseline, seed),
+        }
+        for seed in replicates.seeds(config)
         for beam_model in config["beam_models"]
         for baseline in config["inference"]["baselines"]
     ]
+    return list({tuple(cell.values()): cell for cell in cells}.values())
 
 
 def plot_cells(config: dict) -> list[dict[str, str]]:
@@ -126,12 +145,16 @@ def plot_cells(config: dict) -> list[dict[str, str]]:
 
 def all_targets(config: dict) -> list[str]:
     """Every final artifact of the configured matrix: beams, selectors, inference cells, baselines, report."""
+    from lever_lm import replicates
+
     targets = embedding_targets(config, config["selector_encoder"])
     for sampler in config["samplers"]:
-        targets.append(fill(CANDIDATES, config, sampler=sampler))
         targets.append(fill(TEST_POOL, config, sampler=sampler))
-        for beam_model in config["beam_models"]:
-            targets.append(fill(BEAMS, config, sampler=sampler, beam_model=beam_model))
+        for seed in replicates.seeds(config):
+            replicate = replicates.suffix(seed)
+            targets.append(fill(CANDIDATES, config, sampler=sampler, replicate=replicate))
+            for beam_model in config["beam_models"]:
+                targets.append(fill(BEAMS, config, sampler=sampler, beam_model=beam_model, replicate=replicate))
     for cell in selector_cells(config):
         targets.append(fill(SELECTOR_METRICS, config, **cell))
         targets.append(fill(INFERENCE_METRICS, config, **cell))

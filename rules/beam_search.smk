@@ -11,9 +11,9 @@ rule beam_shard:
     output:
         shard=P.BEAM_SHARD,
     log:
-        "logs/beam_shard/{dataset}_{beam_model}_{sampler}_{ex_name}_{scatteritem}.log",
+        "logs/beam_shard/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}_{scatteritem}.log",
     benchmark:
-        "benchmarks/beam_shard/{dataset}_{beam_model}_{sampler}_{ex_name}_{scatteritem}.tsv"
+        "benchmarks/beam_shard/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}_{scatteritem}.tsv"
     conda:
         CONDA_ENV
     threads: config["beam_search"]["threads"]
@@ -22,7 +22,7 @@ rule beam_shard:
         runtime=RES.runtime("beam_shard"),
         gpu=1,
     params:
-        entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
+        entry=beam_model_entry,
         beam_search=BEAM_SEARCH_PARAMS,
         cand_num=config["candidates"]["cand_num"],
         sample_num=config["anchors"]["sample_num"],
@@ -37,9 +37,9 @@ rule beam_gather:
     output:
         beams=P.BEAMS,
     log:
-        "logs/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}.log",
+        "logs/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}.log",
     benchmark:
-        "benchmarks/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}.tsv"
+        "benchmarks/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}.tsv"
     localrule: True
     conda:
         CONDA_ENV

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lever_lm import paths as P
+from lever_lm import replicates
 from lever_lm.beam_search import WORKFLOW_KEYS
 from lever_lm.config import (
     ConfigError,
@@ -65,6 +66,7 @@ wildcard_constraints:
     version="|".join(P.VERSIONS),
     lever_lm=re.escape(config["lever_lm"]),
     baseline=_one_of(P.BASELINES),
+    replicate=replicates.wildcard_pattern(config),
 
 
 scattergather:
@@ -76,8 +78,30 @@ def all_targets(config):
 
 
 def path(template, **wildcards):
-    """A path template with the config-derived names filled in ({dataset} and others stay wildcards)."""
-    return P.fill(template, config, **{"dataset": "{dataset}", **wildcards})
+    """A path template with the config-derived names filled in ({dataset}, {replicate} and others stay wildcards)."""
+    return P.fill(
+        template,
+        config,
+        **{"dataset": "{dataset}", "replicate": "{replicate}", **wildcards},
+    )
+
+
+def replicate_config(wildcards):
+    """The config of the job's replicate: seeds offset by the replicate seed (lever_lm.replicates)."""
+    return replicates.config_for(config, replicates.seed_of(wildcards.replicate))
+
+
+def replicate_seed(wildcards):
+    return replicates.seed_of(wildcards.replicate)
+
+
+def beam_model_entry(wildcards):
+    """The beam model's config entry in the job's replicate (its seeds differ where pretraining is replicated)."""
+    return replicate_config(wildcards)["beam_models"][wildcards.beam_model]
+
+
+def replicate_inference_params(wildcards):
+    return inference_params(replicate_config(wildcards))
 
 
 def split_files(split):
@@ -100,7 +124,9 @@ def lvlm_weights(wildcards):
     """The tiny model dir built by rule tiny_lvlm, or the configured local weights of a real LVLM."""
     entry = config["beam_models"][wildcards.beam_model]
     if entry["variant"] == "tiny":
-        return [path(P.TINY_LVLM, beam_model=wildcards.beam_model)]
+        seed = replicates.seed_of(wildcards.replicate)
+        model = replicates.model_suffix(config, wildcards.beam_model, seed)
+        return [path(P.TINY_LVLM, beam_model=wildcards.beam_model, replicate=model)]
     return [path for _, path in local_weight_paths(wildcards.beam_model, entry)]
 
 

@@ -19,9 +19,9 @@ rule icl_inference:
         metrics=P.INFERENCE_METRICS,
         predictions=P.INFERENCE_PREDICTIONS,
     log:
-        "logs/icl_inference/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.log",
+        "logs/icl_inference/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}{replicate}_{lever_lm}.log",
     benchmark:
-        "benchmarks/icl_inference/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.tsv"
+        "benchmarks/icl_inference/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}{replicate}_{lever_lm}.tsv"
     conda:
         CONDA_ENV
     threads: config["threads"]["inference"]
@@ -30,8 +30,9 @@ rule icl_inference:
         runtime=RES.runtime("icl_inference"),
         gpu=1,
     params:
-        entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
-        inference=INFERENCE_PARAMS,
+        entry=beam_model_entry,
+        inference=replicate_inference_params,
+        replicate=replicate_seed,
         task=config["task"],
     script:
         "../workflow_scripts/icl_inference.py"
@@ -45,9 +46,9 @@ rule baseline_inference:
         metrics=P.BASELINE_METRICS,
         predictions=P.BASELINE_PREDICTIONS,
     log:
-        "logs/baseline_inference/{dataset}_{beam_model}_{baseline}.log",
+        "logs/baseline_inference/{dataset}_{beam_model}_{baseline}{replicate}.log",
     benchmark:
-        "benchmarks/baseline_inference/{dataset}_{beam_model}_{baseline}.tsv"
+        "benchmarks/baseline_inference/{dataset}_{beam_model}_{baseline}{replicate}.tsv"
     conda:
         CONDA_ENV
     threads: config["threads"]["inference"]
@@ -56,8 +57,9 @@ rule baseline_inference:
         runtime=RES.runtime("baseline_inference"),
         gpu=1,
     params:
-        entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
-        inference=INFERENCE_PARAMS,
+        entry=beam_model_entry,
+        inference=replicate_inference_params,
+        replicate=replicate_seed,
         task=config["task"],
     script:
         "../workflow_scripts/baseline_inference.py"

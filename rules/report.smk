@@ -17,17 +17,29 @@ rule report:
         ],
     output:
         tables=report(
-            P.REPORT_TABLES, caption="../report/tables.rst", category="Result tables"
+            path(P.REPORT_TABLES),
+            caption="../report/tables.rst",
+            category="Result tables",
         ),
         html=report(
-            P.REPORT_TABLES_HTML,
+            path(P.REPORT_TABLES_HTML),
             caption="../report/tables.rst",
             category="Result tables",
         ),
         overlap=report(
-            P.REPORT_OVERLAP,
+            path(P.REPORT_OVERLAP),
             caption="../report/overlap.rst",
             category="Selection diagnostic",
+        ),
+        scores=report(
+            path(P.REPORT_SCORES),
+            caption="../report/scores.rst",
+            category="Result tables",
+        ),
+        comparisons=report(
+            path(P.REPORT_COMPARISONS),
+            caption="../report/comparisons.rst",
+            category="Result tables",
         ),
         plots=[
             report(
@@ -40,9 +52,9 @@ rule report:
             for cell in P.plot_cells(config)
         ],
     log:
-        "logs/report/{dataset}.log",
+        path("logs/report/{dataset}_{report_name}.log"),
     benchmark:
-        "benchmarks/report/{dataset}.tsv"
+        path("benchmarks/report/{dataset}_{report_name}.tsv")
     localrule: True
     conda:
         CONDA_ENV
@@ -56,5 +68,8 @@ rule report:
         plot_cells=P.plot_cells(config),
         beam_models=list(config["beam_models"]),
         samplers=config["samplers"],
+        uncertainty={
+            key: value for key, value in config["report"].items() if key != "name"
+        },
     script:
         "../workflow_scripts/report.py"

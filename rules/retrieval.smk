@@ -56,9 +56,9 @@ rule anchors:
     output:
         anchors=path(P.ANCHORS),
     log:
-        "logs/anchors/{dataset}.log",
+        "logs/anchors/{dataset}{replicate}.log",
     benchmark:
-        "benchmarks/anchors/{dataset}.tsv"
+        "benchmarks/anchors/{dataset}{replicate}.tsv"
     group:
         "prep"
     conda:
@@ -68,7 +68,7 @@ rule anchors:
         mem_mb=RES.mem_mb("anchors"),
         runtime=RES.runtime("anchors"),
     params:
-        anchors=config["anchors"],
+        anchors=lambda wildcards: replicate_config(wildcards)["anchors"],
     script:
         "../workflow_scripts/anchors.py"
 
@@ -91,9 +91,9 @@ rule candidates:
     output:
         candidates=path(P.CANDIDATES),
     log:
-        "logs/candidates/{dataset}_{sampler}.log",
+        "logs/candidates/{dataset}_{sampler}{replicate}.log",
     benchmark:
-        "benchmarks/candidates/{dataset}_{sampler}.tsv"
+        "benchmarks/candidates/{dataset}_{sampler}{replicate}.tsv"
     group:
         "sampling"
     conda:

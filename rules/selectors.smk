@@ -12,9 +12,9 @@ rule train_selector:
         last=P.SELECTOR_LAST,
         metrics=P.SELECTOR_METRICS,
     log:
-        "logs/train_selector/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.log",
+        "logs/train_selector/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}{replicate}_{lever_lm}.log",
     benchmark:
-        "benchmarks/train_selector/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}_{lever_lm}.tsv"
+        "benchmarks/train_selector/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}{replicate}_{lever_lm}.tsv"
     conda:
         CONDA_ENV
     threads: config["threads"]["selector"]
@@ -23,6 +23,6 @@ rule train_selector:
         runtime=RES.runtime("train_selector"),
         gpu=1,
     params:
-        selector=config["selector"],
+        selector=lambda wildcards: replicate_config(wildcards)["selector"],
     script:
         "../workflow_scripts/train_selector.py"

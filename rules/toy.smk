@@ -39,9 +39,9 @@ if TINY_BEAM_MODELS:
         output:
             model_dir=directory(P.TINY_LVLM),
         log:
-            "logs/tiny_lvlm/{dataset}_{beam_model}.log",
+            "logs/tiny_lvlm/{dataset}_{beam_model}{replicate}.log",
         benchmark:
-            "benchmarks/tiny_lvlm/{dataset}_{beam_model}.tsv"
+            "benchmarks/tiny_lvlm/{dataset}_{beam_model}{replicate}.tsv"
         wildcard_constraints:
             beam_model=_one_of(TINY_BEAM_MODELS),
         conda:
@@ -52,6 +52,6 @@ if TINY_BEAM_MODELS:
             mem_mb=RES.mem_mb("tiny_lvlm"),
             runtime=RES.runtime("tiny_lvlm"),
         params:
-            entry=lambda wildcards: config["beam_models"][wildcards.beam_model],
+            entry=beam_model_entry,
         script:
             "../workflow_scripts/tiny_lvlm.py"

@@ -140,6 +140,20 @@ def test_default_config_plans_toy_matrix(tmp_path):
     assert jobs["report"] == 1
 
 
+def test_replicate_config_plans_a_seed_dimension(tmp_path):
+    """configs/toy_replicates.yaml over the default: 3 replicates, pretraining included, of a reduced matrix."""
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+                       str(REPO / "configs" / "toy_replicates.yaml"))
+    jobs = planned_jobs(result)
+    assert jobs["anchors"] == 3 and jobs["tiny_lvlm"] == 3 * 2
+    assert jobs["beam_gather"] == 3 * 2 * 2
+    assert jobs["train_selector"] == jobs["icl_inference"] == 3 * 2 * 2 * 2
+    assert jobs["baseline_inference"] == 3 * 2 * 3
+    assert "models/qwen2.5_vl_tiny_rep2" in result.stdout
+    assert "sample64_rep1/query_img_text_icd_img_text/metrics.json" in result.stdout
+    assert "report_replicates/tables.md" in result.stdout
+
+
 def test_v4_selector_depends_on_v3_even_when_v3_is_not_listed(tmp_path):
     result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
                        "--config", "versions=[v4]", "samplers=[rand_sampler]")

@@ -21,4 +21,5 @@ with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
         metrics_path=snakemake.output.metrics,
         predictions_path=snakemake.output.predictions,
         logger=log,
+        replicate=params.replicate,
     )

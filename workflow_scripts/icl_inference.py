@@ -9,8 +9,10 @@ with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
 
     pin(snakemake.threads)  # threads, deterministic kernels, cuBLAS workspace: before CUDA starts
     inp, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
+    identity = {key: getattr(wildcards, key) for key in IDENTITY_KEYS}
+    identity["ex_name"] += wildcards.replicate  # as train_selector names a replicate's selector
     run_selector_cell(
-        identity={key: getattr(wildcards, key) for key in IDENTITY_KEYS},
+        identity=identity,
         checkpoint=inp.checkpoint,
         test_pool=inp.test_pool,
         inputs=InferenceInputs.from_named(inp),
@@ -21,4 +23,5 @@ with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
         metrics_path=snakemake.output.metrics,
         predictions_path=snakemake.output.predictions,
         logger=log,
+        replicate=params.replicate,
     )

@@ -530,3 +530,63 @@ def test_every_feature_choice_trains_and_selects(tiny_task, tmp_path, lever_lm):
         pools = [e.pool.tolist() for e in tiny_task.heldout] if selector.needs_pools else None
         picks = select(selector, tiny_task.heldout_features, 2, pools)
         assert all(len(set(p)) == 2 for p in picks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the similarity prior (selector.similarity_prior)
+
+
+def _prior_model(version: str, prior: bool = True):
+    import torch
+
+    from lever_lm.selectors.checkpoint import build_model
+
+    cfg = SelectorConfig.from_config({**TINY, "similarity_prior": {"enabled": prior}})
+    choice = parse_feature_choice("query_img_text_icd_img_text")
+    dims = {"image": 8, "text": 8}
+    torch.manual_seed(0)
+    model = build_model(version, cfg.model_params(version), 50, choice, dims, max_len=4).eval()
+    rng = np.random.default_rng(3)
+    unit = lambda n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(rng.normal(size=(n, 8)))
+    train = np.concatenate([unit(50), unit(50)], axis=1).astype(np.float32)
+    queries = np.concatenate([unit(6), unit(6)], axis=1).astype(np.float32)
+    model.set_icd_features(torch.from_numpy(train))
+    return model, torch.from_numpy(train), torch.from_numpy(queries)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_untrained_pointer_selector_with_prior_ranks_its_pool_by_image_similarity(version):
+    import torch
+
+    model, train, queries = _prior_model(version)
+    pool = torch.stack([torch.randperm(50, generator=torch.Generator().manual_seed(i))[:20] for i in range(6)])
+    picks = model.decode(queries, 3, pool, torch.ones_like(pool, dtype=torch.bool))
+    image_sim = torch.einsum("qd,qpd->qp", queries[:, :8], train[pool][..., :8])
+    expected = pool.gather(1, image_sim.argsort(dim=1, descending=True)[:, :3])
+    assert torch.equal(picks, expected)
+
+
+def test_untrained_v0_with_prior_picks_the_globally_most_similar_images():
+    import torch
+
+    model, train, queries = _prior_model("v0")
+    picks = model.decode(queries, 3)
+    expected = (queries[:, :8] @ train[:, :8].T).argsort(dim=1, descending=True)[:, :3]
+    assert torch.equal(picks, expected)
+
+
+def test_prior_off_keeps_the_spec_networks_and_their_params():
+    for version in VERSIONS:
+        assert "similarity_prior" not in tiny_cfg().model_params(version)
+        model, _, _ = _prior_model(version, prior=False)
+        assert model.prior is None
+    assert tiny_cfg(similarity_prior={"enabled": True}).model_params("v3")["similarity_prior"]["image_weight"] == 10.0
+
+
+def test_prior_needs_a_modality_on_both_sides():
+    from lever_lm.selectors.similarity import SimilarityPrior
+
+    with pytest.raises(ValueError, match="no modality in common"):
+        SimilarityPrior(parse_feature_choice("query_img_icd_text"), {"image": 8, "text": 8}, 10.0, 0.0)
+    with pytest.raises(ValueError, match="selector.similarity_prior.image_weight"):
+        tiny_cfg(similarity_prior={"enabled": True, "image_weight": 0.0, "text_weight": 0.0})

@@ -36,11 +36,14 @@ def version_module(version: str) -> Any:
 def build_model(version: str, params: Mapping[str, Any], n_train: int, choice: FeatureChoice,
                 dims: Mapping[str, int], max_len: int) -> Any:
     """The network of ``version`` from its recorded hyper-parameters (``SelectorConfig.model_params``)."""
+    from lever_lm.selectors.similarity import build_prior
+
     module = version_module(version)
     query_dim, icd_dim = choice.query_dim(dict(dims)), choice.icd_dim(dict(dims))
+    prior = build_prior(params, choice, dims)
     if version == "v0":
-        return module.build_model(dict(params), n_train, query_dim, icd_dim, max_len)
-    return module.build_model(dict(params), n_train, query_dim, icd_dim)
+        return module.build_model(dict(params), n_train, query_dim, icd_dim, max_len, prior=prior)
+    return module.build_model(dict(params), n_train, query_dim, icd_dim, prior=prior)
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, Any], meta: Mapping[str, Any]) -> None:

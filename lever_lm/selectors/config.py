@@ -134,8 +134,25 @@ class RLConfig:
         _check_number(f"{key}.kl_beta", self.kl_beta, 0.0)
 
 
+@dataclass(frozen=True)
+class SimilarityPriorConfig:
+    """All versions: start from query-ICD similarity and learn a gated correction (selectors/similarity.py)."""
+
+    enabled: bool = False
+    image_weight: float = 10.0
+    text_weight: float = 0.0
+
+    def check(self, key: str) -> None:
+        if not isinstance(self.enabled, bool):
+            _fail(f"{key}.enabled", f"must be true or false, got {self.enabled!r}")
+        _check_number(f"{key}.image_weight", self.image_weight, 0.0)
+        _check_number(f"{key}.text_weight", self.text_weight, 0.0)
+        if self.enabled and self.image_weight == 0 and self.text_weight == 0:
+            _fail(f"{key}.image_weight", "image_weight and text_weight are both 0: the prior would rank nothing")
+
+
 _SECTIONS = {"v0": GPTConfig, "pointer": PointerConfig, "cross_attention": CrossAttentionConfig,
-             "ranking": RankingConfig, "rl": RLConfig}
+             "ranking": RankingConfig, "rl": RLConfig, "similarity_prior": SimilarityPriorConfig}
 
 
 @dataclass(frozen=True)
@@ -161,6 +178,7 @@ class SelectorConfig:
     cross_attention: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    similarity_prior: SimilarityPriorConfig = field(default_factory=SimilarityPriorConfig)
 
     def __post_init__(self) -> None:
         key = "selector"
@@ -209,13 +227,15 @@ class SelectorConfig:
 
     def model_params(self, version: str) -> dict[str, Any]:
         """The hyper-parameters that define the network of ``version`` (recorded in its checkpoint)."""
+        # recorded only when on, so checkpoints of the spec's networks keep their exact params
+        prior = {"similarity_prior": asdict(self.similarity_prior)} if self.similarity_prior.enabled else {}
         if version == "v0":
-            return {"kind": "gpt", **asdict(self.v0)}
+            return {"kind": "gpt", **asdict(self.v0), **prior}
         base = self.ranking.base if version in ("v3", "v4") else version
         params: dict[str, Any] = {"kind": "pointer", **asdict(self.pointer), "cross_attention": base == "v2"}
         if base == "v2":
             params["heads"] = self.cross_attention.heads
-        return params
+        return {**params, **prior}
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ at the QUERY position; each ICD's features (linear projection) are added to its 
 layer is tied to that same feature-augmented embedding table (GPT-2 ties input and output embeddings), so an
 ICD's features also shape how likely it is to be chosen, and an ICD never seen as a target is not blind.
 Loss: next-token cross-entropy. Decoding: greedy over the whole train set, special tokens and each row's
-already chosen ids masked for that row only.
+already chosen ids masked for that row only. With ``selector.similarity_prior`` the ICD logits are the prior's plus
+a learned gate times these (similarity.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2Model
 
+from lever_lm.selectors.similarity import SimilarityPrior
+
 N_SPECIAL = 3  # BOS, QUERY, EOS
 
 
@@ -25,8 +28,9 @@ class GPTSelector(nn.Module):
     needs_pools = False
 
     def __init__(self, n_train: int, query_dim: int, icd_dim: int, n_layer: int, n_head: int, n_embd: int,
-                 dropout: float, n_positions: int) -> None:
+                 dropout: float, n_positions: int, prior: SimilarityPrior | None = None) -> None:
         super().__init__()
+        self.prior = prior
         self.n_train = n_train
         self.bos, self.query_token, self.eos = n_train, n_train + 1, n_train + 2
         config = GPT2Config(
@@ -55,6 +59,17 @@ class GPTSelector(nn.Module):
         embeds[:, 1] = embeds[:, 1] + self.query_proj(query)  # the QUERY position
         return self.gpt(inputs_embeds=embeds).last_hidden_state
 
+    def logits(self, hidden: torch.Tensor, table: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (N, [T,] V) of hidden states (N, [T,] E): tied output layer, plus the similarity
+        prior on the ICD rows (the same at every position, since it compares the query with each ICD)."""
+        learned = hidden @ table.T
+        if self.prior is None:
+            return learned
+        prior = F.pad(self.prior.scores(query, self.icd_features), (0, N_SPECIAL))
+        if learned.dim() == 3:
+            prior = prior[:, None]
+        return self.prior.combine(prior, learned)
+
     def prefix(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.tensor([self.bos, self.query_token], device=device).repeat(n, 1)
 
@@ -67,7 +82,8 @@ class GPTSelector(nn.Module):
         eos = torch.full((n, 1), self.eos, device=choices.device)
         tokens = torch.cat([self.prefix(n, choices.device), choices, eos], dim=1)
         table = self.embedding_table()
-        logits = self.hidden(batch["query"][a], tokens[:, :-1], table)[:, 1:] @ table.T
+        query = batch["query"][a]
+        logits = self.logits(self.hidden(query, tokens[:, :-1], table)[:, 1:], table, query)
         return F.log_softmax(logits, dim=-1), tokens[:, 2:], (a, b)
 
     def sequence_logp(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -84,7 +100,7 @@ class GPTSelector(nn.Module):
         table = self.embedding_table()
         hidden = self.hidden(query, self.prefix(len(query), query.device), table)[:, -1]
         ids = torch.arange(self.n_train, device=query.device).expand(len(query), -1)
-        return hidden @ table[: self.n_train].T, ids
+        return self.logits(hidden, table, query)[:, : self.n_train], ids
 
     @torch.no_grad()
     def decode(self, query: torch.Tensor, k: int, pool: Any = None, pool_mask: Any = None,
@@ -98,16 +114,17 @@ class GPTSelector(nn.Module):
         banned[:, self.n_train :] = True
         rows = torch.arange(n, device=query.device)
         for _ in range(k):
-            logits = self.hidden(query, tokens, table)[:, -1] @ table.T
+            logits = self.logits(self.hidden(query, tokens, table)[:, -1], table, query)
             pick = logits.masked_fill(banned, float("-inf")).argmax(-1)
             banned[rows, pick] = True  # this row only
             tokens = torch.cat([tokens, pick[:, None]], dim=1)
         return tokens[:, 2:]
 
 
-def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int, max_len: int) -> GPTSelector:
+def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int, max_len: int,
+                prior: SimilarityPrior | None = None) -> GPTSelector:
     return GPTSelector(n_train, query_dim, icd_dim, params["n_layer"], params["n_head"], params["n_embd"],
-                       params["dropout"], n_positions=2 + max_len + 1)
+                       params["dropout"], n_positions=2 + max_len + 1, prior=prior)
 
 
 def loss(model: GPTSelector, batch: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:

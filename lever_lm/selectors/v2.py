@@ -27,9 +27,10 @@ class CrossAttention(nn.Module):
         return self.norm(query + attended[:, 0])
 
 
-def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int) -> v1.PointerSelector:
+def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int,
+                prior: v1.SimilarityPrior | None = None) -> v1.PointerSelector:
     attention = CrossAttention(params["hidden_dim"], params["heads"], params["dropout"])
-    return v1.build_model(params, n_train, query_dim, icd_dim, cross_attention=attention)
+    return v1.build_model(params, n_train, query_dim, icd_dim, cross_attention=attention, prior=prior)
 
 
 loss = v1.loss

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from lever_lm.selectors import v1, v2
 
 
-def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int) -> v1.PointerSelector:
+def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int,
+                prior: v1.SimilarityPrior | None = None) -> v1.PointerSelector:
     base = v2 if params["cross_attention"] else v1
-    return base.build_model(params, n_train, query_dim, icd_dim)
+    return base.build_model(params, n_train, query_dim, icd_dim, prior=prior)
 
 
 def beam_logp(logp: torch.Tensor, target: torch.Tensor, index: tuple, beam_mask: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""InfoScore beam search over ICD sequences, per anchor (spec.md stage 4).
+"""InfoScore beam search over ICD sequences, per anchor (spec.md stage 4), or per val query for the imitation ceiling.
 
 With P̄(y | ctx) = exp(mean log p) over the anchor's label answer tokens plus the end-of-chunk token,
 
@@ -12,15 +12,22 @@ to the earlier beam, then the earlier candidate position.
 
 Public API
 - ``BeamSearchConfig`` (frozen), ``config_from_dict(entry)``, ``ex_name(cfg)``.
-- ``beam_search_anchor(anchor_id, candidate_ids, sequence_scorer, cfg, question_id=None) -> AnchorBeams``:
+- ``beam_search_anchor(anchor_id, candidate_ids, sequence_scorer, cfg, question_id=None, query_split="train")
+  -> AnchorBeams``:
   the algorithm, with an injectable ``sequence_scorer(list of ICD-id tuples in prompt order) -> P̄ array``.
   It makes exactly one scorer call per step, holding every (beam, candidate) sequence and the beams' baselines
   S ⊕ x not scored before (step 1: the bare query; later baselines were scored when their beam was built).
-- ``ExampleTable.from_records(train_records)``: train records as ``Example``s by ICD id.
-- ``make_sequence_scorer(adapter, train_records, anchor_record, fast=True)``: binds the anchor's query
-  and scores sequences with ``adapter.score`` (fast) or ``adapter.score_naive`` (reference).
-- ``search_anchor(adapter, examples, anchor_id, candidate_ids, cfg) -> AnchorBeams``: the above for one anchor,
-  then ``adapter.clear_cache()``.
+- ``ExampleTable.from_records(records, name, split="train")``: one split's records as ``Example``s by record idx
+  (for train: by ICD id).
+- ``make_sequence_scorer(adapter, train_records, anchor_record, fast=True, query_split="train")``: binds the
+  anchor's query and scores sequences with ``adapter.score`` (fast) or ``adapter.score_naive`` (reference).
+- ``search_anchor(adapter, examples, anchor_id, candidate_ids, cfg, queries=None) -> AnchorBeams``: the above for one
+  anchor, then ``adapter.clear_cache()``. ``queries``: the table ``anchor_id`` indexes when the query is not a train
+  anchor (the val records, for the imitation ceiling: ``lever_lm.ceiling``); None: a train anchor.
+
+Queries of another split: the scorer and the algorithm are the same (the query's label is its record's ``label``, as
+for anchors); only the pool check differs. A train anchor's id is an ICD id, so its pool must not hold it; a val
+query's id indexes another table, so comparing it with train ids would mean nothing and is not done.
 - ``AnchorBeams.to_record()``: ``{"anchor_id", "question_id", "sequences", "step_scores", "scores"}``.
 Sharding, resume and gather live in ``lever_lm.beam_shards``.
 """
@@ -143,22 +150,34 @@ class AnchorBeams:
         }
 
 
-def _anchor_name(anchor_id: int, question_id: int | None) -> str:
-    return f"anchor {anchor_id}" + ("" if question_id is None else f" (question_id {question_id})")
+def query_kind(query_split: str) -> str:
+    """What a query is called in messages: a train query is an anchor, another split's a "<split> query"."""
+    return "anchor" if query_split == "train" else f"{query_split} query"
+
+
+def _anchor_name(anchor_id: int, question_id: int | None, query_split: str = "train") -> str:
+    return f"{query_kind(query_split)} {anchor_id}" + ("" if question_id is None else f" (question_id {question_id})")
 
 
 def validate_candidate_pool(
-    anchor_id: int, candidate_ids: Sequence[int], cfg: BeamSearchConfig, question_id: int | None = None
+    anchor_id: int,
+    candidate_ids: Sequence[int],
+    cfg: BeamSearchConfig,
+    question_id: int | None = None,
+    query_split: str = "train",
 ) -> None:
-    """Raise ValueError if the pool is too small, has duplicates, or contains the anchor itself."""
-    name = _anchor_name(anchor_id, question_id)
+    """Raise ValueError if the pool is too small, has duplicates, or (for a train anchor) contains the anchor itself.
+
+    ``query_split``: the split ``anchor_id`` indexes; only a train anchor's id can be compared with the train ids of
+    its pool."""
+    name = _anchor_name(anchor_id, question_id, query_split)
     needed = max(cfg.beam_size, cfg.shot_num)
     if len(candidate_ids) < needed:
         raise ValueError(
             f"{name}: {len(candidate_ids)} candidates, need at least {needed} "
             f"(beam_size={cfg.beam_size}, shot_num={cfg.shot_num})"
         )
-    if anchor_id in set(candidate_ids):
+    if query_split == "train" and anchor_id in set(candidate_ids):
         raise ValueError(f"{name}: the candidate pool contains the anchor itself")
     duplicates = sorted(c for c, n in Counter(candidate_ids).items() if n > 1)
     if duplicates:
@@ -180,10 +199,13 @@ def beam_search_anchor(
     sequence_scorer: SequenceScorer,
     cfg: BeamSearchConfig,
     question_id: int | None = None,
+    query_split: str = "train",
 ) -> AnchorBeams:
-    """Run the InfoScore beam search for one anchor; ``sequence_scorer`` returns P̄ for ICD-id tuples."""
+    """Run the InfoScore beam search for one anchor (or a ``query_split`` query); ``sequence_scorer`` returns P̄ for
+    ICD-id tuples."""
     candidates = [int(c) for c in candidate_ids]
-    validate_candidate_pool(anchor_id, candidates, cfg, question_id)
+    validate_candidate_pool(anchor_id, candidates, cfg, question_id, query_split)
+    name = _anchor_name(anchor_id, question_id, query_split)
     order = cfg.construct_order
     beams: list[tuple[tuple[int, ...], tuple[float, ...]]] = [((), ())]
     # P̄ of every sequence scored so far: a beam's baseline S ⊕ x was scored in the step that built S
@@ -201,12 +223,12 @@ def beam_search_anchor(
         probabilities = np.asarray(sequence_scorer(requests), dtype=np.float64)
         if probabilities.shape != (len(requests),):
             raise ValueError(
-                f"{_anchor_name(anchor_id, question_id)}, step {step}: the scorer returned shape "
+                f"{name}, step {step}: the scorer returned shape "
                 f"{probabilities.shape} for {len(requests)} sequences"
             )
         if not np.all(np.isfinite(probabilities)):
             bad = [requests[i] for i in np.flatnonzero(~np.isfinite(probabilities))[:3]]
-            raise ValueError(f"{_anchor_name(anchor_id, question_id)}, step {step}: non-finite P̄ for sequences {bad}")
+            raise ValueError(f"{name}, step {step}: non-finite P̄ for sequences {bad}")
         known.update(zip(requests, probabilities.tolist()))
 
         pool: list[tuple[tuple[int, ...], tuple[float, ...]]] = []
@@ -226,17 +248,28 @@ def beam_search_anchor(
 
 
 class ExampleTable:
-    """Train records as ``Example``s (image_path, question, label as the answer), indexed by ICD id (= idx)."""
+    """One split's records as ``Example``s (image_path, question, label as the answer), indexed by record idx (for
+    train: the ICD id). ``split`` says which split the ids index; ``source`` names the records in messages."""
 
-    def __init__(self, image_paths: list[str], questions: list[str], labels: list[str], question_ids: list[int]):
+    def __init__(
+        self,
+        image_paths: list[str],
+        questions: list[str],
+        labels: list[str],
+        question_ids: list[int],
+        split: str = "train",
+        source: str = "train records",
+    ):
         self.image_paths = image_paths
         self.questions = questions
         self.labels = labels
         self.question_ids = question_ids
+        self.split = split
+        self.source = source
         self._cache: dict[int, Example] = {}
 
     @classmethod
-    def from_records(cls, records: "pd.DataFrame", name: str = "train records") -> "ExampleTable":
+    def from_records(cls, records: "pd.DataFrame", name: str = "train records", split: str = "train") -> "ExampleTable":
         missing = [c for c in REQUIRED_RECORD_COLUMNS if c not in records.columns]
         if missing:
             raise ValueError(f"{name}: missing column(s) {missing}")
@@ -249,6 +282,8 @@ class ExampleTable:
             questions=[str(q) for q in records["question"]],
             labels=["" if lab is None else str(lab) for lab in records["label"]],
             question_ids=[int(q) for q in records["question_id"]],
+            split=split,
+            source=name,
         )
 
     def __len__(self) -> int:
@@ -277,10 +312,12 @@ def make_sequence_scorer(
     train_records: "pd.DataFrame | ExampleTable",
     anchor_record: Mapping[str, Any],
     fast: bool = True,
+    query_split: str = "train",
 ) -> SequenceScorer:
     """A scorer of ICD-id sequences for one anchor: P̄ of its label answer given each sequence + its query.
 
-    ``anchor_record`` is the anchor's train record (a row with idx, question_id, image_path, question, label).
+    ``anchor_record`` is the anchor's record (a row with idx, question_id, image_path, question, label): a train
+    record, or a ``query_split`` record (a val query, whose label is its gold answer, exactly as for anchors).
     """
     from lever_lm.lvlm.base import Example, Prompt, mean_token_probability
 
@@ -288,7 +325,7 @@ def make_sequence_scorer(
     label = anchor_record["label"]
     if label is None or not str(label).strip():
         raise ValueError(
-            f"anchor {int(anchor_record['idx'])} (question_id {int(anchor_record['question_id'])}): "
+            f"{_anchor_name(int(anchor_record['idx']), int(anchor_record['question_id']), query_split)}: "
             "empty label answer, nothing to score"
         )
     query = Example(str(anchor_record["image_path"]), str(anchor_record["question"]), str(label))
@@ -305,7 +342,7 @@ def make_sequence_scorer(
 
 
 def anchor_record_of(examples: ExampleTable, anchor_id: int) -> dict[str, Any]:
-    """The anchor's train record as the mapping ``make_sequence_scorer`` takes."""
+    """The anchor's record (of the table's split) as the mapping ``make_sequence_scorer`` takes."""
     return {
         "idx": anchor_id,
         "question_id": examples.question_ids[anchor_id],
@@ -321,12 +358,26 @@ def search_anchor(
     anchor_id: int,
     candidate_ids: Sequence[int],
     cfg: BeamSearchConfig,
+    queries: ExampleTable | None = None,
 ) -> AnchorBeams:
-    """Beam search for one train anchor with a real adapter; clears the adapter's caches afterwards."""
+    """Beam search for one query with a real adapter; clears the adapter's caches afterwards.
+
+    ``examples``: the train records (the ICDs). ``queries``: None for a train anchor (``anchor_id`` is a train id);
+    else the table ``anchor_id`` indexes (the val records, for the imitation ceiling)."""
     table = _as_table(examples)
-    anchor_record = anchor_record_of(table, anchor_id)
+    query_table = table if queries is None else queries
+    anchor_record = anchor_record_of(query_table, anchor_id)
     try:
-        scorer = make_sequence_scorer(adapter, table, anchor_record, fast=cfg.use_fast_path)
-        return beam_search_anchor(anchor_id, candidate_ids, scorer, cfg, question_id=anchor_record["question_id"])
+        scorer = make_sequence_scorer(
+            adapter, table, anchor_record, fast=cfg.use_fast_path, query_split=query_table.split
+        )
+        return beam_search_anchor(
+            anchor_id,
+            candidate_ids,
+            scorer,
+            cfg,
+            question_id=anchor_record["question_id"],
+            query_split=query_table.split,
+        )
     finally:
         adapter.clear_cache()  # the KV/vision cache is scoped to one anchor, keeping memory bounded

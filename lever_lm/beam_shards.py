@@ -21,7 +21,12 @@ Public API
   so every shard gets a spread of the anchors file (balanced even if cost drifts along it).
 - ``shard_params(cfg, run_params) -> dict``; ``partial_path(final)``; ``finalize_shard(partial, final)``.
 - ``run_beam_shard(anchor_ids, candidates, train_records, adapter, cfg, out_path, run_params=None, log=...,
-  progress_interval_s=30, input_fingerprint=None)``.
+  progress_interval_s=30, input_fingerprint=None, queries=None, candidates_source=None)``. ``queries``: the val
+  records' ``ExampleTable`` when the queries are val questions (the imitation ceiling, ``lever_lm.ceiling``): then
+  ``anchor_id`` in the records is a val record idx, the header says ``"query_split": "val"``, and the pools are
+  checked as train ids without comparing them with the query's id (another split's). None: train anchors, as always.
+- ``validate_shard_inputs(anchor_ids, candidates, examples, cfg, queries=None, candidates_source=None)``: the checks
+  ``run_beam_shard`` makes before writing anything, for callers that want them before loading the LVLM.
 - ``read_beam_shard(path) -> (params, records)``.
 - ``gather_beam_shards(shard_paths, expected_anchor_ids, out_path)``: one json ``{"params", "anchors"}``, anchors in
   the order of ``expected_anchor_ids``; every anchor exactly once across shards, params identical.
@@ -38,7 +43,14 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from lever_lm.beam_search import BeamSearchConfig, ExampleTable, ex_name, search_anchor, validate_candidate_pool
+from lever_lm.beam_search import (
+    BeamSearchConfig,
+    ExampleTable,
+    ex_name,
+    query_kind,
+    search_anchor,
+    validate_candidate_pool,
+)
 from lever_lm.io_utils import append_jsonl, atomic_path, cut_torn_tail, json_sha256, read_json, read_jsonl, write_json
 from lever_lm.progress import ProgressReporter
 
@@ -135,34 +147,56 @@ def read_beam_shard(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[
     return lines[0]["params"], records
 
 
-def _validate_shard_inputs(
-    anchor_ids: Sequence[int], candidates: Mapping[int, Sequence[int]], examples: ExampleTable, cfg: BeamSearchConfig
+def validate_shard_inputs(
+    anchor_ids: Sequence[int],
+    candidates: Mapping[int, Sequence[int]],
+    examples: ExampleTable,
+    cfg: BeamSearchConfig,
+    queries: ExampleTable | None = None,
+    candidates_source: str | None = None,
 ) -> None:
-    """Check every anchor of the shard up front, so bad input fails before anything is written."""
+    """Check every anchor (or val query) of the shard up front, so bad input fails before anything is written.
+
+    Messages about a pool start with ``candidates_source`` (the file) when given; about a query, they name its
+    record (idx and question_id, and the query records' ``source`` for another split than train)."""
     n_train = len(examples)
+    table = examples if queries is None else queries
+    split, n_queries = table.split, len(table)
+    plural = "anchors" if split == "train" else f"{split} queries"
+    pools = f"{candidates_source}: " if candidates_source else ""
+    records = "" if split == "train" else f"{table.source}: "
     duplicated = sorted(a for a, n in Counter(anchor_ids).items() if n > 1)
     if duplicated:
-        raise ValueError(f"anchors listed more than once: {_first(duplicated)}")
-    out_of_range = [a for a in anchor_ids if not 0 <= a < n_train]
+        raise ValueError(f"{plural} listed more than once: {_first(duplicated)}")
+    out_of_range = [a for a in anchor_ids if not 0 <= a < n_queries]
     if out_of_range:
-        raise ValueError(f"anchor ids outside the train split (0..{n_train - 1}): {_first(out_of_range)}")
+        kind = "anchor ids" if split == "train" else f"{split} query ids"
+        raise ValueError(f"{records}{kind} outside the {split} split (0..{n_queries - 1}): {_first(out_of_range)}")
     no_candidates = [a for a in anchor_ids if a not in candidates]
     if no_candidates:
-        raise ValueError(f"anchors without a candidate set: {_first(no_candidates)}")
+        raise ValueError(f"{pools}{plural} without a candidate set: {_first(no_candidates)}")
     wrong_size = [a for a in anchor_ids if len(candidates[a]) != cfg.cand_num]
     if wrong_size:
         sizes = [len(candidates[a]) for a in wrong_size[:5]]
-        raise ValueError(f"cand_num={cfg.cand_num} but anchors {_first(wrong_size)} have {sizes} candidates")
+        raise ValueError(f"{pools}cand_num={cfg.cand_num} but {plural} {_first(wrong_size)} have {sizes} candidates")
     for anchor in anchor_ids:
-        question_id = examples.question_ids[anchor]
-        validate_candidate_pool(anchor, candidates[anchor], cfg, question_id)
+        question_id = table.question_ids[anchor]
+        try:
+            validate_candidate_pool(anchor, candidates[anchor], cfg, question_id, split)
+        except ValueError as err:
+            raise ValueError(f"{pools}{err}") from None
         bad_ids = [c for c in candidates[anchor] if not 0 <= c < n_train]
         if bad_ids:
-            raise ValueError(f"anchor {anchor} (question_id {question_id}): candidate ids outside the train split {_first(bad_ids)}")
-    empty_anchors = examples.empty_label_ids(anchor_ids)
+            raise ValueError(
+                f"{pools}{query_kind(split)} {anchor} (question_id {question_id}): candidate ids outside the train "
+                f"split {_first(bad_ids)} (train ids are 0..{n_train - 1})"
+            )
+    empty_anchors = table.empty_label_ids(anchor_ids)
     if empty_anchors:
-        named = [f"{a} (question_id {examples.question_ids[a]})" for a in empty_anchors[:5]]
-        raise ValueError(f"anchors with an empty label answer: {named}" + (" ..." if len(empty_anchors) > 5 else ""))
+        named = [f"{a} (question_id {table.question_ids[a]})" for a in empty_anchors[:5]]
+        raise ValueError(
+            f"{records}{plural} with an empty label answer: {named}" + (" ..." if len(empty_anchors) > 5 else "")
+        )
     used = sorted({c for a in anchor_ids for c in candidates[a]})
     empty_icds = examples.empty_label_ids(used)
     if empty_icds:
@@ -204,16 +238,23 @@ def run_beam_shard(
     log: logging.Logger = logger,
     progress_interval_s: float = 30.0,
     input_fingerprint: str | Mapping[str, Any] | None = None,
+    queries: ExampleTable | None = None,
+    candidates_source: str | None = None,
 ) -> None:
     """Beam-search ``anchor_ids`` into the jsonl ``out_path`` (the ``.partial`` file), resuming where it stopped.
 
     ``input_fingerprint``: what the inputs' bytes give (``io_utils.inputs_fingerprint``); with it, a partial file
-    made from other inputs, params or anchors is discarded rather than resumed."""
+    made from other inputs, params or anchors is discarded rather than resumed. ``queries``: the table the ids of
+    ``anchor_ids`` index when they are not train anchors (the val records); ``candidates_source``: the candidate
+    file's name for messages."""
     anchor_ids = [int(a) for a in anchor_ids]
     candidates = {int(a): [int(c) for c in cands] for a, cands in candidates.items()}
     examples = train_records if isinstance(train_records, ExampleTable) else ExampleTable.from_records(train_records)
-    _validate_shard_inputs(anchor_ids, candidates, examples, cfg)
-    params = shard_params(cfg, run_params)
+    validate_shard_inputs(anchor_ids, candidates, examples, cfg, queries, candidates_source)
+    query_split = examples.split if queries is None else queries.split
+    # the header says when the ids are not train anchors; train anchors keep their header (and bytes) unchanged
+    extra = {} if query_split == "train" else {"query_split": query_split}
+    params = shard_params(cfg, {**(run_params or {}), **extra})
 
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,16 +263,18 @@ def run_beam_shard(
         _check_fingerprint(path, json_sha256(key), log)
     has_header, done = _resume_state(path, params, anchor_ids)
     remaining = [a for a in anchor_ids if a not in done]
+    unit = "anchors" if query_split == "train" else f"{query_split} queries"
     log.info(
-        "beam shard %s: %s, %d anchors, %d done before, %d to go (%s path)",
-        path, params["ex_name"], len(anchor_ids), len(done), len(remaining), "fast" if cfg.use_fast_path else "naive",
+        "beam shard %s: %s, %d %s, %d done before, %d to go (%s path)",
+        path, params["ex_name"], len(anchor_ids), unit, len(done), len(remaining),
+        "fast" if cfg.use_fast_path else "naive",
     )
-    progress = ProgressReporter(len(anchor_ids), "anchors", progress_interval_s, log, already_done=len(done))
+    progress = ProgressReporter(len(anchor_ids), unit, progress_interval_s, log, already_done=len(done))
     with open(path, "a" if has_header else "w", encoding="utf-8") as handle:
         if not has_header:
             append_jsonl(handle, {"params": params})
         for anchor in remaining:
-            beams = search_anchor(adapter, examples, anchor, candidates[anchor], cfg)
+            beams = search_anchor(adapter, examples, anchor, candidates[anchor], cfg, queries)
             append_jsonl(handle, beams.to_record())
             progress.advance()
     progress.finish()

@@ -136,6 +136,7 @@ def check_config(config: dict) -> dict:
             f"config key inference.shots: {too_many[0]} shots exceed the test pools' size "
             f"(candidates.cand_num {config['candidates']['cand_num']})"
         )
+    _check_ceiling(config)
     from lever_lm.paths import SPLITS
 
     dataset = config["dataset"]
@@ -151,9 +152,26 @@ def check_config(config: dict) -> dict:
     return config
 
 
+def _check_ceiling(config: dict) -> None:
+    """The imitation ceiling evaluates shots up to beam_search.shot_num only, and shards its val queries."""
+    ceiling = config.get("ceiling", {})
+    if not ceiling.get("enabled", True):
+        return
+    shot_num = config["beam_search"]["shot_num"]
+    if not any(shot <= shot_num for shot in config["inference"]["shots"]):
+        raise ConfigError(
+            f"config key ceiling.enabled: no inference.shots {config['inference']['shots']} is <= "
+            f"beam_search.shot_num {shot_num}, so the imitation ceiling has nothing to evaluate; set it to false"
+        )
+    max_queries = ceiling.get("max_queries")
+    if max_queries is not None and ceiling.get("shards", 1) > max_queries:
+        raise ConfigError(f"config key ceiling.shards: {ceiling['shards']} shards for only {max_queries} val queries")
+
+
 def _check_stage_configs(config: dict) -> None:
     """Build each stage's typed config now, so a bad field fails at planning time rather than inside a job."""
     from lever_lm.beam_search import from_pipeline_config
+    from lever_lm.ceiling import CeilingConfig
     from lever_lm.embeddings import ClipEncoderConfig
     from lever_lm.inference import InferenceConfig
     from lever_lm.lvlm.factory import parse_config
@@ -169,6 +187,7 @@ def _check_stage_configs(config: dict) -> None:
             parse_config(name, entry)
         SelectorConfig.from_config(config["selector"])
         InferenceConfig.from_config(inference_params(config), config["task"])
+        CeilingConfig.from_config(config.get("ceiling"))
     except ValueError as err:
         raise ConfigError(f"config key {err}") from None
 

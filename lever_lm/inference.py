@@ -21,6 +21,8 @@ Public API
 - ``select_queries(n_val, max_queries, seed)``, ``write_inference_outputs(...)`` (predictions first, metrics last,
   both atomic), ``config_digest(...)``.
 - ``InferenceJournal``, ``journal_path(predictions_path)``: resume after a crash (below).
+The imitation ceiling (``lever_lm.ceiling.run_ceiling_cell``) is evaluated with the same ``evaluate``, journal and
+output formats, as ``"kind": "ceiling"``.
 
 Resume: a job appends every generated batch (shot, batch index, the prompts in it, their raw outputs) as one fsynced
 json line to ``<predictions>.partial.jsonl``, next to its outputs but NOT a rule output (Snakemake deletes the

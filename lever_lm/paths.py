@@ -40,6 +40,12 @@ INFERENCE_PREDICTIONS = INFERENCE_DIR + "/predictions.parquet"
 BASELINE_PREFIX = RESULTS + "/icl_inference/baseline/{beam_model}_{baseline}_baseline{replicate}"
 BASELINE_METRICS = BASELINE_PREFIX + "_metrics.json"
 BASELINE_PREDICTIONS = BASELINE_PREFIX + "_predictions.parquet"
+# The imitation ceiling (a diagnostic): beam search for val queries over their test pool, and its top beams evaluated.
+CEILING_DIR = RESULTS + "/ceiling/{beam_model}/{sampler}/{ex_name}{replicate}"
+CEILING_SHARD = CEILING_DIR + "/shards/{scatteritem}.jsonl"
+CEILING_BEAMS = CEILING_DIR + "/beams.json"
+CEILING_METRICS = CEILING_DIR + "/metrics.json"
+CEILING_PREDICTIONS = CEILING_DIR + "/predictions.parquet"
 REPORT_DIR = RESULTS + "/{report_name}"
 REPORT_TABLES = REPORT_DIR + "/tables.md"
 REPORT_TABLES_HTML = REPORT_DIR + "/tables.html"  # what `snakemake --report` shows inline (it cannot render .md)
@@ -134,6 +140,26 @@ def baseline_cells(config: dict) -> list[dict[str, str]]:
     return list({tuple(cell.values()): cell for cell in cells}.values())
 
 
+def ceiling_enabled(config: dict) -> bool:
+    return bool(config.get("ceiling", {}).get("enabled", True))
+
+
+def ceiling_cells(config: dict) -> list[dict[str, str]]:
+    """Every imitation-ceiling run (none when ``ceiling.enabled`` is false): per beam model and sampler, and per
+    replicate only where the beam model's weights change with it (the ceiling uses no seed of its own)."""
+    from lever_lm import replicates
+
+    if not ceiling_enabled(config):
+        return []
+    cells = [
+        {"beam_model": beam_model, "sampler": sampler, "replicate": replicates.model_suffix(config, beam_model, seed)}
+        for seed in replicates.seeds(config)
+        for beam_model in config["beam_models"]
+        for sampler in config["samplers"]
+    ]
+    return list({tuple(cell.values()): cell for cell in cells}.values())
+
+
 def plot_cells(config: dict) -> list[dict[str, str]]:
     """One accuracy-vs-shots plot per (version, beam_model)."""
     return [
@@ -144,7 +170,8 @@ def plot_cells(config: dict) -> list[dict[str, str]]:
 
 
 def all_targets(config: dict) -> list[str]:
-    """Every final artifact of the configured matrix: beams, selectors, inference cells, baselines, report."""
+    """Every final artifact of the configured matrix: beams, selectors, inference cells, baselines, the imitation
+    ceiling (when enabled), report."""
     from lever_lm import replicates
 
     targets = embedding_targets(config, config["selector_encoder"])
@@ -159,5 +186,6 @@ def all_targets(config: dict) -> list[str]:
         targets.append(fill(SELECTOR_METRICS, config, **cell))
         targets.append(fill(INFERENCE_METRICS, config, **cell))
     targets += [fill(BASELINE_METRICS, config, **cell) for cell in baseline_cells(config)]
+    targets += [fill(CEILING_METRICS, config, **cell) for cell in ceiling_cells(config)]
     targets.append(fill(REPORT_TABLES, config))
     return targets

@@ -39,6 +39,9 @@ TOY: dict[str, Need] = {
     "tiny_lvlm": Need(mem_mb=3000, runtime=40),  # 1575; 10 min on the loaded machine
     "beam_shard": Need(mem_mb=2000, runtime=30),  # 1059; 141 s
     "beam_gather": Need(mem_mb=1000, runtime=10),  # 38
+    "ceiling_shard": Need(mem_mb=2000, runtime=30),  # as beam_shard: the same search over as many val queries
+    "ceiling_gather": Need(mem_mb=1000, runtime=10),  # as beam_gather
+    "ceiling_inference": Need(mem_mb=2000, runtime=20),  # as icl_inference
     "train_selector": Need(mem_mb=2000, runtime=20),  # 964
     "icl_inference": Need(mem_mb=2000, runtime=20),  # 1039
     "baseline_inference": Need(mem_mb=2000, runtime=20),  # 1025
@@ -53,13 +56,16 @@ REAL: dict[str, Need] = {
     "test_pool": Need(mem_mb=4000, runtime=30),
     "beam_shard": Need(mem_mb=32000, runtime=720),
     "beam_gather": Need(mem_mb=2000, runtime=10),
+    "ceiling_shard": Need(mem_mb=32000, runtime=720),  # as beam_shard, with as many queries per shard (shards: 8)
+    "ceiling_gather": Need(mem_mb=2000, runtime=10),
+    "ceiling_inference": Need(mem_mb=32000, runtime=120),  # 500 queries x 2 shots, not 5,046 x 4
     "train_selector": Need(mem_mb=8000, runtime=240),
     "icl_inference": Need(mem_mb=32000, runtime=480),
     "baseline_inference": Need(mem_mb=32000, runtime=480),
     "report": Need(mem_mb=4000, runtime=30),
 }
 RULES = tuple(TOY)
-_BY_BEAM_MODEL = {"beam_shard", "icl_inference", "baseline_inference"}
+_BY_BEAM_MODEL = {"beam_shard", "icl_inference", "baseline_inference", "ceiling_shard", "ceiling_inference"}
 
 
 def scale(config: Mapping[str, Any], rule: str, wildcards: Mapping[str, str] | None = None) -> str:

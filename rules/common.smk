@@ -71,6 +71,7 @@ wildcard_constraints:
 
 scattergather:
     beam_shard=config["beam_search"]["shards"],
+    ceiling_shard=config["ceiling"]["shards"],
 
 
 def all_targets(config):
@@ -133,6 +134,11 @@ def lvlm_weights(wildcards):
 def beam_shard_files(wildcards):
     """The N shard files of one beam-search run (scattergather)."""
     return gather.beam_shard(P.BEAM_SHARD, **dict(wildcards.items()))
+
+
+def ceiling_shard_files(wildcards):
+    """The N shard files of one imitation-ceiling beam search (scattergather)."""
+    return gather.ceiling_shard(P.CEILING_SHARD, **dict(wildcards.items()))
 
 
 def selector_embeddings(split):

@@ -15,6 +15,12 @@ rule report:
         baseline_predictions=[
             path(P.BASELINE_PREDICTIONS, **cell) for cell in P.baseline_cells(config)
         ],
+        ceiling_metrics=[
+            path(P.CEILING_METRICS, **cell) for cell in P.ceiling_cells(config)
+        ],
+        ceiling_predictions=[
+            path(P.CEILING_PREDICTIONS, **cell) for cell in P.ceiling_cells(config)
+        ],
     output:
         tables=report(
             path(P.REPORT_TABLES),

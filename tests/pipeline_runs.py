@@ -3,7 +3,8 @@
 ``reduced_config`` shrinks the toy default so that one clean run takes about a minute and a half on two cores
 while keeping every stage and both LVLM families: 180 train / 36 val questions, 16 anchors in 2 beam-search shards
 of 8, beams of 2 over 8 candidates, one sampler, tiny LVLMs pretrained for 10 steps (the pretraining code runs,
-briefly), selectors v0 and v4 (so v3 trains too), the RandomRetriever baseline, and the report.
+briefly), selectors v0 and v4 (so v3 trains too), the RandomRetriever baseline, the imitation ceiling (every val
+question, 2 shards), and the report.
 Epochs and inference batches are set so that a selector job and an inference job each last long enough
 (about a second of real work) to be caught mid-way by a watcher.
 """
@@ -122,7 +123,8 @@ def sha256(path: Path) -> str:
 
 def compared_artifacts(config: dict) -> list[str]:
     """The final artifacts two runs must agree on byte for byte (relative paths): beams, selector checkpoints and
-    metrics, predictions and metrics of every cell and baseline, and the report's tables, overlap csv and plots."""
+    metrics, predictions and metrics of every cell and baseline, the imitation ceiling's beams, metrics and
+    predictions, and the report's tables, overlap csv and plots."""
     out = []
     for sampler in config["samplers"]:
         for beam_model in config["beam_models"]:
@@ -134,6 +136,8 @@ def compared_artifacts(config: dict) -> list[str]:
         out += [P.fill(t, config, **cell) for t in (P.INFERENCE_METRICS, P.INFERENCE_PREDICTIONS)]
     for cell in P.baseline_cells(config):
         out += [P.fill(t, config, **cell) for t in (P.BASELINE_METRICS, P.BASELINE_PREDICTIONS)]
+    for cell in P.ceiling_cells(config):
+        out += [P.fill(t, config, **cell) for t in (P.CEILING_BEAMS, P.CEILING_METRICS, P.CEILING_PREDICTIONS)]
     return sorted(dict.fromkeys(out))
 
 

@@ -194,7 +194,8 @@ def test_every_rule_has_its_own_resources_and_cpu_only_covers_every_gpu_rule():
             if re.search(r"^\s+gpu=1,", block, flags=re.M):
                 gpu_rules.add(name)
     assert rules == set(R.RULES)
-    assert gpu_rules == {"embeddings", "beam_shard", "train_selector", "icl_inference", "baseline_inference"}
+    assert gpu_rules == {"embeddings", "beam_shard", "train_selector", "icl_inference", "baseline_inference",
+                         "ceiling_shard", "ceiling_inference"}
     cpu_only = yaml.safe_load((REPO / "profiles" / "cpu-only" / "config.yaml").read_text())["set-resources"]
     assert cpu_only == {rule: {"gpu": 0} for rule in gpu_rules}
     # a 24 GB node takes every toy job, and a group job runs at most `cores` (2) members side by side

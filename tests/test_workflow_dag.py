@@ -93,6 +93,7 @@ def test_real_okvqa_config_plans_the_full_matrix(tmp_path):
     config = yaml.safe_load(config_path.read_text())
     samplers, models = len(config["samplers"]), len(config["beam_models"])
     shards = config["beam_search"]["shards"]
+    ceiling_shards = config["ceiling"]["shards"]
     versions = len(config["versions"])
     baselines = len(config["inference"].get("baselines", P.BASELINES))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(config_path), cwd=tmp_path))
@@ -108,12 +109,15 @@ def test_real_okvqa_config_plans_the_full_matrix(tmp_path):
         "train_selector": versions * models * samplers,
         "icl_inference": versions * models * samplers,
         "baseline_inference": models * baselines,
+        "ceiling_shard": models * samplers * ceiling_shards,
+        "ceiling_gather": models * samplers,
+        "ceiling_inference": models * samplers,
         "report": 1,
         "all": 1,
         "total": 2 + 4 + 1 + 1 + 2 * samplers + models * samplers * (shards + 1)
-        + 2 * versions * models * samplers + models * baselines + 1 + 1,
+        + 2 * versions * models * samplers + models * baselines + models * samplers * (ceiling_shards + 2) + 1 + 1,
     }
-    assert (samplers, models, shards, versions, baselines) == (4, 2, 8, 5, 5)
+    assert (samplers, models, shards, versions, baselines, ceiling_shards) == (4, 2, 8, 5, 5, 8)
 
 
 def test_real_config_with_missing_paths_names_them_without_traceback(tmp_path):
@@ -138,6 +142,19 @@ def test_default_config_plans_toy_matrix(tmp_path):
     assert jobs["train_selector"] == jobs["icl_inference"] == 5 * 2 * 4
     assert jobs["baseline_inference"] == 2 * 5
     assert jobs["report"] == 1
+
+
+def test_imitation_ceiling_is_planned_by_default_and_not_when_disabled(tmp_path):
+    args = ("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"))
+    result = snakemake(*args)
+    jobs = planned_jobs(result)
+    assert jobs["ceiling_shard"] == 2 * 4 * 2  # beam models x samplers x ceiling.shards
+    assert jobs["ceiling_gather"] == jobs["ceiling_inference"] == 2 * 4
+    ceiling = "ceiling/qwen2.5_vl_tiny/mix_sampler/infoscore_left_beam5_shot2_cand64_sample64/metrics.json"
+    assert ceiling in result.stdout
+    disabled = planned_jobs(snakemake(*args, "--config", "ceiling={enabled: false}"))
+    assert not any(rule.startswith("ceiling") for rule in disabled)
+    assert disabled["total"] == jobs["total"] - (16 + 8 + 8)
 
 
 def test_replicate_config_plans_a_seed_dimension(tmp_path):

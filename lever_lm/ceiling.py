@@ -312,9 +312,9 @@ def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: 
     from lever_lm.inference import (
         InferenceConfig,
         InferenceJournal,
-        _load_lvlm,
-        _metrics,
-        _remove_stale,
+        load_lvlm,
+        metrics_record,
+        remove_stale_metrics,
         config_digest,
         evaluate,
         journal_path,
@@ -323,7 +323,7 @@ def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: 
     )
 
     logger = logger or log
-    _remove_stale(metrics_path)
+    remove_stale_metrics(metrics_path)
     missing = [key for key in IDENTITY_KEYS if key not in identity]
     if missing:
         raise ValueError(f"ceiling cell identity: missing {', '.join(missing)}")
@@ -355,12 +355,12 @@ def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: 
     fingerprint = config_digest(inputs=inputs_fingerprint(files), **parts)
 
     def load() -> "LVLMAdapter":
-        return _load_lvlm(identity["beam_model"], entry, weights)
+        return load_lvlm(identity["beam_model"], entry, weights)
 
     with InferenceJournal(journal_path(predictions_path), fingerprint, logger) as journal:
         scores, predictions = evaluate(adapter or load, chooser, queries, examples, shots, cfg, task, logger, journal)
     digest = config_digest(**parts, beams_sha256=beams_sha256)
-    metrics = _metrics(kind="ceiling", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
+    metrics = metrics_record(kind="ceiling", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
                        version=None, sampler=identity["sampler"], baseline=None, shots=scores, queries=queries,
                        cfg=cfg, checkpoint=None, digest=digest, replicate=replicate)
     metrics["beams"] = {"path": str(beams), "sha256": beams_sha256, "params": params}

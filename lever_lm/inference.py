@@ -565,12 +565,12 @@ def write_inference_outputs(metrics: Mapping[str, Any], predictions: "pd.DataFra
     write_json(metrics_path, dict(metrics))
 
 
-def _remove_stale(metrics_path: str | os.PathLike) -> None:
+def remove_stale_metrics(metrics_path: str | os.PathLike) -> None:
     """A failed job must leave no metrics.json, not even one of an earlier run."""
     Path(metrics_path).unlink(missing_ok=True)
 
 
-def _metrics(*, kind: str, dataset: str, task: str, beam_model: str, version: str | None, sampler: str | None,
+def metrics_record(*, kind: str, dataset: str, task: str, beam_model: str, version: str | None, sampler: str | None,
              baseline: str | None, shots: dict, queries: ValQueries, cfg: InferenceConfig,
              checkpoint: dict | None, digest: str, replicate: int) -> dict[str, Any]:
     return {
@@ -581,7 +581,7 @@ def _metrics(*, kind: str, dataset: str, task: str, beam_model: str, version: st
     }
 
 
-def _load_lvlm(beam_model: str, entry: Mapping[str, Any], weights: Sequence[str] | None) -> "LVLMAdapter":
+def load_lvlm(beam_model: str, entry: Mapping[str, Any], weights: Sequence[str] | None) -> "LVLMAdapter":
     from lever_lm.lvlm.factory import load_adapter
 
     tiny_dir = None
@@ -623,7 +623,7 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
     from lever_lm.retrievers import SelectorRetriever
 
     logger = logger or log
-    _remove_stale(metrics_path)
+    remove_stale_metrics(metrics_path)
     missing = [key for key in IDENTITY_KEYS if key not in identity]
     if missing:
         raise ValueError(f"selector cell identity: missing {', '.join(missing)}")
@@ -655,7 +655,7 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
     for shot in cfg.shots:
         chooser.check(rows, shot)
     examples = ExampleTable.from_records(train.records, name=inputs.train_records)
-    adapter = adapter or _load_lvlm(identity["beam_model"], entry, weights)
+    adapter = adapter or load_lvlm(identity["beam_model"], entry, weights)
     logger.info("%s %s %s: %d val queries, shots %s", identity["version"], identity["beam_model"], identity["sampler"],
                 len(queries), list(cfg.shots))
     fingerprint = _job_fingerprint(inputs, {"checkpoint": checkpoint, "test_pool": test_pool, "weights": weights or []},
@@ -666,7 +666,7 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
     checkpoint_info = {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "meta": selector.meta}
     digest = config_digest(kind="selector", task=task, inference=cfg.to_dict(), identity=dict(identity),
                            entry=dict(entry), checkpoint_sha256=checkpoint_info["sha256"])
-    metrics = _metrics(kind="selector", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
+    metrics = metrics_record(kind="selector", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
                        version=identity["version"], sampler=identity["sampler"], baseline=None, shots=shots,
                        queries=queries, cfg=cfg, checkpoint=checkpoint_info, digest=digest, replicate=replicate)
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
@@ -686,7 +686,7 @@ def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: Infere
     from lever_lm.retrievers import make_baseline_retriever
 
     logger = logger or log
-    _remove_stale(metrics_path)
+    remove_stale_metrics(metrics_path)
     if baseline not in BASELINES:
         raise ValueError(f"baseline {baseline!r} is not one of {list(BASELINES)}")
     cfg = InferenceConfig.from_config(inference, task)
@@ -697,7 +697,7 @@ def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: Infere
     queries = val_queries(val.records, rows, task, inputs.val_records)
     chooser = make_baseline_retriever(baseline, len(train.records), cfg.retriever_seed, val.features, train.features)
     examples = ExampleTable.from_records(train.records, name=inputs.train_records)
-    adapter = adapter or _load_lvlm(beam_model, entry, weights)
+    adapter = adapter or load_lvlm(beam_model, entry, weights)
     logger.info("%s %s: %d val queries, shots %s", baseline, beam_model, len(queries), list(shots))
     fingerprint = _job_fingerprint(inputs, {"weights": weights or []}, kind="baseline", task=task,
                                    inference=cfg.to_dict(), dataset=dataset, beam_model=beam_model, baseline=baseline,
@@ -706,7 +706,7 @@ def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: Infere
         scores, predictions = evaluate(adapter, chooser, queries, examples, shots, cfg, task, logger, journal)
     digest = config_digest(kind="baseline", task=task, inference=cfg.to_dict(), dataset=dataset,
                            beam_model=beam_model, baseline=baseline, entry=dict(entry))
-    metrics = _metrics(kind="baseline", dataset=dataset, task=task, beam_model=beam_model, version=None, sampler=None,
+    metrics = metrics_record(kind="baseline", dataset=dataset, task=task, beam_model=beam_model, version=None, sampler=None,
                        baseline=baseline, shots=scores, queries=queries, cfg=cfg, checkpoint=None, digest=digest,
                        replicate=replicate)
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)

@@ -22,7 +22,8 @@ BATCH_VALUES = 4_000_000
 
 @dataclass(frozen=True)
 class UncertaintyConfig:
-    """The config's ``report`` section: how the bootstrap intervals are drawn."""
+    """The config's ``report`` section: how the bootstrap intervals are drawn (its ``name`` is the report's folder,
+    not read here)."""
 
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
@@ -31,7 +32,7 @@ class UncertaintyConfig:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> "UncertaintyConfig":
         section = dict(section or {})
-        unknown = sorted(set(section) - {"bootstrap_resamples", "bootstrap_seed", "confidence"})
+        unknown = sorted(set(section) - {"name", "bootstrap_resamples", "bootstrap_seed", "confidence"})
         if unknown:
             raise ValueError(f"report: unknown key(s) {unknown}")
         config = cls(

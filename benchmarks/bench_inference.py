@@ -40,7 +40,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lever_lm, and tests/ for the reference paths
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lever_lm
 
 import numpy as np  # noqa: E402
 
@@ -118,8 +118,8 @@ def main() -> None:
     import torch
 
     from lever_lm.inference import generate_answers, plan_generation_batches
+    from lever_lm.lvlm.reference import flamingo_reference, qwen_reference
     from lever_lm.toy.tokenizer import collect_vocabulary
-    from tests.test_inference_generation import flamingo_reference, qwen_reference
 
     torch.set_num_threads(args.threads)
     words = collect_vocabulary([t for pair in QA for t in pair])

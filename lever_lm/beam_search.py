@@ -1,4 +1,4 @@
-"""InfoScore beam search over ICD sequences, per anchor (spec.md stage 4), or per val query for the imitation ceiling.
+"""InfoScore beam search over ICD sequences, per anchor (docs/stages.md stage 4), or per val query for the imitation ceiling.
 
 With P̄(y | ctx) = exp(mean log p) over the anchor's label answer tokens plus the end-of-chunk token,
 

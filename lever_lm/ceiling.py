@@ -1,4 +1,4 @@
-"""The imitation ceiling (spec.md, "Imitation ceiling"): a diagnostic, never a method.
+"""The imitation ceiling (docs/stages.md, "Imitation ceiling"): a diagnostic, never a method.
 
 The stage-4 InfoScore beam search is run for val queries themselves, each with its gold answer (its record's
 ``label``, exactly as for anchors), over its test pool (the sampler's candidates for that val query); then the top

@@ -53,7 +53,7 @@ SPLIT_FILE_KINDS = ("questions", "annotations", "image_dir")
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """Where one split of a dataset lives: the standard names under ``root`` (spec stage 1), except for the
+    """Where one split of a dataset lives: the standard names under ``root`` (docs/stages.md stage 1), except for the
     files given explicitly in ``files`` (kind -> path, kinds from ``SPLIT_FILE_KINDS``)."""
 
     fmt: str

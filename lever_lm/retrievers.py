@@ -1,4 +1,4 @@
-"""ICD choosers for ICL inference (spec stage 6): the baselines and the trained selectors behind one interface.
+"""ICD choosers for ICL inference (docs/stages.md stage 6): the baselines and the trained selectors behind one interface.
 
 Every chooser has ``choose(query_rows, k) -> list[list[int]]``: for each query (a row of the val split, i.e. its
 record ``idx``) ``k`` distinct train ICD ids in PROMPT order, left to right; the most relevant ICD is the last one,

@@ -1,4 +1,4 @@
-"""Stage 3: seeded anchors and candidate sets (spec.md, stage 3).
+"""Stage 3: seeded anchors and candidate sets (docs/stages.md, stage 3).
 
 Ids are record ``idx`` values: train ids index the train records (the ICD ids), query ids index the
 query split's records (train for anchors, val for test-time pools).

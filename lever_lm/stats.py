@@ -1,6 +1,6 @@
 """Bootstrap intervals over val questions: one score's interval, and the paired difference of two scores.
 
-Spec stage 6, Uncertainty: every reported score carries a percentile bootstrap interval over questions (resampling
+docs/stages.md stage 6, Uncertainty: every reported score carries a percentile bootstrap interval over questions (resampling
 questions, seeded), and two cells are compared on the same questions through the bootstrap of their per-question
 differences; a difference is significant when its interval excludes 0. ``scipy.stats.bootstrap`` does the
 resampling. Each interval draws from its own generator, seeded by the configured seed and a stable key naming

@@ -105,13 +105,13 @@ def test_default_pipeline_runs_end_to_end(tmp_path):
 
 def check_html_report(command: list[str], tmp_path: Path, config: dict) -> None:
     """`snakemake --report` gives one page where the tables and every plot render without console errors."""
-    from tests.browser import chromium_available, render_snakemake_report
+    from tests.browser import browser_missing, render_snakemake_report
 
     report = subprocess.run(command + ["--report", str(tmp_path / "report.html")], capture_output=True, text=True,
                             timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
-    if not chromium_available():
-        pytest.skip("chromium is not installed: the HTML report was built but not opened in a browser")
+    if reason := browser_missing():
+        pytest.skip(f"the HTML report was built but not opened in a browser: {reason}")
     page = render_snakemake_report(tmp_path / "report.html")
     assert page.console_errors == []
     assert page.broken_images() == []

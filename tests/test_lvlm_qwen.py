@@ -191,7 +191,7 @@ def _byte_level_bpe(merges):
 
 
 def test_span_from_offsets_with_a_bpe_that_merges_the_colon_into_the_answer():
-    """Spec stage 4: the prompt is tokenised as one string; with a BPE that merges ':red' into one token the query's
+    """docs/stages.md stage 4: the prompt is tokenised as one string; with a BPE that merges ':red' into one token the query's
     span is that merged token plus <|im_end|> (the token belongs to y), and an answer without such a merge ('blue')
     spans exactly its own tokens plus <|im_end|>. Demo spans follow the same rule."""
     merges = [("r", "e"), ("re", "d"), (":", "red"), ("b", "l"), ("bl", "u"), ("blu", "e"), ("#", "e")]

@@ -1,4 +1,4 @@
-"""Metric tests; expected values are derived by hand from the rules in spec.md Stage 6."""
+"""Metric tests; expected values are derived by hand from the rules in docs/stages.md Stage 6."""
 
 from __future__ import annotations
 

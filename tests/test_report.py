@@ -2,7 +2,7 @@
 ceiling runs and stale-input checks, on synthetic inference outputs.
 
 The last test runs a throwaway Snakemake workflow around build_report, builds `snakemake --report` and opens the
-page in headless Chromium (skipped where Chromium is absent).
+page in headless Chromium through Selenium (tests/browser.py; skipped where chromium or chromedriver is absent).
 """
 
 from __future__ import annotations
@@ -761,9 +761,11 @@ rule report:
 """
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's chromium is not installed")
 def test_snakemake_report_renders_in_chromium(tmp_path):
-    from tests.browser import render_snakemake_report
+    from tests.browser import browser_missing, render_snakemake_report
+
+    if reason := browser_missing():
+        pytest.skip(f"no headless Chromium for Selenium: {reason}")
 
     made = make_inputs(tmp_path / "in")
     (tmp_path / "inputs.json").write_text(json.dumps(made["inputs"]))

@@ -1,4 +1,4 @@
-"""Anchors, the four candidate samplers and the anchor / candidate files (spec.md stage 3)."""
+"""Anchors, the four candidate samplers and the anchor / candidate files (docs/stages.md stage 3)."""
 
 from __future__ import annotations
 

@@ -197,7 +197,7 @@ def mean_token_probability(token_logprobs: np.ndarray) -> float:
 
 def answer_token_span(offsets: Sequence[tuple[int, int]], char_start: int, char_end: int) -> tuple[int, int]:
     """Token indices ``[first, stop)`` of the answer occupying characters ``[char_start, char_end)`` of a text
-    tokenised AS ONE STRING, from the tokenizer's offset mapping (spec stage 4, both adapters).
+    tokenised AS ONE STRING, from the tokenizer's offset mapping (docs/stages.md stage 4, both adapters).
 
     The answer's tokens are every token whose characters overlap the answer's. A token that merges the ``:``
     before the answer with its first characters (Qwen's byte-level BPE has ``:red``, ``:no``, ``:white``) overlaps

@@ -15,7 +15,7 @@ Public API
   ``score_naive`` (upstream-style reference), ``generate``, ``clear_cache``, and the counters
   ``vision_encoder_calls`` and ``text_tokens_computed`` (non-pad tokens run through the language model).
 
-Prompt (spec stage 4): each ICD ``<image>Question:{q} Short answer:{a}<|endofchunk|>``, then the query
+Prompt (docs/stages.md stage 4): each ICD ``<image>Question:{q} Short answer:{a}<|endofchunk|>``, then the query
 ``<image>Question:{q} Short answer:`` followed, when scoring, by ``{a}<|endofchunk|>``; no BOS; texts stripped.
 Answer spans come from character offsets of the tokenised text (``base.answer_token_span``, the rule the Qwen
 adapter uses too): every token overlapping the answer, then the ``<|endofchunk|>`` that closes it.

@@ -11,13 +11,13 @@ Public API
 - ``QwenVLAdapter``: ``score`` (fast path, see ``qwen_fast``), ``score_naive`` (reference), ``generate``,
   ``clear_cache``, ``assemble`` (the one prompt assembly, also used to pretrain the tiny model).
 
-Prompt (spec stage 4). ``single_user_message`` (default): one user message interleaving, per ICD, its image
+Prompt (docs/stages.md stage 4). ``single_user_message`` (default): one user message interleaving, per ICD, its image
 and ``Question:{q} Short answer:{a}``, then the query image and ``Question:{q} Short answer:`` (+ ``{a}`` when
 scoring). ``multi_turn``: per ICD a user turn (image + ``Question:{q} Short answer:``) and an assistant turn
 ``{a}``; the query is a user turn followed, when scoring, by an assistant turn with its answer. The model's own
 chat template renders the messages (generation prompt only for inference).
 
-Tokenisation (spec stage 4): the rendered text is tokenised AS ONE STRING, as the model's own processor does, so
+Tokenisation (docs/stages.md stage 4): the rendered text is tokenised AS ONE STRING, as the model's own processor does, so
 with Qwen's byte-level BPE ``:red`` or ``:no`` stays one token, as in every text the model was trained on. Each
 answer's span comes from the tokenizer's character offsets (``base.answer_token_span``, the rule the Flamingo
 adapter uses too): every token overlapping the answer (a token merging the ``:`` with the answer's first
@@ -309,7 +309,7 @@ def assemble_prompt(
     Renders the chat template (with the generation prompt iff ``for_generation``; with ``answer_as_reply`` the
     query's answer follows as the assistant's reply, the sequence ``generate`` should produce, which pretraining
     teaches the tiny model), tokenises the rendered text AS
-    ONE STRING, as the model's own processor does (spec stage 4), locates each answer from the tokenizer's
+    ONE STRING, as the model's own processor does (docs/stages.md stage 4), locates each answer from the tokenizer's
     character offsets (``base.answer_token_span``: a token merging the ``:`` with the answer's first characters
     belongs to the answer), and expands each ``<|image_pad|>`` to the image's number of merged patches.
     """

@@ -141,12 +141,14 @@ class SimilarityPriorConfig:
     enabled: bool = False
     image_weight: float = 10.0
     text_weight: float = 0.0
+    lr: float = 0.05
 
     def check(self, key: str) -> None:
         if not isinstance(self.enabled, bool):
             _fail(f"{key}.enabled", f"must be true or false, got {self.enabled!r}")
         _check_number(f"{key}.image_weight", self.image_weight, 0.0)
         _check_number(f"{key}.text_weight", self.text_weight, 0.0)
+        _check_number(f"{key}.lr", self.lr, 0.0, low_open=True)
         if self.enabled and self.image_weight == 0 and self.text_weight == 0:
             _fail(f"{key}.image_weight", "image_weight and text_weight are both 0: the prior would rank nothing")
 

@@ -7,7 +7,7 @@ Public API
   shot number, plus the share of answers written in the query's convention and the share with the right value.
 - ``infoscore_sanity(adapter, train, queries, n, seed) -> dict``: for triples (query, same-convention demo,
   other-convention demo of the same question type) the share where the same-convention demo gets the higher
-  InfoScore (spec stage 4, one-shot: InfoScore(c; {}, x) = P(y | c + x) - P(y | x); the baseline cancels).
+  InfoScore (docs/stages.md stage 4, one-shot: InfoScore(c; {}, x) = P(y | c + x) - P(y | x); the baseline cancels).
 
 Conditions (the demonstrations are train records with their own labels, hence their own cue-tied convention):
 ``zero_shot``; ``random``; ``same_convention`` (records whose convention is the query's, any question type: what a

@@ -18,7 +18,7 @@ What is trained (``../shared/toy-benchmark.md``):
   per question type. The dataset ties the convention to a visible cue, but pretraining ignores the cue on purpose:
   the model must learn to read the convention from its demonstrations, which is what makes demonstrations matter;
 - Qwen only: scoring puts the query's answer right after ``Short answer:`` inside the user message, generation
-  lets the model answer in the assistant turn (spec stage 4, the seed's format); a share ``reply_p`` of the
+  lets the model answer in the assistant turn (docs/stages.md stage 4, the seed's format); a share ``reply_p`` of the
   sequences has its query answer as that reply, so the model learns both (Flamingo's two formats are one);
 - Qwen trains all its parameters; Flamingo keeps its vision encoder and perceiver frozen at their seeded random
   init (see ``_FlamingoTrainer``) and trains the language model, its embeddings and the gated cross-attention;

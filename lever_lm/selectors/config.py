@@ -141,14 +141,15 @@ class SimilarityPriorConfig:
     enabled: bool = False
     image_weight: float = 10.0
     text_weight: float = 0.0
-    lr: float = 0.05
+    lr: float | None = None  # None: the network's rate
 
     def check(self, key: str) -> None:
         if not isinstance(self.enabled, bool):
             _fail(f"{key}.enabled", f"must be true or false, got {self.enabled!r}")
         _check_number(f"{key}.image_weight", self.image_weight, 0.0)
         _check_number(f"{key}.text_weight", self.text_weight, 0.0)
-        _check_number(f"{key}.lr", self.lr, 0.0, low_open=True)
+        if self.lr is not None:
+            _check_number(f"{key}.lr", self.lr, 0.0, low_open=True)
         if self.enabled and self.image_weight == 0 and self.text_weight == 0:
             _fail(f"{key}.image_weight", "image_weight and text_weight are both 0: the prior would rank nothing")
 
@@ -191,7 +192,8 @@ class SelectorConfig:
         _check_int(f"{key}.epochs", self.epochs, 1)
         _check_int(f"{key}.batch_size", self.batch_size, 1)
         _check_int(f"{key}.top_k", self.top_k, 1)
-        _check_number(f"{key}.lr", self.lr, 0.0, low_open=True)
+        if self.lr is not None:
+            _check_number(f"{key}.lr", self.lr, 0.0, low_open=True)
         _check_number(f"{key}.weight_decay", self.weight_decay, 0.0)
         _check_number(f"{key}.warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
         _check_number(f"{key}.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)

@@ -302,13 +302,13 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
         # ---- optimisation
         def configure_optimizers(self) -> Any:
             lr = cfg.rl.rce_lr if version == "v4" else cfg.lr
-            # the similarity prior's few scalars (logit scale ~10) get their own rate and no decay: at the network's
-            # rate they would not move in a toy-sized run
+            # the similarity prior's few scalars (logit scale ~10) are not decayed, and may get a rate of their own
             prior = getattr(self.model, "prior", None)
             prior_ids = {id(p) for p in prior.parameters()} if prior is not None else set()
             groups = [{"params": [p for p in self.model.parameters() if id(p) not in prior_ids]}]
             if prior is not None:
-                groups.append({"params": list(prior.parameters()), "lr": cfg.similarity_prior.lr, "weight_decay": 0.0})
+                own_rate = {} if cfg.similarity_prior.lr is None else {"lr": cfg.similarity_prior.lr}
+                groups.append({"params": list(prior.parameters()), "weight_decay": 0.0, **own_rate})
             optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
             steps_per_epoch = len(self._batches(train_idx, shuffle=True))  # per rank
             schedule = LRSchedule(steps_per_epoch, cfg.total_epochs(version), cfg.warmup_ratio)

@@ -29,7 +29,7 @@ from lever_lm.retrievers import RandomRetriever, SelectorRetriever, SimilarityRe
 LABELS = ["red", "blue", "two", "yes", "zebra", "street"]
 QUESTIONS = ["what color is it ?", "how many are there ?", "is it raining ?", "what animal is shown ?"]
 N_TRAIN, N_VAL, DIM = 60, 12, 8
-METRIC_KEYS = {"kind", "dataset", "task", "beam_model", "metric", "version", "sampler", "baseline", "shots",
+METRIC_KEYS = {"kind", "dataset", "task", "beam_model", "metric", "version", "sampler", "baseline", "replicate", "shots",
                "n_queries", "max_queries", "query_seed", "inference", "checkpoint", "config_digest"}
 
 
@@ -687,8 +687,9 @@ def test_baseline_script_with_a_tiny_flamingo(toy, tmp_path):
         input=types.SimpleNamespace(**vars(toy.inputs), weights=[_tiny_model(tmp_path, toy, "flamingo_tiny", entry)]),
         output=types.SimpleNamespace(metrics=str(out / "m.json"), predictions=str(out / "p.parquet")),
         params=types.SimpleNamespace(entry=entry, inference={"shots": [1, 2], "max_queries": 6, "batch_size": 4},
-                                     task="vqa"),
-        wildcards=types.SimpleNamespace(dataset="synthetic", beam_model="flamingo_tiny", baseline="RandomRetriever"),
+                                     task="vqa", replicate=2),
+        wildcards=types.SimpleNamespace(dataset="synthetic", beam_model="flamingo_tiny", baseline="RandomRetriever",
+                                        replicate="_rep2"),
         log=[str(tmp_path / "log.txt")], threads=1, rule="baseline_inference",
     )
     _run_script("baseline_inference", snakemake)
@@ -696,6 +697,7 @@ def test_baseline_script_with_a_tiny_flamingo(toy, tmp_path):
     predictions = pd.read_parquet(out / "p.parquet")
     assert metrics["n_queries"] == 6 and list(metrics["shots"]) == ["1", "2"]
     assert metrics["baseline"] == "RandomRetriever" and metrics["beam_model"] == "flamingo_tiny"
+    assert metrics["replicate"] == 2
     assert len(predictions) == 12 and predictions["raw_output"].map(lambda s: isinstance(s, str)).all()
     assert "shot 2: vqa_accuracy" in (tmp_path / "log.txt").read_text()
 
@@ -710,8 +712,8 @@ def test_icl_inference_script_with_a_tiny_qwen_and_a_v1_selector(toy, tmp_path):
                                     weights=[_tiny_model(tmp_path, toy, identity["beam_model"], entry)]),
         output=types.SimpleNamespace(metrics=str(out / "metrics.json"), predictions=str(out / "predictions.parquet")),
         params=types.SimpleNamespace(entry=entry, inference={"shots": [1, 3], "max_queries": 5, "num_beams": 2},
-                                     task="vqa"),
-        wildcards=types.SimpleNamespace(**identity),
+                                     task="vqa", replicate=0),
+        wildcards=types.SimpleNamespace(**identity, replicate=""),
         log=[str(tmp_path / "log.txt")], threads=1, rule="icl_inference",
     )
     _run_script("icl_inference", snakemake)

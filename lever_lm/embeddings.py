@@ -26,14 +26,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
-from lever_lm.data import load_image
 from lever_lm.io_utils import read_json, save_npy, write_json
 from lever_lm.toy.clip import TinyClipDims, tiny_model_name  # noqa: F401  (the tiny CLIP lives with the toy world)
+
+if TYPE_CHECKING:  # pandas (and lever_lm.data, which imports it) only where records are embedded: the jobs that
+    import pandas as pd  # only load stored embeddings (faiss_index, train_selector) do not pay for it
+
 
 ENCODER_KINDS = ("tiny", "open_clip", "hf_clip")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -320,6 +322,8 @@ def compute_record_embeddings(
     ``encoder`` may be passed to reuse an already built one (it must come from ``cfg``).
     """
     import torch
+
+    from lever_lm.data import load_image
 
     split = _validate_records(records)
     if num_threads < 1:

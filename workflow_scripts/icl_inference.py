@@ -9,10 +9,8 @@ with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
 
     pin(snakemake.threads)  # threads, deterministic kernels, cuBLAS workspace: before CUDA starts
     inp, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards
-    identity = {key: getattr(wildcards, key) for key in IDENTITY_KEYS}
-    identity["ex_name"] += wildcards.replicate  # as train_selector names a replicate's selector
     run_selector_cell(
-        identity=identity,
+        identity={key: getattr(wildcards, key) for key in IDENTITY_KEYS},
         checkpoint=inp.checkpoint,
         test_pool=inp.test_pool,
         inputs=InferenceInputs.from_named(inp),

@@ -13,7 +13,7 @@ with script_logging(snakemake.log[0], "train_selector") as log, gpu_lease():
         dataset=wildcards.dataset,
         beam_model=wildcards.beam_model,
         sampler=wildcards.sampler,
-        ex_name=wildcards.ex_name + wildcards.replicate,  # a replicate is its own experiment
+        ex_name=wildcards.ex_name,  # the beams' generation params; a replicate is told apart by its path
         version=wildcards.version,
         lever_lm=wildcards.lever_lm,
     )

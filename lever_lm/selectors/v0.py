@@ -59,13 +59,18 @@ class GPTSelector(nn.Module):
         embeds[:, 1] = embeds[:, 1] + self.query_proj(query)  # the QUERY position
         return self.gpt(inputs_embeds=embeds).last_hidden_state
 
-    def logits(self, hidden: torch.Tensor, table: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (N, [T,] V) of hidden states (N, [T,] E): tied output layer, plus the similarity
-        prior on the ICD rows (the same at every position, since it compares the query with each ICD)."""
-        learned = hidden @ table.T
+    def prior_logits(self, query: torch.Tensor) -> torch.Tensor | None:
+        """The similarity prior over the vocabulary (N, V), 0 on the special tokens; None without a prior. It
+        compares the query with each ICD, so it is the same at every position: compute it once per query batch."""
         if self.prior is None:
+            return None
+        return F.pad(self.prior.scores(query, self.icd_features), (0, N_SPECIAL))
+
+    def logits(self, hidden: torch.Tensor, table: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """Next-token logits (N, [T,] V) of hidden states (N, [T,] E): tied output layer, plus ``prior_logits``."""
+        learned = hidden @ table.T
+        if prior is None:
             return learned
-        prior = F.pad(self.prior.scores(query, self.icd_features), (0, N_SPECIAL))
         if learned.dim() == 3:
             prior = prior[:, None]
         return self.prior.combine(prior, learned)
@@ -83,7 +88,7 @@ class GPTSelector(nn.Module):
         tokens = torch.cat([self.prefix(n, choices.device), choices, eos], dim=1)
         table = self.embedding_table()
         query = batch["query"][a]
-        logits = self.logits(self.hidden(query, tokens[:, :-1], table)[:, 1:], table, query)
+        logits = self.logits(self.hidden(query, tokens[:, :-1], table)[:, 1:], table, self.prior_logits(query))
         return F.log_softmax(logits, dim=-1), tokens[:, 2:], (a, b)
 
     def sequence_logp(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -100,7 +105,7 @@ class GPTSelector(nn.Module):
         table = self.embedding_table()
         hidden = self.hidden(query, self.prefix(len(query), query.device), table)[:, -1]
         ids = torch.arange(self.n_train, device=query.device).expand(len(query), -1)
-        return self.logits(hidden, table, query)[:, : self.n_train], ids
+        return self.logits(hidden, table, self.prior_logits(query))[:, : self.n_train], ids
 
     @torch.no_grad()
     def decode(self, query: torch.Tensor, k: int, pool: Any = None, pool_mask: Any = None,
@@ -113,8 +118,9 @@ class GPTSelector(nn.Module):
         banned = torch.zeros(n, table.shape[0], dtype=torch.bool, device=query.device)
         banned[:, self.n_train :] = True
         rows = torch.arange(n, device=query.device)
+        prior = self.prior_logits(query)  # once: it does not change from step to step
         for _ in range(k):
-            logits = self.logits(self.hidden(query, tokens, table)[:, -1], table, query)
+            logits = self.logits(self.hidden(query, tokens, table)[:, -1], table, prior)
             pick = logits.masked_fill(banned, float("-inf")).argmax(-1)
             banned[rows, pick] = True  # this row only
             tokens = torch.cat([tokens, pick[:, None]], dim=1)

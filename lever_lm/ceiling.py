@@ -310,11 +310,10 @@ def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: 
     from lever_lm.data import load_records
     from lever_lm.io_utils import file_sha256, inputs_fingerprint
     from lever_lm.inference import (
-        InferenceConfig,
         InferenceJournal,
         load_lvlm,
         metrics_record,
-        remove_stale_metrics,
+        start_cell,
         config_digest,
         evaluate,
         journal_path,
@@ -323,11 +322,7 @@ def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: 
     )
 
     logger = logger or log
-    remove_stale_metrics(metrics_path)
-    missing = [key for key in IDENTITY_KEYS if key not in identity]
-    if missing:
-        raise ValueError(f"ceiling cell identity: missing {', '.join(missing)}")
-    cfg = InferenceConfig.from_config(inference, task)
+    cfg = start_cell("ceiling", identity, IDENTITY_KEYS, metrics_path, inference, task)
     ceiling_cfg = CeilingConfig.from_config(ceiling)
     val, examples = load_records(val_records), _train_table(train_records)
     rows = ceiling_query_rows(len(val), ceiling_cfg, cfg.to_dict())

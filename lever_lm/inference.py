@@ -581,6 +581,16 @@ def metrics_record(*, kind: str, dataset: str, task: str, beam_model: str, versi
     }
 
 
+def start_cell(kind: str, identity: Mapping[str, str], keys: Sequence[str], metrics_path: str | os.PathLike,
+               inference: Mapping[str, Any] | None, task: str) -> "InferenceConfig":
+    """What every cell job does first: drop a stale metrics.json, check the identity's keys, read the settings."""
+    remove_stale_metrics(metrics_path)
+    missing = [key for key in keys if key not in identity]
+    if missing:
+        raise ValueError(f"{kind} cell identity: missing {', '.join(missing)}")
+    return InferenceConfig.from_config(inference, task)
+
+
 def load_lvlm(beam_model: str, entry: Mapping[str, Any], weights: Sequence[str] | None) -> "LVLMAdapter":
     from lever_lm.lvlm.factory import load_adapter
 
@@ -623,11 +633,7 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
     from lever_lm.retrievers import SelectorRetriever
 
     logger = logger or log
-    remove_stale_metrics(metrics_path)
-    missing = [key for key in IDENTITY_KEYS if key not in identity]
-    if missing:
-        raise ValueError(f"selector cell identity: missing {', '.join(missing)}")
-    cfg = InferenceConfig.from_config(inference, task)
+    cfg = start_cell("selector", identity, IDENTITY_KEYS, metrics_path, inference, task)
     for shot in cfg.shots:
         if shot < 1:
             raise ValueError(f"inference.shots: shot {shot} is not valid for a selector cell (shots must be >= 1)")

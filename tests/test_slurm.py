@@ -5,7 +5,8 @@ SLURM without accounting with ``scripts/local_slurm.sh``); elsewhere they are sk
 user of such a cluster would: ``--profile profiles/slurm --workflow-profile profiles/cpu-only`` (the CPU-only override).
 
 The DAG is a reduced toy: 1 sampler, 8 anchors in 2 beam shards, one random-init tiny LVLM, one CLIP, selector v0,
-8 inference queries, 2 baselines (19 jobs; 11 SLURM jobs once grouped, gather and report run locally).
+8 inference queries, 2 baselines, the imitation ceiling on those 8 queries in 2 shards (23 jobs; 14 SLURM jobs once
+grouped, the two gathers and the report run locally).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def reduced_config(directory: Path) -> Path:
     config["selector"]["epochs"] = 2
     config["inference"] = {**config["inference"], "shots": [1, 2], "max_queries": 8,
                            "baselines": ["ZeroShot", "RandomRetriever"]}
+    config["ceiling"] = {"max_queries": 8, "shards": 2}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "slurm_config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -100,8 +102,9 @@ def test_reduced_dag_runs_through_slurm(slurm_run):
     config = load_config(config_path)
     for target in P.all_targets(config):
         assert (workdir / target).is_file(), target
-    # 11 SLURM jobs: the small CPU rules in two group jobs, beam_gather and report run by the submitting Snakemake
-    assert output.count("has been submitted with SLURM jobid") == 11, output[-6000:]
+    # 14 SLURM jobs: the small CPU rules in two group jobs, 2 beam and 2 ceiling shards, tiny_lvlm, train_selector,
+    # 4 inference jobs and ceiling_inference; beam_gather, ceiling_gather and report run by the submitting Snakemake
+    assert output.count("has been submitted with SLURM jobid") == 14, output[-6000:]
     assert "Group job prep" in output and "Group job sampling" in output
     beams = json.loads((workdir / P.fill(P.BEAMS, config, sampler="rand_sampler",
                                          beam_model=next(iter(config["beam_models"])))).read_text())

@@ -171,6 +171,19 @@ def test_replicate_config_plans_a_seed_dimension(tmp_path):
     assert "report_replicates/tables.md" in result.stdout
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_dataset_seed_overlays_plan_their_own_toy(tmp_path, seed):
+    """configs/toy_seed{1,2}.yaml: the reduced matrix on another draw of the toy dataset, under its own name."""
+    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+                       str(REPO / "configs" / f"toy_seed{seed}.yaml"))
+    jobs = planned_jobs(result)
+    assert jobs["toy_dataset"] == 1 and jobs["tiny_lvlm"] == 2
+    assert jobs["train_selector"] == jobs["icl_inference"] == 2 * 2 * 2
+    assert not any(rule.startswith("ceiling") for rule in jobs)
+    assert f"results/toy_okvqa_seed{seed}/report/tables.md" in result.stdout
+    assert "results/toy_okvqa/" not in result.stdout
+
+
 def test_v4_selector_depends_on_v3_even_when_v3_is_not_listed(tmp_path):
     result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
                        "--config", "versions=[v4]", "samplers=[rand_sampler]")

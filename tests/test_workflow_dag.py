@@ -160,7 +160,7 @@ def test_imitation_ceiling_is_planned_by_default_and_not_when_disabled(tmp_path)
 def test_replicate_config_plans_a_seed_dimension(tmp_path):
     """configs/toy_replicates.yaml over the default: 3 replicates, pretraining included, of a reduced matrix."""
     result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                       str(REPO / "configs" / "toy_replicates.yaml"))
+                       str(REPO / "configs" / "toy_reduced.yaml"), str(REPO / "configs" / "toy_replicates.yaml"))
     jobs = planned_jobs(result)
     assert jobs["anchors"] == 3 and jobs["tiny_lvlm"] == 3 * 2
     assert jobs["beam_gather"] == 3 * 2 * 2
@@ -175,7 +175,7 @@ def test_replicate_config_plans_a_seed_dimension(tmp_path):
 def test_dataset_seed_overlays_plan_their_own_toy(tmp_path, seed):
     """configs/toy_seed{1,2}.yaml: the reduced matrix on another draw of the toy dataset, under its own name."""
     result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                       str(REPO / "configs" / f"toy_seed{seed}.yaml"))
+                       str(REPO / "configs" / "toy_reduced.yaml"), str(REPO / "configs" / f"toy_seed{seed}.yaml"))
     jobs = planned_jobs(result)
     assert jobs["toy_dataset"] == 1 and jobs["tiny_lvlm"] == 2
     assert jobs["train_selector"] == jobs["icl_inference"] == 2 * 2 * 2

@@ -47,7 +47,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lever_lm.beam_search import BeamSearchConfig, ExampleTable, search_anchor  # noqa: E402
-from lever_lm.toy.tokenizer import collect_vocabulary  # noqa: E402
+from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary  # noqa: E402
 
 IMAGE_SIZE = 224
 SUBJECTS = ["man", "woman", "dog", "cat", "boy", "girl", "bus", "train", "horse", "bird", "player", "child"]
@@ -107,7 +107,7 @@ def model_dims(model: str, dims: str = "scaled"):
     if dims not in DIMS:
         raise ValueError(f"dims: expected one of {DIMS}, got {dims!r}")
     if model == "flamingo":
-        from lever_lm.toy.lvlm import FlamingoTinyDims
+        from lever_lm.lvlm.tiny import FlamingoTinyDims
 
         if dims == "scaled":
             # ViT-L/14 at 224px: 257 tokens (24 layers x 1024) -> 6 x 256; MPT-1B (24 x 2048) -> 6 x 512;
@@ -119,7 +119,7 @@ def model_dims(model: str, dims: str = "scaled"):
         return FlamingoTinyDims(lang_width=2048, lang_layers=layers, lang_heads=16, max_seq_len=2048,
                                 vision_width=1024, vision_layers=layers, vision_head_width=64, image_size=IMAGE_SIZE,
                                 patch_size=14, clip_embed_dim=768, init_std=0.02)
-    from lever_lm.toy.lvlm import QwenTinyDims
+    from lever_lm.lvlm.tiny import QwenTinyDims
 
     pixels = dict(image_min_pixels=IMAGE_SIZE * IMAGE_SIZE, image_max_pixels=IMAGE_SIZE * IMAGE_SIZE)
     if dims == "scaled":
@@ -185,7 +185,7 @@ def meta_construct(model: str, dims, words) -> int | None:
         return None
     import torch
 
-    from lever_lm.toy.lvlm import new_tiny_qwen
+    from lever_lm.lvlm.tiny import new_tiny_qwen
 
     with torch.device("meta"):
         built, _ = new_tiny_qwen(words, dims)
@@ -194,7 +194,7 @@ def meta_construct(model: str, dims, words) -> int | None:
 
 def build_adapter(model: str, words: list[str], seed: int, batch_size: int, dims_name: str = "scaled",
                   precision: str = "fp32"):
-    from lever_lm.toy.lvlm import make_tiny_adapter
+    from lever_lm.lvlm.tiny import make_tiny_adapter
 
     dims = model_dims(model, dims_name)
     family = "flamingo" if model == "flamingo" else "qwen2_5_vl"

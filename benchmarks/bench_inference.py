@@ -73,7 +73,7 @@ def make_prompts(folder: Path, n_queries: int, n_train: int = 32, max_icds: int 
 def build_adapter(family: str, words: list[str]):
     import torch
 
-    from lever_lm.toy.lvlm import make_tiny_adapter, sharpen_weights
+    from lever_lm.lvlm.tiny import make_tiny_adapter, sharpen_weights
 
     if family == "flamingo":
         return make_tiny_adapter("flamingo", words, seed=0)
@@ -119,7 +119,7 @@ def main() -> None:
 
     from lever_lm.inference import generate_answers, plan_generation_batches
     from lever_lm.lvlm.reference import flamingo_reference, qwen_reference
-    from lever_lm.toy.tokenizer import collect_vocabulary
+    from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
 
     torch.set_num_threads(args.threads)
     words = collect_vocabulary([t for pair in QA for t in pair])

@@ -82,7 +82,7 @@ FLAMINGO = (  # lever_lm.lvlm.flamingo.load_flamingo_adapter and its scorer
     "import torch.utils.serialization",
 )
 FAMILY = {"qwen": QWEN, "flamingo": FLAMINGO}
-TINY_QWEN = (  # lever_lm.toy.lvlm.new_tiny_qwen, then pretraining through the Qwen adapter
+TINY_QWEN = (  # lever_lm.lvlm.tiny.new_tiny_qwen, then pretraining through the Qwen adapter
     "from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, "
     "Qwen2_5_VLProcessor, Qwen2TokenizerFast, Qwen2VLImageProcessor",
     "from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor",
@@ -122,11 +122,11 @@ JOBS = (
     Job("candidates, test_pool", "sample_candidates",
         ("import lever_lm.data", "import lever_lm.embeddings", *READ_PARQUET, "import lever_lm.index", "import faiss")),
     Job("tiny_lvlm qwen", "tiny_lvlm",
-        ("import lever_lm.toy.lvlm", *READ_PARQUET, "import torch", "import lever_lm.toy.data", *TINY_QWEN,
-         "import lever_lm.toy.tokenizer", *QWEN, *IMAGES)),
+        ("import lever_lm.lvlm.tiny", *READ_PARQUET, "import torch", "import lever_lm.toy.data", *TINY_QWEN,
+         "import lever_lm.lvlm.tiny_tokenizer", *QWEN, *IMAGES)),
     Job("tiny_lvlm flamingo", "tiny_lvlm",
-        ("import lever_lm.toy.lvlm", *READ_PARQUET, "import torch", "import lever_lm.toy.data", *FLAMINGO,
-         *TINY_FLAMINGO, "import lever_lm.toy.tokenizer", *IMAGES)),
+        ("import lever_lm.lvlm.tiny", *READ_PARQUET, "import torch", "import lever_lm.toy.data", *FLAMINGO,
+         *TINY_FLAMINGO, "import lever_lm.lvlm.tiny_tokenizer", *IMAGES)),
     *(Job(f"beam_shard {family}", "beam_shard", (*PIN, *READ_PARQUET, *FAMILY[family], *IMAGES))
       for family in ("qwen", "flamingo")),
     Job("beam_gather", "beam_gather"),

@@ -54,8 +54,8 @@ def main() -> None:
         parser.error("--family, --model-dir and --val are required (unless --cue)")
 
     from lever_lm.data import load_records
+    from lever_lm.lvlm.tiny import load_tiny_dir
     from lever_lm.toy.evaluate import ToyExampleTable, icl_accuracy, infoscore_sanity
-    from lever_lm.toy.lvlm import load_tiny_dir
 
     adapter = load_tiny_dir(args.family, args.model_dir, precision="fp32")
     train = ToyExampleTable.from_records(load_records(args.train))

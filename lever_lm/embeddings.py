@@ -6,7 +6,7 @@ Public API
   builds one from the ``encoders.<name>`` section of config.yaml.
 - ``build_clip_encoder(cfg) -> ClipEncoder``: one interface for the three kinds
     * ``tiny``: a real open_clip ``CLIP`` with tiny dims, seeded random init, real CLIP BPE tokenizer
-      (``lever_lm.toy.clip`` builds it);
+      (``lever_lm.tiny_clip`` builds it);
     * ``open_clip``: an open_clip architecture (``model_name``) with weights from a local file (``checkpoint``);
     * ``hf_clip``: transformers ``CLIPModel`` + ``CLIPProcessor`` from a local directory (``checkpoint``).
   ``encoder.encode_images(list[PIL.Image])`` / ``encoder.encode_texts(list[str])`` return float32 [n, dim],
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from lever_lm.io_utils import read_json, save_npy, write_json
-from lever_lm.toy.clip import TinyClipDims, tiny_model_name  # noqa: F401  (the tiny CLIP lives with the toy world)
+from lever_lm.tiny_clip import TinyClipDims, tiny_model_name  # noqa: F401  (re-exported from lever_lm.tiny_clip)
 
 if TYPE_CHECKING:  # pandas (and lever_lm.data, which imports it) only where records are embedded: the jobs that
     import pandas as pd  # only load stored embeddings (faiss_index, train_selector) do not pay for it
@@ -178,7 +178,7 @@ def _sha256_prefix(paths: Sequence[Path], length: int = 16) -> str:
 
 
 def _build_tiny(cfg: ClipEncoderConfig) -> ClipEncoder:
-    from lever_lm.toy.clip import new_tiny_clip
+    from lever_lm.tiny_clip import new_tiny_clip
 
     device = _resolve_device(cfg)
     model, preprocess, tokenizer, model_name = new_tiny_clip(cfg.tiny, cfg.seed)

@@ -1,5 +1,6 @@
 # The toy world of the embedded default: the generated dataset and the tiny LVLMs (pretrained on its train split,
-# or left at random init). lever_lm.toy holds the logic.
+# or left at random init). lever_lm.toy holds the toy logic (dataset, pretraining); the tiny models themselves are
+# built by lever_lm.lvlm.tiny.
 
 if "toy" in config["dataset"]:
 

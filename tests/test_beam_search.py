@@ -320,7 +320,7 @@ def tiny_adapter_case(tmp_path, family: str):
     """(records, a random-init tiny adapter of ``family`` on them, anchor, candidates, distinct images of both)."""
     import torch
 
-    from lever_lm.toy.lvlm import make_tiny_adapter
+    from lever_lm.lvlm.tiny import make_tiny_adapter
 
     torch.set_num_threads(1)
     records = tiny_adapter_records(tmp_path)

@@ -11,7 +11,7 @@ import torch
 
 from lever_lm.lvlm.base import Example, Prompt
 from lever_lm.lvlm.reference import flamingo_reference, qwen_reference
-from lever_lm.toy.tokenizer import collect_vocabulary
+from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
 
 QA = [("what color is the cat ?", "red"), ("how many dogs are there ?", "2"), ("is it raining ?", "no"),
       ("what is the man holding ?", "tennis racket"), ("where is the bus ?", "street"), ("what sport is this ?", "ski"),
@@ -38,7 +38,7 @@ def prompts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flamingo():
-    from lever_lm.toy.lvlm import make_tiny_adapter
+    from lever_lm.lvlm.tiny import make_tiny_adapter
 
     torch.set_num_threads(1)
     return make_tiny_adapter("flamingo", WORDS, seed=0, score_batch_size=16, precision="fp32")  # exact equality: no bf16
@@ -46,7 +46,7 @@ def flamingo():
 
 @pytest.fixture(scope="module")
 def qwen():
-    from lever_lm.toy.lvlm import make_tiny_adapter, sharpen_weights
+    from lever_lm.lvlm.tiny import make_tiny_adapter, sharpen_weights
 
     torch.set_num_threads(1)
     adapter = make_tiny_adapter("qwen2_5_vl", WORDS, seed=0, score_batch_size=16, precision="fp32")
@@ -178,7 +178,7 @@ def test_qwen_image_token_count_from_the_header_equals_the_processor(qwen, tmp_p
 
 def test_qwen_image_token_count_with_configured_pixels(tmp_path):
     """The overrides as a config sets them (``beam_models.<name>.min_pixels / max_pixels``)."""
-    from lever_lm.toy.lvlm import make_tiny_adapter
+    from lever_lm.lvlm.tiny import make_tiny_adapter
 
     adapter = make_tiny_adapter("qwen2_5_vl", WORDS, seed=0, precision="fp32", min_pixels=1000, max_pixels=9000)
     paths = [_image_of_size(tmp_path, w, h) for w, h in SIZES]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lever_lm.lvlm import tiny as tiny_lvlm
 from lever_lm.lvlm.base import Example, LVLMConfigError, Prompt
 from lever_lm.lvlm.flamingo import (
     END_OF_CHUNK_TOKEN,
@@ -18,18 +19,17 @@ from lever_lm.lvlm.flamingo import (
     config_from_dict,
     load_flamingo_adapter,
 )
-from lever_lm.toy import lvlm as toy_lvlm
+from lever_lm.lvlm.tiny import FlamingoTinyDims
+from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary, split_words
 from tests.adapter_checks import check_batch_past_copies_are_fixed, check_vision_budget_regroups_only
-from lever_lm.toy.lvlm import FlamingoTinyDims
-from lever_lm.toy.tokenizer import collect_vocabulary, split_words
 
 
 def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
-    toy_lvlm.build_tiny_model_dir("flamingo", out_dir, words, dims, seed)
+    tiny_lvlm.build_tiny_model_dir("flamingo", out_dir, words, dims, seed)
 
 
 def make_tiny_adapter(words, dims=None, seed=0, **config_fields):
-    return toy_lvlm.make_tiny_adapter("flamingo", words, dims, seed, **config_fields)
+    return tiny_lvlm.make_tiny_adapter("flamingo", words, dims, seed, **config_fields)
 
 QUESTIONS = [
     ("what color is the cat ?", "red"),
@@ -332,7 +332,7 @@ def test_checkpoint_missing_trainable_tensor(tiny_dir, tmp_path):
 def test_tokenizer_without_special_tokens(tiny_dir, tmp_path, words):
     from transformers import PreTrainedTokenizerFast
 
-    from lever_lm.toy.tokenizer import build_word_tokenizer
+    from lever_lm.lvlm.tiny_tokenizer import build_word_tokenizer
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)
@@ -376,8 +376,8 @@ def test_fast_path_without_separate_lm_head(adapter, examples, monkeypatch):
     """Language models that expose no base model / output head (remote-code MPT) get full logits; same numbers."""
     from lever_lm.lvlm import flamingo_fast
 
-    real_parts = flamingo_fast._model_parts
-    monkeypatch.setattr(flamingo_fast, "_model_parts", lambda lang: (None, None, *real_parts(lang)[2:]))
+    real_parts = flamingo_fast.model_parts
+    monkeypatch.setattr(flamingo_fast, "model_parts", lambda lang: (None, None, *real_parts(lang)[2:]))
     adapter.clear_cache()
     for prompts in _right_order_steps(examples)[:2]:
         _assert_close(adapter.score(prompts), adapter.score_naive(prompts))

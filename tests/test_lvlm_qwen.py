@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from lever_lm.lvlm import tiny as tiny_lvlm  # noqa: E402
 from lever_lm.lvlm.base import Example, LVLMConfigError, Prompt  # noqa: E402
 from lever_lm.lvlm.qwen import (  # noqa: E402
     QWEN2_5_VL_CHAT_TEMPLATE,
@@ -16,18 +17,17 @@ from lever_lm.lvlm.qwen import (  # noqa: E402
     config_from_dict,
     load_qwen_adapter,
 )
-from lever_lm.toy import lvlm as toy_lvlm  # noqa: E402
-from lever_lm.toy.lvlm import QwenTinyDims  # noqa: E402
-from lever_lm.toy.tokenizer import collect_vocabulary  # noqa: E402
+from lever_lm.lvlm.tiny import QwenTinyDims  # noqa: E402
+from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary  # noqa: E402
 from tests.adapter_checks import check_batch_past_copies_are_fixed, check_vision_budget_regroups_only  # noqa: E402
 
 
 def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
-    toy_lvlm.build_tiny_model_dir("qwen2_5_vl", out_dir, words, dims, seed)
+    tiny_lvlm.build_tiny_model_dir("qwen2_5_vl", out_dir, words, dims, seed)
 
 
 def make_tiny_adapter(words, dims=None, seed=0, **options):
-    return toy_lvlm.make_tiny_adapter("qwen2_5_vl", words, dims, seed, **options)
+    return tiny_lvlm.make_tiny_adapter("qwen2_5_vl", words, dims, seed, **options)
 
 QUESTIONS = ["What color is the background?", "How many objects are there?", "What shape is it?"]
 ANSWERS = ["red", "# a", "two", "blue", "# b", "three"]
@@ -57,7 +57,7 @@ def tiny_dir(tmp_path_factory):
 
 def _sharpened(adapter):
     """Larger weights: a wrong key/value or position reuse then shows up far above the 1e-4 tolerance."""
-    from lever_lm.toy.lvlm import sharpen_weights
+    from lever_lm.lvlm.tiny import sharpen_weights
 
     return sharpen_weights(adapter)
 
@@ -288,7 +288,7 @@ def test_tokenizer_without_image_token_is_rejected(tmp_path, tiny_dir):
     from transformers import Qwen2TokenizerFast
 
     from lever_lm.lvlm.qwen import QWEN_SPECIAL_TOKENS
-    from lever_lm.toy.tokenizer import build_word_tokenizer
+    from lever_lm.lvlm.tiny_tokenizer import build_word_tokenizer
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)

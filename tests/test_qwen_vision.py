@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from lever_lm.lvlm.base import WorkCounters  # noqa: E402
 from lever_lm.lvlm.qwen_vision import grouped_attention  # noqa: E402
-from lever_lm.toy.lvlm import QwenTinyDims, new_tiny_qwen  # noqa: E402
+from lever_lm.lvlm.tiny import QwenTinyDims, new_tiny_qwen  # noqa: E402
 
 # 3 blocks: two windowed (window 112 px = 4x4 merged patches = 64 tokens), the last one full attention
 VISION_DEPTH = 3

@@ -57,6 +57,12 @@ LIGHT_JOBS = {
          "lever_lm.selectors.data", "lever_lm.embeddings",
          "lever_lm.beam_shards", "lever_lm.sampling", "lever_lm.determinism"],
         DL + REPORTING + ("pandas", "faiss")),
+    # the modules of rule tiny_lvlm (the tiny builders, also imported at plan time to check the config, and the toy's
+    # pretraining): the model stack comes when a model is built
+    "tiny_lvlm (modules)": (
+        ["tiny_lvlm"],
+        ["lever_lm.lvlm.tiny", "lever_lm.lvlm.tiny_tokenizer", "lever_lm.tiny_clip", "lever_lm.toy.data"],
+        DL + REPORTING + ("faiss",)),
     # the modules of the LVLM jobs: the model stack is imported when a model is loaded, never at import
     "inference, beam search (modules)": (
         ["icl_inference", "baseline_inference", "ceiling_inference", "ceiling_shard", "beam_shard"],

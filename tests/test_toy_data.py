@@ -257,7 +257,7 @@ def test_conventions_round_trip_and_codes_share_one_marker():
 
 
 def test_vocabulary_covers_every_generated_question_and_answer(default_records):
-    from lever_lm.toy.tokenizer import split_words
+    from lever_lm.lvlm.tiny_tokenizer import split_words
 
     vocabulary = set(toy_vocabulary())
     assert toy_vocabulary() == sorted(vocabulary)

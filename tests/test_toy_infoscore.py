@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lever_lm.data import build_records  # noqa: E402
+from lever_lm.lvlm.tiny import PretrainConfig, QwenTinyDims, load_tiny_dir  # noqa: E402
 from lever_lm.toy.data import ToyDatasetConfig, generate_toy_okvqa  # noqa: E402
 from lever_lm.toy.evaluate import ToyExampleTable, infoscore_sanity  # noqa: E402
-from lever_lm.toy.lvlm import QwenTinyDims, load_tiny_dir  # noqa: E402
-from lever_lm.toy.pretrain import PretrainConfig, pretrain_tiny_lvlm  # noqa: E402
+from lever_lm.toy.pretrain import pretrain_tiny_lvlm  # noqa: E402
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from lever_lm.data import build_records  # noqa: E402
 from lever_lm.lvlm.factory import is_pretrained, load_adapter, parse_config, tiny_spec  # noqa: E402
+from lever_lm.lvlm.tiny import FlamingoTinyDims, PretrainConfig, QwenTinyDims  # noqa: E402
 from lever_lm.toy.data import (  # noqa: E402
     CONVENTIONS,
     ToyDatasetConfig,
@@ -19,9 +20,7 @@ from lever_lm.toy.data import (  # noqa: E402
     parse_answer,
     toy_vocabulary,
 )
-from lever_lm.toy.lvlm import FlamingoTinyDims, QwenTinyDims  # noqa: E402
 from lever_lm.toy.pretrain import (  # noqa: E402
-    PretrainConfig,
     learning_rate,
     pretrain_tiny_lvlm,
     pretraining_prompts,
@@ -159,7 +158,7 @@ def test_pretrained_dir_loads_through_the_local_loader_and_is_deterministic(toy_
 def test_pretrained_flamingo_dir_holds_exactly_the_trained_model(toy_records, tmp_path):
     """Every tensor of the in-memory model (vision, perceiver, cross-attention, language model) survives the
     open_flamingo layout: vision weights file, lang_encoder dir, checkpoint.pt."""
-    from lever_lm.toy.lvlm import load_tiny_dir, save_flamingo_dir
+    from lever_lm.lvlm.tiny import load_tiny_dir, save_flamingo_dir
     from lever_lm.toy.pretrain import _FlamingoTrainer
 
     torch.set_num_threads(1)

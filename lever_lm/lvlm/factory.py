@@ -1,9 +1,10 @@
 """Build an LVLM adapter (or materialise a tiny model) from a ``beam_models.<name>`` config entry.
 
 A ``variant: tiny`` entry may carry two fields the adapters do not know: ``tiny`` (the model's sizes,
-``lever_lm.toy.lvlm.QwenTinyDims`` / ``FlamingoTinyDims``) and ``pretrain`` (``lever_lm.toy.pretrain.PretrainConfig``;
+``lever_lm.lvlm.tiny.QwenTinyDims`` / ``FlamingoTinyDims``) and ``pretrain`` (``lever_lm.lvlm.tiny.PretrainConfig``;
 absent or null: the tiny model stays randomly initialised). This module strips them before the family's own
-config parser sees the entry, and checks them here, so a bad field fails at planning time.
+config parser sees the entry, and checks them here, so a bad field fails at planning time. Pretraining itself is the
+toy world's: rule ``tiny_lvlm``'s script runs it with what ``tiny_spec`` returns.
 """
 
 from __future__ import annotations
@@ -61,8 +62,7 @@ def parse_config(name: str, entry: dict) -> Any:
 
 def tiny_spec(name: str, entry: dict):
     """(family, sizes, pretraining config or None, seed) of a tiny ``beam_models.<name>`` entry."""
-    from lever_lm.toy.lvlm import tiny_dims
-    from lever_lm.toy.pretrain import PretrainConfig
+    from lever_lm.lvlm.tiny import PretrainConfig, tiny_dims
 
     _family(name, entry)
     if entry.get("variant") != "tiny":
@@ -99,7 +99,7 @@ def local_weight_paths(name: str, entry: dict) -> list[tuple[str, str]]:
 
 def build_tiny_model(name: str, entry: dict, out_dir: str, texts: Iterable[str]) -> None:
     """Materialise the random-init tiny variant of ``beam_models.<name>`` with a word vocabulary over ``texts``."""
-    from lever_lm.toy.lvlm import build_tiny_model_dir
+    from lever_lm.lvlm.tiny import build_tiny_model_dir
 
     family, dims, _, seed = tiny_spec(name, entry)
     build_tiny_model_dir(family, out_dir, list(texts), dims, seed)

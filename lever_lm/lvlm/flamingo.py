@@ -7,13 +7,17 @@ Public API
   the factory's business, see ``lever_lm.lvlm.factory``).
 - ``load_flamingo_adapter(config) -> FlamingoAdapter``: loads through ``open_flamingo.create_model_and_transforms``
   from local paths only, then ``checkpoint.pt`` (every Flamingo-trainable tensor must be in it). ``variant: tiny``
-  reads the same four paths from a tiny model dir (``model_dir``, built by ``lever_lm.toy``), whose
+  reads the same four paths from a tiny model dir (``model_dir``, built by ``lever_lm.lvlm.tiny``), whose
   ``flamingo_tiny.json`` names them and whose ``open_clip_config/`` holds the tiny ViT's architecture.
 - ``assemble_prompt(prompt, tokenizer, with_answer)``: the ONE prompt assembly, used by score, score_naive, generate
   and the tiny model's pretraining.
 - ``FlamingoAdapter``: ``score`` (fast path: vision cache, batching, prefix key/value reuse, see ``flamingo_fast``),
   ``score_naive`` (upstream-style reference), ``generate``, ``clear_cache``, and the counters
   ``vision_encoder_calls`` and ``text_tokens_computed`` (non-pad tokens run through the language model).
+- ``trainable_tensor_aliases(model)``: the Flamingo-trainable tensors and their state-dict names (what
+  ``checkpoint.pt`` holds; the tiny builders write the same set).
+- ``generation_cross_attention(attns, media, index)``: a context in which the gated cross-attention runs each token
+  against its own image's latents only (generation here, the tiny model's pretraining too).
 
 Prompt (docs/stages.md stage 4): each ICD ``<image>Question:{q} Short answer:{a}<|endofchunk|>``, then the query
 ``<image>Question:{q} Short answer:`` followed, when scoring, by ``{a}<|endofchunk|>``; no BOS; texts stripped.
@@ -80,7 +84,7 @@ class FlamingoConfig:
     vision_token_budget: int | None = None  # None: the device's default (base.DEFAULT_VISION_TOKEN_BUDGET)
     max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
     seed: int = 0
-    model_dir: str | None = None  # tiny: a tiny model dir (lever_lm.toy.lvlm); every path derives from it
+    model_dir: str | None = None  # tiny: a tiny model dir (lever_lm.lvlm.tiny); every path derives from it
 
     def key(self, field_name: str) -> str:
         return f"beam_models.{self.name}.{field_name}"
@@ -150,7 +154,7 @@ def _resolve_paths(config: FlamingoConfig) -> _ResolvedPaths:
         )
     key = config.key("model_dir")
     if not config.model_dir:
-        raise LVLMConfigError(f"{key}: required to load variant 'tiny' (a tiny model dir, built by lever_lm.toy)")
+        raise LVLMConfigError(f"{key}: required to load variant 'tiny' (a tiny model dir, built by lever_lm.lvlm.tiny)")
     model_dir = Path(config.model_dir)
     info_path = model_dir / TINY_INFO_FILE
     if not info_path.is_file():
@@ -214,7 +218,7 @@ def _read_checkpoint(path: str, key: str) -> dict:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def _trainable_tensor_aliases(model) -> dict[int, list[str]]:
+def trainable_tensor_aliases(model) -> dict[int, list[str]]:
     """Flamingo-trainable tensors (perceiver, gated cross-attn, LM input embeddings) -> all their state-dict names."""
     aliases: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -226,7 +230,7 @@ def _trainable_tensor_aliases(model) -> dict[int, list[str]]:
 def _load_checkpoint_into(model, tokenizer, checkpoint: dict, path: str, key: str, missing_specials: list[str],
                           tokenizer_path: tuple[str, str]) -> None:
     own = model.state_dict()
-    aliases = _trainable_tensor_aliases(model)
+    aliases = trainable_tensor_aliases(model)
     missing, mismatched = [], []
     for names in aliases.values():
         present = [n for n in names if n in checkpoint]
@@ -574,7 +578,7 @@ class FlamingoAdapter(LVLMAdapter):
         """
         import torch
 
-        from lever_lm.lvlm.flamingo_fast import _model_parts
+        from lever_lm.lvlm.flamingo_fast import model_parts
 
         lang = self.model.lang_encoder
         max_len = max(len(a.input_ids) for a in batch)
@@ -585,7 +589,7 @@ class FlamingoAdapter(LVLMAdapter):
             input_ids[row, max_len - len(ids) :] = torch.tensor(ids)
             attention_mask[row, max_len - len(ids) :] = 1
         input_ids, attention_mask = (self.counters.to_device(t, self.device) for t in (input_ids, attention_mask))
-        base, _, _, native_cache = _model_parts(lang)
+        base, _, _, native_cache = model_parts(lang)
         attns = [layer.attn for layer in getattr(lang, "gated_cross_attn_layers", []) if layer is not None]
         fast = bool(attns) and all(getattr(a, "only_attend_immediate_media", False) for a in attns)
         if fast:  # distinct images once; rows index them
@@ -597,7 +601,7 @@ class FlamingoAdapter(LVLMAdapter):
             for row, item in enumerate(batch):
                 index[row, : len(item.image_paths)] = torch.tensor([slot[p] for p in item.image_paths])
             vision = media
-            context = _generation_cross_attention(attns, media, self.counters.to_device(index, media.device))
+            context = generation_cross_attention(attns, media, self.counters.to_device(index, media.device))
         else:
             vision = self.stack_vision([a.image_paths for a in batch])
             context = contextlib.nullcontext()
@@ -730,7 +734,7 @@ class _GenerationCrossAttention:
 
 
 @contextlib.contextmanager
-def _generation_cross_attention(attns, media, index):
+def generation_cross_attention(attns, media, index):
     """Route the given cross-attention modules through ``_GenerationCrossAttention`` for the block, then restore."""
     try:
         for attn in attns:

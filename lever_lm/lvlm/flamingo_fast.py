@@ -97,7 +97,7 @@ def _run_items(adapter, items: list[_Item], store: bool) -> dict:
     return results
 
 
-def _model_parts(lang):
+def model_parts(lang):
     """(base model, output head, takes position_ids, native HF cache) of the Flamingo-extended language model."""
     base = getattr(lang, getattr(lang, "base_model_prefix", ""), None)
     head = lang.get_output_embeddings() if hasattr(lang, "get_output_embeddings") else None
@@ -114,7 +114,7 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
 
     device, dtype = adapter.device, adapter.dtype
     lang = adapter.model.lang_encoder
-    base, head, takes_positions, native_cache = _model_parts(lang)
+    base, head, takes_positions, native_cache = model_parts(lang)
     rows = len(batch)
     prefix_max = max(item.prefix_length for item in batch)
     cont_max = max(len(item.ids) for item in batch)

@@ -6,7 +6,7 @@ Public API
   ``beam_models.<name>``; unknown fields are rejected; a tiny variant's ``tiny``/``pretrain`` fields are the
   factory's business, see ``lever_lm.lvlm.factory``).
 - ``load_qwen_adapter(config) -> QwenVLAdapter``: loads model, tokenizer and image processor from
-  ``config.model_path`` (local files only). ``variant: tiny`` loads a tiny model dir (built by ``lever_lm.toy``,
+  ``config.model_path`` (local files only). ``variant: tiny`` loads a tiny model dir (built by ``lever_lm.lvlm.tiny``,
   ``save_pretrained`` layout) through the very same code.
 - ``QwenVLAdapter``: ``score`` (fast path, see ``qwen_fast``), ``score_naive`` (reference), ``generate``,
   ``clear_cache``, ``assemble`` (the one prompt assembly, also used to pretrain the tiny model).

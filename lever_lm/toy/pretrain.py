@@ -1,12 +1,13 @@
 """Pretrain a tiny LVLM on the toy train split so that it learns to take the answer convention from its context.
 
 Public API
-- ``PretrainConfig`` (frozen): ``PretrainConfig.from_config(section, where)`` from ``beam_models.<name>.pretrain``.
+- ``PretrainConfig`` (frozen; it lives with the tiny builders in ``lever_lm.lvlm.tiny``, where planning checks
+  ``beam_models.<name>.pretrain`` with it): ``PretrainConfig.from_config(section, where)``.
 - ``toy_items(train_records)``, ``pretraining_prompts(items, cfg, rng, count=None)``: the interleaved training
   sequences of one batch.
 - ``pretrain_tiny_lvlm(family, dims, cfg, train_records, out_dir, seed, threads=1, log=None) -> dict``: builds the
   seeded tiny model of the real architecture, trains it, writes it in the real local layout (the same dir the
-  adapters' local loaders read, see ``lever_lm.toy.lvlm``) and returns the training summary (also stored in the dir).
+  adapters' local loaders read, see ``lever_lm.lvlm.tiny``) and returns the training summary (also stored in the dir).
 
 What is trained (``../shared/toy-benchmark.md``):
 - sequences of 0..``max_demos`` demonstrations then a query, all drawn from the TRAIN records only, in exactly the
@@ -33,56 +34,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from lever_lm.lvlm.base import Example, Prompt
+from lever_lm.lvlm.tiny import PretrainConfig
 
 FAMILIES = ("flamingo", "qwen2_5_vl")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    max_demos: int = 4
-    shared_convention_p: float = 0.5
-    reply_p: float = 0.5
-    seed: int = 0
-    log_every: int = 50
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None, where: str = "pretrain") -> "PretrainConfig":
-        section = dict(section or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - set(fields))
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
-        for key, value in section.items():
-            wanted = float if fields[key].type in ("float", float) else int
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                wanted is int and not isinstance(value, int)
-            ):
-                raise ValueError(f"{where}.{key}: expected a {wanted.__name__}, got {value!r}")
-        cfg = cls(**section)
-        checks = [
-            ("steps", cfg.steps >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
-            ("lr", cfg.lr > 0, "> 0"), ("warmup_steps", 0 <= cfg.warmup_steps < cfg.steps, "in [0, steps)"),
-            ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("grad_clip", cfg.grad_clip > 0, "> 0"),
-            ("max_demos", 0 <= cfg.max_demos <= 16, "in [0, 16]"),
-            ("shared_convention_p", 0 <= cfg.shared_convention_p <= 1, "in [0, 1]"),
-            ("reply_p", 0 <= cfg.reply_p <= 1, "in [0, 1]"),
-            ("seed", cfg.seed >= 0, ">= 0"), ("log_every", cfg.log_every >= 1, ">= 1"),
-        ]
-        for key, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{where}.{key}: must be {rule}, got {getattr(cfg, key)!r}")
-        return cfg
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -156,7 +115,7 @@ class _QwenTrainer:
         import torch
 
         from lever_lm.lvlm.qwen import QwenVLAdapter, config_from_dict
-        from lever_lm.toy.lvlm import new_tiny_qwen
+        from lever_lm.lvlm.tiny import new_tiny_qwen
 
         self.model, self.processor = new_tiny_qwen(words, dims, seed)
         self.model.train()
@@ -190,7 +149,7 @@ class _QwenTrainer:
         return _span_loss(hidden, self.model.lm_head, input_ids, [a.answer_spans for a in assembled])
 
     def save(self, out_dir: str, extra: dict) -> None:
-        from lever_lm.toy.lvlm import save_qwen_dir
+        from lever_lm.lvlm.tiny import save_qwen_dir
 
         self.model.eval()
         save_qwen_dir(out_dir, self.model, self.processor, extra=extra)
@@ -211,7 +170,7 @@ class _FlamingoTrainer:
         import torch
 
         from lever_lm.data import load_image
-        from lever_lm.toy.lvlm import new_tiny_flamingo
+        from lever_lm.lvlm.tiny import new_tiny_flamingo
 
         self.tiny = new_tiny_flamingo(words, dims, seed)
         model = self.model = self.tiny.model
@@ -256,14 +215,14 @@ class _FlamingoTrainer:
     def _logits(self, input_ids, attention_mask, media, index):
         """Language-model logits with each text token cross-attending only to the latents of its own (most recent)
         image, as open_flamingo's masked cross-attention does, without scoring the other images' latents first:
-        ``flamingo._generation_cross_attention`` groups the tokens by image (exact; tests compare it with
+        ``flamingo.generation_cross_attention`` groups the tokens by image (exact; tests compare it with
         open_flamingo's own forward)."""
-        from lever_lm.lvlm.flamingo import _generation_cross_attention
+        from lever_lm.lvlm.flamingo import generation_cross_attention
 
         lang = self.model.lang_encoder
         attns = [layer.attn for layer in lang.gated_cross_attn_layers if layer is not None]
         try:
-            with _generation_cross_attention(attns, media, index):
+            with generation_cross_attention(attns, media, index):
                 for layer in lang._get_decoder_layers():
                     layer.condition_vis_x(media)  # read by nothing but the layer's "is conditioned" check
                 return lang(input_ids=input_ids, attention_mask=attention_mask).logits  # conditions media locations
@@ -271,7 +230,7 @@ class _FlamingoTrainer:
             lang.clear_conditioned_layers()
 
     def save(self, out_dir: str, extra: dict) -> None:
-        from lever_lm.toy.lvlm import save_flamingo_dir
+        from lever_lm.lvlm.tiny import save_flamingo_dir
 
         self.model.eval()
         save_flamingo_dir(out_dir, self.tiny, extra=extra)

@@ -3,6 +3,8 @@
 Public API
 - ``QwenTinyDims`` / ``FlamingoTinyDims`` (frozen): the sizes of each tiny model; ``tiny_dims(name, family,
   section)`` builds one from ``beam_models.<name>.tiny`` (unknown or bad fields raise ValueError naming the key).
+- ``PretrainConfig`` (frozen): ``PretrainConfig.from_config(section, where)`` from ``beam_models.<name>.pretrain``,
+  checked at planning time; the pretraining loop that reads it belongs to the toy world (rule ``tiny_lvlm``).
 - ``new_tiny_qwen(words, dims, seed) -> (model, processor)`` and ``save_qwen_dir(out_dir, model, processor)``:
   a seeded random-init ``Qwen2_5_VLForConditionalGeneration`` with a word-level tokenizer and the real chat
   template; the saved dir is a ``save_pretrained`` model + processor dir, loaded by ``qwen.load_qwen_adapter``
@@ -108,6 +110,51 @@ class FlamingoTinyDims:
             raise ValueError(f"{where}: image_size must divide by patch_size")
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining of a tiny LVLM (``beam_models.<name>.pretrain``); the toy world's pretraining loop reads it."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_demos: int = 4
+    shared_convention_p: float = 0.5
+    reply_p: float = 0.5
+    seed: int = 0
+    log_every: int = 50
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None, where: str = "pretrain") -> "PretrainConfig":
+        section = dict(section or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - set(fields))
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
+        for key, value in section.items():
+            wanted = float if fields[key].type in ("float", float) else int
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                wanted is int and not isinstance(value, int)
+            ):
+                raise ValueError(f"{where}.{key}: expected a {wanted.__name__}, got {value!r}")
+        cfg = cls(**section)
+        checks = [
+            ("steps", cfg.steps >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
+            ("lr", cfg.lr > 0, "> 0"), ("warmup_steps", 0 <= cfg.warmup_steps < cfg.steps, "in [0, steps)"),
+            ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("grad_clip", cfg.grad_clip > 0, "> 0"),
+            ("max_demos", 0 <= cfg.max_demos <= 16, "in [0, 16]"),
+            ("shared_convention_p", 0 <= cfg.shared_convention_p <= 1, "in [0, 1]"),
+            ("reply_p", 0 <= cfg.reply_p <= 1, "in [0, 1]"),
+            ("seed", cfg.seed >= 0, ">= 0"), ("log_every", cfg.log_every >= 1, ">= 1"),
+        ]
+        for key, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{where}.{key}: must be {rule}, got {getattr(cfg, key)!r}")
+        return cfg
+
+
 _DIMS = {"qwen2_5_vl": QwenTinyDims, "flamingo": FlamingoTinyDims}
 
 
@@ -146,7 +193,7 @@ def tiny_dims(name: str, family: str, section: Mapping[str, Any] | None) -> Qwen
 def tiny_vocabulary(texts: Iterable[str]) -> list[str]:
     """Sorted words of ``texts`` plus the prompt-template and Qwen chat-template words."""
     from lever_lm.lvlm.qwen import DEFAULT_SYSTEM_PROMPT
-    from lever_lm.toy.tokenizer import collect_vocabulary
+    from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
 
     return collect_vocabulary([*texts, DEFAULT_SYSTEM_PROMPT, "system user assistant"])
 
@@ -173,7 +220,7 @@ def new_tiny_qwen(words: Sequence[str], dims: QwenTinyDims | None = None, seed: 
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     from lever_lm.lvlm.qwen import END_TOKEN, IMAGE_TOKEN, QWEN2_5_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
-    from lever_lm.toy.tokenizer import build_word_tokenizer
+    from lever_lm.lvlm.tiny_tokenizer import build_word_tokenizer
 
     dims = dims or QwenTinyDims()
     dims.validate()
@@ -292,7 +339,7 @@ def _flamingo_tokenizer(words: Sequence[str]):
     from transformers import PreTrainedTokenizerFast
 
     from lever_lm.lvlm.flamingo import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
-    from lever_lm.toy.tokenizer import PAD_TOKEN, UNK_TOKEN, build_word_tokenizer
+    from lever_lm.lvlm.tiny_tokenizer import PAD_TOKEN, UNK_TOKEN, build_word_tokenizer
 
     backend = build_word_tokenizer(words, special_tokens=[IMAGE_TOKEN, END_OF_CHUNK_TOKEN])
     return PreTrainedTokenizerFast(
@@ -322,7 +369,7 @@ def new_tiny_flamingo(words: Sequence[str], dims: FlamingoTinyDims | None = None
     from transformers import MptConfig, MptForCausalLM
 
     from lever_lm.lvlm.flamingo import END_OF_CHUNK_TOKEN, TINY_OPEN_CLIP_CONFIG_DIR, TINY_VISION_NAME
-    from lever_lm.lvlm.flamingo import _trainable_tensor_aliases
+    from lever_lm.lvlm.flamingo import trainable_tensor_aliases
 
     dims = dims or FlamingoTinyDims()
     dims.validate()
@@ -362,7 +409,7 @@ def new_tiny_flamingo(words: Sequence[str], dims: FlamingoTinyDims | None = None
                 # open_flamingo starts the gates at 0 (images ignored); non-zero gates make images matter
                 layer.attn_gate.data.uniform_(0.5, 1.0)
                 layer.ff_gate.data.uniform_(0.5, 1.0)
-        trainable = tuple(name for names in _trainable_tensor_aliases(model).values() for name in names)
+        trainable = tuple(name for names in trainable_tensor_aliases(model).values() for name in names)
         return TinyFlamingo(model, image_processor, tokenizer, dims, seed, clip_state, lm_config, trainable)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

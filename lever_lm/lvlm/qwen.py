@@ -465,7 +465,7 @@ class QwenVLAdapter(LVLMAdapter):
                 pixel_values, grid_thw = self.preprocess_images(paths)
                 counts = dict(zip(paths, self.tokens_per_image(grid_thw)))
                 assembled = [self.assemble(p, counts, for_generation=False) for p in batch]
-                input_ids, attention_mask = self._pad([a.input_ids for a in assembled], left=False)
+                input_ids, attention_mask = self.pad_batch([a.input_ids for a in assembled], left=False)
                 hidden = self.model.model(
                     input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                     image_grid_thw=grid_thw, use_cache=False,
@@ -564,7 +564,7 @@ class QwenVLAdapter(LVLMAdapter):
         self._fast.encode_images([p for p in paths if p not in cached], into=features)
         counts = {path: embeds.shape[0] for path, (embeds, _) in features.items()}
         assembled = [self.assemble(p, counts, for_generation=True) for p in batch]
-        input_ids, attention_mask = self._pad([a.input_ids for a in assembled], left=True)
+        input_ids, attention_mask = self.pad_batch([a.input_ids for a in assembled], left=True)
         occurrences = [path for a in assembled for path in a.image_paths]  # row-major, prompt order
         prefix_ids, prefix_mask = input_ids[:, :-1], attention_mask[:, :-1]  # a prompt never ends with an image
         inputs_embeds = model.model.get_input_embeddings()(prefix_ids)
@@ -610,7 +610,8 @@ class QwenVLAdapter(LVLMAdapter):
             return self.tokenizer.pad_token_id
         return self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
-    def _pad(self, sequences: Sequence[Sequence[int]], left: bool):
+    def pad_batch(self, sequences: Sequence[Sequence[int]], left: bool):
+        """Token id rows padded to one length (left for generation, right for scoring) and their attention mask."""
         import torch
 
         length = max(len(s) for s in sequences)

@@ -39,9 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from lever_lm.lvlm.base import Example, Prompt
-from lever_lm.lvlm.tiny import PretrainConfig
-
-FAMILIES = ("flamingo", "qwen2_5_vl")
+from lever_lm.lvlm.tiny import FAMILIES, PretrainConfig
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -140,7 +138,7 @@ class _QwenTrainer:
 
         assembled = [self.adapter.assemble(p, self.counts, for_generation=False, answer_as_reply=reply)
                      for p, reply in zip(prompts, as_reply)]
-        input_ids, attention_mask = self.adapter._pad([a.input_ids for a in assembled], left=False)
+        input_ids, attention_mask = self.adapter.pad_batch([a.input_ids for a in assembled], left=False)
         paths = [path for a in assembled for path in a.image_paths]
         pixel_values = torch.cat([self.pixels[p][0] for p in paths])
         grid_thw = torch.stack([self.pixels[p][1] for p in paths])

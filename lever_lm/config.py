@@ -173,7 +173,7 @@ def _check_stage_configs(config: dict) -> None:
     from lever_lm.beam_search import from_pipeline_config
     from lever_lm.ceiling import CeilingConfig
     from lever_lm.embeddings import ClipEncoderConfig
-    from lever_lm.inference import InferenceConfig
+    from lever_lm.inference.config import InferenceConfig
     from lever_lm.lvlm.factory import parse_config
     from lever_lm.sampling import SamplerConfig
     from lever_lm.selectors import SelectorConfig

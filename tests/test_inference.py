@@ -12,18 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lever_lm.inference import (
-    BASELINES,
-    PREDICTION_COLUMNS,
-    InferenceConfig,
-    InferenceInputs,
-    generate_answers,
-    run_baseline,
-    run_selector_cell,
-    select_queries,
-)
+from lever_lm.inference.config import InferenceConfig
+from lever_lm.inference.generation import generate_answers
+from lever_lm.inference.inputs import InferenceInputs, select_queries
+from lever_lm.inference.jobs import run_baseline, run_selector_cell
+from lever_lm.inference.outputs import PREDICTION_COLUMNS
 from lever_lm.io_utils import file_sha256
 from lever_lm.lvlm.base import Example, Prompt
+from lever_lm.paths import BASELINES
 from lever_lm.retrievers import RandomRetriever, SelectorRetriever, SimilarityRetriever, ZeroShotRetriever
 
 LABELS = ["red", "blue", "two", "yes", "zebra", "street"]
@@ -281,7 +277,7 @@ def _todays_batches(prompts, batch_size):
 
 
 def test_null_token_budget_keeps_todays_batches_config_and_digest():
-    from lever_lm.inference import plan_generation_batches
+    from lever_lm.inference.generation import plan_generation_batches
 
     prompts = _mixed_prompts()
     for batch_size in (1, 4, 5, 40):
@@ -309,7 +305,7 @@ def test_token_budget_config_errors_name_the_key():
 @pytest.mark.parametrize("budget, batch_size, max_new, beams", [(200, 16, 5, 1), (300, 4, 5, 3), (90, 16, 2, 2),
                                                                  (10_000, 6, 5, 3), (1, 8, 5, 1)])
 def test_token_budget_batches_stay_within_the_budget_sorted_by_length(budget, batch_size, max_new, beams):
-    from lever_lm.inference import plan_generation_batches
+    from lever_lm.inference.generation import plan_generation_batches
 
     prompts = _mixed_prompts()
     adapter = TokenFakeAdapter()
@@ -334,7 +330,7 @@ def test_token_budget_batches_stay_within_the_budget_sorted_by_length(budget, ba
 
 
 def test_token_budget_resume_reuses_only_batches_of_the_same_plan():
-    from lever_lm.inference import plan_generation_batches
+    from lever_lm.inference.generation import plan_generation_batches
 
     prompts = _mixed_prompts()
     adapter = TokenFakeAdapter()
@@ -383,13 +379,13 @@ def test_killed_job_with_a_token_budget_resumes_and_another_budget_starts_over(t
     assert len(adapter.batches) == n_batches and _bytes(tmp_path / "other" / "RandomRetriever") == full
 
     # killed after the last batch, before the outputs: the rerun takes everything from the journal, no LVLM
-    import lever_lm.inference as inference
+    from lever_lm.inference import jobs
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(inference, "write_inference_outputs", killed)
+        patch.setattr(jobs, "write_inference_outputs", killed)
         with pytest.raises(KeyboardInterrupt):
             _baseline(toy, tmp_path / "late", "RandomRetriever", RESUME_BUDGET, adapter=TokenFakeAdapter())
 

@@ -220,9 +220,11 @@ def test_inference_config_defaults_and_errors_name_the_key():
     assert InferenceConfig.from_config({"max_new_tokens": None}, "caption").max_new_tokens == 20
     assert InferenceConfig.from_config({"baselines": ["ZeroShot"], "shots": [2]}, "vqa").shots == (2,)
     for section, key in [({"shots": []}, "inference.shots"), ({"shots": [1, 1]}, "inference.shots"),
-                         ({"shots": [-1]}, "inference.shots"), ({"batch_size": 0}, "inference.batch_size"),
-                         ({"max_queries": 0}, "inference.max_queries"), ({"num_beams": True}, "inference.num_beams"),
-                         ({"always_normalize": "yes"}, "inference.always_normalize"), ({"beams": 3}, "unknown key")]:
+                         ({"shots": [-1]}, "inference.shots"), ({"shots": [0, 1]}, "inference.shots.0"),
+                         ({"batch_size": 0}, "inference.batch_size"), ({"max_queries": 0}, "inference.max_queries"),
+                         ({"num_beams": True}, "inference.num_beams"),
+                         ({"always_normalize": "yes"}, "inference.always_normalize"),
+                         ({"beams": 3}, "unknown config key inference.beams")]:
         with pytest.raises(ValueError, match=key):
             InferenceConfig.from_config(section, "vqa")
     with pytest.raises(ValueError, match="task"):
@@ -604,7 +606,7 @@ def test_val_question_without_answers_is_named(toy, tmp_path):
 
 
 @pytest.mark.parametrize("shots, message", [
-    ([0, 1], "shot 0 is not valid for a selector cell"),
+    ([0, 1], r"config key inference\.shots\.0: 0 is less than the minimum of 1"),
     ([1, 17], r"shot 17 is larger than the test pool of val query idx 0 \(16 ICDs in .*pool.json\)"),
 ])
 def test_bad_shot_numbers_are_refused(toy, tmp_path, shots, message):
@@ -623,7 +625,7 @@ def test_shot_beyond_what_a_v0_selector_decodes_is_refused(toy, tmp_path):
 
 
 def test_zero_shot_number_for_a_retriever_baseline_is_refused(toy, tmp_path):
-    with pytest.raises(ValueError, match="shot 0 is not valid for RandomRetriever"):
+    with pytest.raises(ValueError, match=r"config key inference\.shots\.0: 0 is less than the minimum of 1"):
         _baseline(toy, tmp_path, "RandomRetriever", {"shots": [0]})
     assert not (tmp_path / "RandomRetriever" / "metrics.json").exists()
 

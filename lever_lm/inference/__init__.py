@@ -6,8 +6,8 @@ prompt order; the prompt is the ICDs with their label answers, then the query wi
 captions with corpus CIDEr. Scores are reported x100, unrounded.
 
 Modules (the package re-exports the public API below; code in this repository imports from the modules)
-- ``config``: ``TASKS``, ``METRIC_OF_TASK``, ``InferenceConfig.from_config(config["inference"], task)``,
-  ``config_digest(...)``.
+- ``config``: ``TASKS``, ``METRIC_OF_TASK``, ``InferenceConfig.from_config(config["inference"], task)`` (the section
+  validated against the config schema, which holds its defaults and bounds), ``config_digest(...)``.
 - ``inputs``: ``InferenceInputs`` (the records and selector-encoder embeddings of train and val, the rule inputs),
   loading and checking the splits, ``select_queries(n_val, max_queries, seed)``, ``val_queries``, ``load_lvlm``.
 - ``generation``: ``generate_answers(adapter, prompts, max_new_tokens, num_beams, batch_size, ...,
@@ -20,8 +20,9 @@ Modules (the package re-exports the public API below; code in this repository im
 - ``outputs``: ``write_inference_outputs(...)`` (predictions first, metrics last, both atomic), the output formats.
 - ``jobs``: ``run_selector_cell(...)`` / ``run_baseline(...)``: load, check, evaluate, write ``metrics.json`` +
   ``predictions.parquet``. Every bad input (checkpoint of another beam model or version, a val question without
-  its answers, a shot of 0 or larger than the test pool, embeddings of another encoder) stops before the LVLM
-  loads, with one message naming the culprit, and leaves no ``metrics.json``.
+  its answers, a shot larger than the test pool, embeddings of another encoder, a bad ``inference`` setting such as
+  a shot of 0: zero-shot is the ZeroShot baseline) stops before the LVLM loads, with one message naming the
+  culprit, and leaves no ``metrics.json``.
 The imitation ceiling (``lever_lm.ceiling.run_ceiling_cell``) is evaluated with the same ``evaluate``, journal and
 output formats, as ``"kind": "ceiling"``.
 Heavy imports (torch, transformers, the adapters, the selectors' networks) happen inside the functions.

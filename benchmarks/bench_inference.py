@@ -117,7 +117,7 @@ def main() -> None:
 
     import torch
 
-    from lever_lm.inference import generate_answers, plan_generation_batches
+    from lever_lm.inference.generation import generate_answers, plan_generation_batches
     from lever_lm.lvlm.reference import flamingo_reference, qwen_reference
     from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
 

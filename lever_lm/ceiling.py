@@ -93,7 +93,7 @@ class CeilingConfig:
 def ceiling_query_rows(n_val: int, ceiling: CeilingConfig, inference: Mapping[str, Any]) -> np.ndarray:
     """The val rows of the ceiling, sorted: the rows the selector cells evaluate (``inference``'s max_queries and
     query_seed, as ``inference.select_queries`` draws them), or a seeded subset of ``ceiling.max_queries`` of them."""
-    from lever_lm.inference import select_queries
+    from lever_lm.inference.inputs import select_queries
 
     evaluated = select_queries(n_val, inference.get("max_queries"), int(inference.get("query_seed", 0)))
     if ceiling.max_queries is None or ceiling.max_queries >= len(evaluated):
@@ -309,17 +309,12 @@ def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: 
     failed job leaves no metrics.json."""
     from lever_lm.data import load_records
     from lever_lm.io_utils import file_sha256, inputs_fingerprint
-    from lever_lm.inference import (
-        InferenceJournal,
-        load_lvlm,
-        metrics_record,
-        start_cell,
-        config_digest,
-        evaluate,
-        journal_path,
-        val_queries,
-        write_inference_outputs,
-    )
+    from lever_lm.inference.config import config_digest
+    from lever_lm.inference.evaluation import evaluate
+    from lever_lm.inference.inputs import load_lvlm, val_queries
+    from lever_lm.inference.jobs import start_cell
+    from lever_lm.inference.journal import InferenceJournal, journal_path
+    from lever_lm.inference.outputs import metrics_record, write_inference_outputs
 
     logger = logger or log
     cfg = start_cell("ceiling", identity, IDENTITY_KEYS, metrics_path, inference, task)

@@ -1,11 +1,17 @@
 """Pipeline config: JSON-schema validation (with defaults) plus the cross-key checks a schema cannot express.
 
-Snakemake validates with ``snakemake.utils.validate`` against ``schemas/config.schema.yaml``; ``check_config``
-then runs the semantic checks. Tests and scripts use ``load_config``, which does both. Every error names the key.
+``schemas/config.schema.yaml`` is the one truth of the config's keys, types, bounds and defaults: ``validate_schema``
+validates a config against it and fills its defaults (the Snakefile's rules/common.smk and ``load_config``), and
+``validate_section`` does the same for one section (the typed configs built from a section, e.g.
+``lever_lm.inference.config.InferenceConfig``). ``check_config`` then runs the cross-key checks. Tests and scripts use
+``load_config``, which does both. Every error names the key.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,24 +29,43 @@ def schema_path() -> Path:
     return Path(str(resources.files("lever_lm") / "schemas" / SCHEMA_FILE))
 
 
+@functools.cache
 def _load_schema() -> dict:
+    """The parsed schema, read once; never modify it (defaults are filled as copies)."""
     import yaml
 
     return yaml.safe_load(schema_path().read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _validator_class(schema_id: str) -> type:
+    """The schema's validator class (its ``$schema`` draft), extended so that validating fills defaults: before an
+    object's ``properties`` are validated, each absent one with a ``default`` gets a copy of it (the jsonschema FAQ
+    recipe), so the defaults inside a defaulted object are filled as well."""
+    import jsonschema
+
+    base = jsonschema.validators.validator_for({"$schema": schema_id})
+    validate_properties = base.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, sub in properties.items():
+                if key not in instance and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": fill_defaults})
 
 
 def _dotted(path) -> str:
     return ".".join(str(part) for part in path) or "<root>"
 
 
-def validate_schema(config: dict) -> dict:
-    """Validate against the JSON schema, filling defaults in place; the error names the offending key."""
-    import jsonschema
-
-    schema = _load_schema()
-    _coerce_strings(config, schema)
-    validator_cls = jsonschema.validators.validator_for(schema)
-    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+def _validate(instance: dict, schema: dict) -> dict:
+    """Validate ``instance`` against ``schema``, filling defaults in place; the first error (by key) is raised,
+    naming the key."""
+    validator = _validator_class(schema["$schema"])(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         key = _dotted(first.absolute_path)
@@ -49,8 +74,24 @@ def validate_schema(config: dict) -> dict:
             prefix = f"{key}." if first.absolute_path else ""
             raise ConfigError(f"unknown config key {', '.join(prefix + u for u in unknown)}")
         raise ConfigError(f"config key {key}: {first.message}")
-    _fill_defaults(config, schema)
-    return config
+    return instance
+
+
+def validate_schema(config: dict) -> dict:
+    """Validate against the JSON schema, filling defaults in place; the error names the offending key."""
+    schema = _load_schema()
+    _coerce_strings(config, schema)
+    return _validate(config, schema)
+
+
+def validate_section(name: str, section: Any) -> dict:
+    """One top-level section (``config[name]``, None for an absent one) validated against its part of the schema
+    with its defaults filled, as ``validate_schema`` does within a whole config: a copy, ``section`` is left as it is.
+    Errors name the key as there (``config key inference.shots.0: ...``)."""
+    schema = _load_schema()
+    part = {"$schema": schema["$schema"], "type": "object", "properties": {name: schema["properties"][name]}}
+    value = {} if section is None else copy.deepcopy(dict(section) if isinstance(section, Mapping) else section)
+    return _validate({name: value}, part)[name]
 
 
 _SCALAR_PARSERS = {"integer": int, "number": float}
@@ -96,21 +137,6 @@ def _coerce_strings(instance: Any, schema: dict) -> None:
 def _types(schema: dict) -> list[str]:
     kind = schema.get("type", [])
     return [kind] if isinstance(kind, str) else list(kind)
-
-
-def _fill_defaults(instance: Any, schema: dict) -> None:
-    if not isinstance(instance, dict):
-        return
-    for key, sub in schema.get("properties", {}).items():
-        if key not in instance and "default" in sub:
-            instance[key] = sub["default"]
-        if key in instance:
-            _fill_defaults(instance[key], sub)
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key, value in instance.items():
-            if key not in schema.get("properties", {}):
-                _fill_defaults(value, extra)
 
 
 def check_config(config: dict) -> dict:
@@ -173,7 +199,7 @@ def _check_stage_configs(config: dict) -> None:
     from lever_lm.beam_search import from_pipeline_config
     from lever_lm.ceiling import CeilingConfig
     from lever_lm.embeddings import ClipEncoderConfig
-    from lever_lm.inference import InferenceConfig
+    from lever_lm.inference.config import InferenceConfig
     from lever_lm.lvlm.factory import parse_config
     from lever_lm.sampling import SamplerConfig
     from lever_lm.selectors import SelectorConfig
@@ -188,6 +214,8 @@ def _check_stage_configs(config: dict) -> None:
         SelectorConfig.from_config(config["selector"])
         InferenceConfig.from_config(inference_params(config), config["task"])
         CeilingConfig.from_config(config.get("ceiling"))
+    except ConfigError:
+        raise
     except ValueError as err:
         raise ConfigError(f"config key {err}") from None
 

@@ -3,8 +3,6 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from lever_lm import paths as P
 from lever_lm import replicates
 from lever_lm.beam_search import WORKFLOW_KEYS
@@ -16,15 +14,15 @@ from lever_lm.config import (
     check_model_files,
     check_output_dirs,
     inference_params,
-    schema_path,
     split_layout,
     validate_schema,
 )
 from lever_lm.lvlm.factory import is_pretrained, local_weight_paths
 
-# lever_lm's checks first: one message naming the key (or every missing path), without a traceback;
-# snakemake's validate then fills the schema defaults. Then what the files allow: incomplete weights dirs, and
-# cand_num against the train records when they exist (else the records stage checks it).
+# lever_lm's checks: the schema (lever_lm/schemas/config.schema.yaml), which also fills its defaults, and the
+# cross-key checks, each failure one message naming the key (or every missing path), without a traceback. Then what
+# the files allow: incomplete weights dirs, and cand_num against the train records when they exist (else the records
+# stage checks it).
 try:
     check_config(validate_schema(config))
     check_external_paths(config)
@@ -36,7 +34,6 @@ try:
     check_output_dirs(config)
 except ValueError as err:
     sys.exit(f"Cannot write outputs: {err}")
-validate(config, schema=str(schema_path()))
 
 DATASET = config["dataset"]["name"]
 TINY_BEAM_MODELS = [

@@ -24,7 +24,7 @@ from lever_lm.ceiling import (
     run_ceiling_shard,
 )
 from lever_lm.errors import InputError
-from lever_lm.inference import PREDICTION_COLUMNS
+from lever_lm.inference.outputs import PREDICTION_COLUMNS
 from tests.test_beam_search import MockAdapter, brute_force, make_records
 
 N_TRAIN, N_VAL, CAND_NUM = 40, 12, 6
@@ -133,7 +133,7 @@ def test_icds_per_shot_are_prefixes_of_the_top_beam_in_prompt_order():
 
 
 def test_ceiling_queries_are_a_seeded_subset_of_the_evaluated_ones():
-    from lever_lm.inference import select_queries
+    from lever_lm.inference.inputs import select_queries
 
     everything = ceiling_query_rows(100, CeilingConfig(), EVALUATED)
     assert everything.tolist() == list(range(100))

@@ -12,18 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lever_lm.inference import (
-    BASELINES,
-    PREDICTION_COLUMNS,
-    InferenceConfig,
-    InferenceInputs,
-    generate_answers,
-    run_baseline,
-    run_selector_cell,
-    select_queries,
-)
+from lever_lm.inference.config import InferenceConfig
+from lever_lm.inference.generation import generate_answers
+from lever_lm.inference.inputs import InferenceInputs, select_queries
+from lever_lm.inference.jobs import run_baseline, run_selector_cell
+from lever_lm.inference.outputs import PREDICTION_COLUMNS
 from lever_lm.io_utils import file_sha256
 from lever_lm.lvlm.base import Example, Prompt
+from lever_lm.paths import BASELINES
 from lever_lm.retrievers import RandomRetriever, SelectorRetriever, SimilarityRetriever, ZeroShotRetriever
 
 LABELS = ["red", "blue", "two", "yes", "zebra", "street"]
@@ -224,9 +220,11 @@ def test_inference_config_defaults_and_errors_name_the_key():
     assert InferenceConfig.from_config({"max_new_tokens": None}, "caption").max_new_tokens == 20
     assert InferenceConfig.from_config({"baselines": ["ZeroShot"], "shots": [2]}, "vqa").shots == (2,)
     for section, key in [({"shots": []}, "inference.shots"), ({"shots": [1, 1]}, "inference.shots"),
-                         ({"shots": [-1]}, "inference.shots"), ({"batch_size": 0}, "inference.batch_size"),
-                         ({"max_queries": 0}, "inference.max_queries"), ({"num_beams": True}, "inference.num_beams"),
-                         ({"always_normalize": "yes"}, "inference.always_normalize"), ({"beams": 3}, "unknown key")]:
+                         ({"shots": [-1]}, "inference.shots"), ({"shots": [0, 1]}, "inference.shots.0"),
+                         ({"batch_size": 0}, "inference.batch_size"), ({"max_queries": 0}, "inference.max_queries"),
+                         ({"num_beams": True}, "inference.num_beams"),
+                         ({"always_normalize": "yes"}, "inference.always_normalize"),
+                         ({"beams": 3}, "unknown config key inference.beams")]:
         with pytest.raises(ValueError, match=key):
             InferenceConfig.from_config(section, "vqa")
     with pytest.raises(ValueError, match="task"):
@@ -281,7 +279,7 @@ def _todays_batches(prompts, batch_size):
 
 
 def test_null_token_budget_keeps_todays_batches_config_and_digest():
-    from lever_lm.inference import plan_generation_batches
+    from lever_lm.inference.generation import plan_generation_batches
 
     prompts = _mixed_prompts()
     for batch_size in (1, 4, 5, 40):
@@ -309,7 +307,7 @@ def test_token_budget_config_errors_name_the_key():
 @pytest.mark.parametrize("budget, batch_size, max_new, beams", [(200, 16, 5, 1), (300, 4, 5, 3), (90, 16, 2, 2),
                                                                  (10_000, 6, 5, 3), (1, 8, 5, 1)])
 def test_token_budget_batches_stay_within_the_budget_sorted_by_length(budget, batch_size, max_new, beams):
-    from lever_lm.inference import plan_generation_batches
+    from lever_lm.inference.generation import plan_generation_batches
 
     prompts = _mixed_prompts()
     adapter = TokenFakeAdapter()
@@ -334,7 +332,7 @@ def test_token_budget_batches_stay_within_the_budget_sorted_by_length(budget, ba
 
 
 def test_token_budget_resume_reuses_only_batches_of_the_same_plan():
-    from lever_lm.inference import plan_generation_batches
+    from lever_lm.inference.generation import plan_generation_batches
 
     prompts = _mixed_prompts()
     adapter = TokenFakeAdapter()
@@ -383,13 +381,13 @@ def test_killed_job_with_a_token_budget_resumes_and_another_budget_starts_over(t
     assert len(adapter.batches) == n_batches and _bytes(tmp_path / "other" / "RandomRetriever") == full
 
     # killed after the last batch, before the outputs: the rerun takes everything from the journal, no LVLM
-    import lever_lm.inference as inference
+    from lever_lm.inference import jobs
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(inference, "write_inference_outputs", killed)
+        patch.setattr(jobs, "write_inference_outputs", killed)
         with pytest.raises(KeyboardInterrupt):
             _baseline(toy, tmp_path / "late", "RandomRetriever", RESUME_BUDGET, adapter=TokenFakeAdapter())
 
@@ -608,7 +606,7 @@ def test_val_question_without_answers_is_named(toy, tmp_path):
 
 
 @pytest.mark.parametrize("shots, message", [
-    ([0, 1], "shot 0 is not valid for a selector cell"),
+    ([0, 1], r"config key inference\.shots\.0: 0 is less than the minimum of 1"),
     ([1, 17], r"shot 17 is larger than the test pool of val query idx 0 \(16 ICDs in .*pool.json\)"),
 ])
 def test_bad_shot_numbers_are_refused(toy, tmp_path, shots, message):
@@ -627,7 +625,7 @@ def test_shot_beyond_what_a_v0_selector_decodes_is_refused(toy, tmp_path):
 
 
 def test_zero_shot_number_for_a_retriever_baseline_is_refused(toy, tmp_path):
-    with pytest.raises(ValueError, match="shot 0 is not valid for RandomRetriever"):
+    with pytest.raises(ValueError, match=r"config key inference\.shots\.0: 0 is less than the minimum of 1"):
         _baseline(toy, tmp_path, "RandomRetriever", {"shots": [0]})
     assert not (tmp_path / "RandomRetriever" / "metrics.json").exists()
 

@@ -123,7 +123,7 @@ class Recording:
 @pytest.mark.parametrize("family", ["flamingo", "qwen"])
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_token_budget_generation_equals_batch_one(request, prompts, family, num_beams):
-    from lever_lm.inference import generate_answers
+    from lever_lm.inference.generation import generate_answers
 
     adapter = request.getfixturevalue(family)
     lengths = adapter.prompt_token_lengths(prompts)

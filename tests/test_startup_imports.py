@@ -66,9 +66,9 @@ LIGHT_JOBS = {
     # the modules of the LVLM jobs: the model stack is imported when a model is loaded, never at import
     "inference, beam search (modules)": (
         ["icl_inference", "baseline_inference", "ceiling_inference", "ceiling_shard", "beam_shard"],
-        ["lever_lm.retrievers", "lever_lm.selectors.checkpoint", "lever_lm.lvlm.factory", "lever_lm.lvlm.qwen",
-         "lever_lm.lvlm.flamingo", "lever_lm.lvlm.qwen_fast", "lever_lm.lvlm.flamingo_fast", "lever_lm.metrics",
-         "lever_lm.beam_search", "lever_lm.ceiling"],
+        ["lever_lm.inference", "lever_lm.retrievers", "lever_lm.selectors.checkpoint", "lever_lm.lvlm.factory",
+         "lever_lm.lvlm.qwen", "lever_lm.lvlm.flamingo", "lever_lm.lvlm.qwen_fast", "lever_lm.lvlm.flamingo_fast",
+         "lever_lm.metrics", "lever_lm.beam_search", "lever_lm.ceiling"],
         DL + REPORTING),
 }
 

@@ -5,7 +5,8 @@ from lever_lm.runlog import script_logging
 
 with script_logging(snakemake.log[0], snakemake.rule) as log, gpu_lease():
     from lever_lm.determinism import pin
-    from lever_lm.inference import InferenceInputs, run_baseline
+    from lever_lm.inference.inputs import InferenceInputs
+    from lever_lm.inference.jobs import run_baseline
 
     pin(snakemake.threads)  # threads, deterministic kernels, cuBLAS workspace: before CUDA starts
     inp, params, wildcards = snakemake.input, snakemake.params, snakemake.wildcards

@@ -4,7 +4,7 @@ and the selection diagnostic."""
 from lever_lm.runlog import script_logging
 
 with script_logging(snakemake.log[0], "report") as log:
-    from lever_lm.inference import InferenceConfig
+    from lever_lm.inference.config import InferenceConfig
     from lever_lm.report import build_report
     from lever_lm.stats import UncertaintyConfig
 

@@ -72,7 +72,7 @@ def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retri
     from lever_lm.lvlm.base import Prompt
 
     logger = logger or log
-    lvlm = _Lazy(adapter)
+    lvlm = LazyAdapter(adapter)
     who = type(chooser).__name__
     shot_scores: dict[str, dict[str, Any]] = {}
     frames = []
@@ -121,7 +121,7 @@ def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retri
 
 
 
-class _Lazy:
+class LazyAdapter:
     """An adapter, or a loader of one called at the first ``generate`` or ``prompt_token_lengths`` (a fully resumed
     job never loads the LVLM)."""
 

@@ -4,12 +4,12 @@
 
 rule beam_shard:
     input:
-        anchors=path(P.ANCHORS),
-        candidates=path(P.CANDIDATES),
-        train_records=path(P.RECORDS, split="train"),
+        anchors=path(paths.ANCHORS),
+        candidates=path(paths.CANDIDATES),
+        train_records=path(paths.RECORDS, split="train"),
         weights=lvlm_weights,
     output:
-        shard=P.BEAM_SHARD,
+        shard=paths.BEAM_SHARD,
     log:
         "logs/beam_shard/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}_{scatteritem}.log",
     benchmark:
@@ -18,8 +18,8 @@ rule beam_shard:
         CONDA_ENV
     threads: config["beam_search"]["threads"]
     resources:
-        mem_mb=RES.mem_mb("beam_shard"),
-        runtime=RES.runtime("beam_shard"),
+        mem_mb=RULE_RESOURCES.mem_mb("beam_shard"),
+        runtime=RULE_RESOURCES.runtime("beam_shard"),
         gpu=1,
     params:
         entry=beam_model_entry,
@@ -32,10 +32,10 @@ rule beam_shard:
 
 rule beam_gather:
     input:
-        anchors=path(P.ANCHORS),
+        anchors=path(paths.ANCHORS),
         shards=beam_shard_files,
     output:
-        beams=P.BEAMS,
+        beams=paths.BEAMS,
     log:
         "logs/beam_gather/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}.log",
     benchmark:
@@ -45,7 +45,7 @@ rule beam_gather:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=RES.mem_mb("beam_gather"),
-        runtime=RES.runtime("beam_gather"),
+        mem_mb=RULE_RESOURCES.mem_mb("beam_gather"),
+        runtime=RULE_RESOURCES.runtime("beam_gather"),
     script:
         "../workflow_scripts/beam_gather.py"

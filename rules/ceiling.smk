@@ -14,12 +14,12 @@ EVALUATED_QUERY_PARAMS = {
 
 rule ceiling_shard:
     input:
-        val_records=path(P.RECORDS, split="val"),
-        train_records=path(P.RECORDS, split="train"),
-        test_pool=path(P.TEST_POOL),
+        val_records=path(paths.RECORDS, split="val"),
+        train_records=path(paths.RECORDS, split="train"),
+        test_pool=path(paths.TEST_POOL),
         weights=lvlm_weights,
     output:
-        shard=P.CEILING_SHARD,
+        shard=paths.CEILING_SHARD,
     log:
         "logs/ceiling_shard/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}_{scatteritem}.log",
     benchmark:
@@ -28,8 +28,8 @@ rule ceiling_shard:
         CONDA_ENV
     threads: config["beam_search"]["threads"]
     resources:
-        mem_mb=RES.mem_mb("ceiling_shard"),
-        runtime=RES.runtime("ceiling_shard"),
+        mem_mb=RULE_RESOURCES.mem_mb("ceiling_shard"),
+        runtime=RULE_RESOURCES.runtime("ceiling_shard"),
         gpu=1,
     params:
         entry=beam_model_entry,
@@ -44,10 +44,10 @@ rule ceiling_shard:
 
 rule ceiling_gather:
     input:
-        val_records=path(P.RECORDS, split="val"),
+        val_records=path(paths.RECORDS, split="val"),
         shards=ceiling_shard_files,
     output:
-        beams=P.CEILING_BEAMS,
+        beams=paths.CEILING_BEAMS,
     log:
         "logs/ceiling_gather/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}.log",
     benchmark:
@@ -57,8 +57,8 @@ rule ceiling_gather:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=RES.mem_mb("ceiling_gather"),
-        runtime=RES.runtime("ceiling_gather"),
+        mem_mb=RULE_RESOURCES.mem_mb("ceiling_gather"),
+        runtime=RULE_RESOURCES.runtime("ceiling_gather"),
     params:
         ceiling=CEILING_QUERY_PARAMS,
         evaluated_queries=EVALUATED_QUERY_PARAMS,
@@ -68,13 +68,13 @@ rule ceiling_gather:
 
 rule ceiling_inference:
     input:
-        beams=P.CEILING_BEAMS,
-        train_records=path(P.RECORDS, split="train"),
-        val_records=path(P.RECORDS, split="val"),
+        beams=paths.CEILING_BEAMS,
+        train_records=path(paths.RECORDS, split="train"),
+        val_records=path(paths.RECORDS, split="val"),
         weights=lvlm_weights,
     output:
-        metrics=P.CEILING_METRICS,
-        predictions=P.CEILING_PREDICTIONS,
+        metrics=paths.CEILING_METRICS,
+        predictions=paths.CEILING_PREDICTIONS,
     log:
         "logs/ceiling_inference/{dataset}_{beam_model}_{sampler}_{ex_name}{replicate}.log",
     benchmark:
@@ -83,8 +83,8 @@ rule ceiling_inference:
         CONDA_ENV
     threads: config["threads"]["inference"]
     resources:
-        mem_mb=RES.mem_mb("ceiling_inference"),
-        runtime=RES.runtime("ceiling_inference"),
+        mem_mb=RULE_RESOURCES.mem_mb("ceiling_inference"),
+        runtime=RULE_RESOURCES.runtime("ceiling_inference"),
         gpu=1,
     params:
         entry=beam_model_entry,

@@ -3,7 +3,7 @@ import re
 import sys
 from pathlib import Path
 
-from lever_lm import paths as P
+from lever_lm import paths
 from lever_lm import replicates
 from lever_lm.beam_search import WORKFLOW_KEYS
 from lever_lm.config import (
@@ -58,11 +58,11 @@ wildcard_constraints:
     encoder=_one_of(config["encoders"]),
     sampler=_one_of(config["samplers"]),
     beam_model=_one_of(config["beam_models"]),
-    ex_name=re.escape(P.ex_name(config)),
+    ex_name=re.escape(paths.ex_name(config)),
     scatteritem=r"\d+-of-\d+",
-    version="|".join(P.VERSIONS),
+    version="|".join(paths.VERSIONS),
     lever_lm=re.escape(config["lever_lm"]),
-    baseline=_one_of(P.BASELINES),
+    baseline=_one_of(paths.BASELINES),
     replicate=replicates.wildcard_pattern(config),
 
 
@@ -72,12 +72,12 @@ scattergather:
 
 
 def all_targets(config):
-    return P.all_targets(config)
+    return paths.all_targets(config)
 
 
 def path(template, **wildcards):
     """A path template with the config-derived names filled in ({dataset}, {replicate} and others stay wildcards)."""
-    return P.fill(
+    return paths.fill(
         template,
         config,
         **{"dataset": "{dataset}", "replicate": "{replicate}", **wildcards},
@@ -87,6 +87,11 @@ def path(template, **wildcards):
 def replicate_config(wildcards):
     """The config of the job's replicate: seeds offset by the replicate seed (lever_lm.replicates)."""
     return replicates.config_for(config, replicates.seed_of(wildcards.replicate))
+
+
+def replicate_section(name):
+    """An input function: one config section as the job's replicate sees it."""
+    return lambda wildcards: replicate_config(wildcards)[name]
 
 
 def replicate_seed(wildcards):
@@ -124,27 +129,27 @@ def lvlm_weights(wildcards):
     if entry["variant"] == "tiny":
         seed = replicates.seed_of(wildcards.replicate)
         model = replicates.model_suffix(config, wildcards.beam_model, seed)
-        return [path(P.TINY_LVLM, beam_model=wildcards.beam_model, replicate=model)]
-    return [path for _, path in local_weight_paths(wildcards.beam_model, entry)]
+        return [path(paths.TINY_LVLM, beam_model=wildcards.beam_model, replicate=model)]
+    return [weights for _, weights in local_weight_paths(wildcards.beam_model, entry)]
 
 
 def beam_shard_files(wildcards):
     """The N shard files of one beam-search run (scattergather)."""
-    return gather.beam_shard(P.BEAM_SHARD, **dict(wildcards.items()))
+    return gather.beam_shard(paths.BEAM_SHARD, **dict(wildcards.items()))
 
 
 def ceiling_shard_files(wildcards):
     """The N shard files of one imitation-ceiling beam search (scattergather)."""
-    return gather.ceiling_shard(P.CEILING_SHARD, **dict(wildcards.items()))
+    return gather.ceiling_shard(paths.CEILING_SHARD, **dict(wildcards.items()))
 
 
 def selector_embeddings(split):
     """The selector encoder's stored embeddings of one split (image, text and their meta)."""
     encoder = config["selector_encoder"]
     return {
-        f"{split}_image": path(P.EMBEDDING_IMAGE, split=split, encoder=encoder),
-        f"{split}_text": path(P.EMBEDDING_TEXT, split=split, encoder=encoder),
-        f"{split}_meta": path(P.EMBEDDING_META, split=split, encoder=encoder),
+        f"{split}_image": path(paths.EMBEDDING_IMAGE, split=split, encoder=encoder),
+        f"{split}_text": path(paths.EMBEDDING_TEXT, split=split, encoder=encoder),
+        f"{split}_meta": path(paths.EMBEDDING_META, split=split, encoder=encoder),
     }
 
 
@@ -156,13 +161,15 @@ def selector_init_checkpoint(wildcards):
     if wildcards.version != "v4":
         return []
     return [
-        P.fill(P.SELECTOR_BEST, config, **{**dict(wildcards.items()), "version": "v3"})
+        paths.fill(
+            paths.SELECTOR_BEST, config, **{**dict(wildcards.items()), "version": "v3"}
+        )
     ]
 
 
 def tiny_lvlm_inputs(wildcards):
     """Pretraining reads the train records only; a random-init build takes its vocabulary from both splits."""
-    files = {"train": path(P.RECORDS, split="train")}
+    files = {"train": path(paths.RECORDS, split="train")}
     if not is_pretrained(config["beam_models"][wildcards.beam_model]):
-        files["val"] = path(P.RECORDS, split="val")
+        files["val"] = path(paths.RECORDS, split="val")
     return files

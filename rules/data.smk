@@ -5,7 +5,7 @@ rule records:
     input:
         unpack(raw_split_files),
     output:
-        records=P.RECORDS,
+        records=paths.RECORDS,
     log:
         "logs/records/{dataset}_{split}.log",
     benchmark:
@@ -16,8 +16,8 @@ rule records:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=RES.mem_mb("records"),
-        runtime=RES.runtime("records"),
+        mem_mb=RULE_RESOURCES.mem_mb("records"),
+        runtime=RULE_RESOURCES.runtime("records"),
     params:
         format=config["dataset"]["format"],
         caption_year=config["dataset"]["caption_year"],

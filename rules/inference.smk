@@ -1,8 +1,8 @@
 # Stage 6: ICL inference of every selector cell and of the baselines, scored (VQA accuracy or CIDEr).
 
 INFERENCE_INPUTS = dict(
-    train_records=path(P.RECORDS, split="train"),
-    val_records=path(P.RECORDS, split="val"),
+    train_records=path(paths.RECORDS, split="train"),
+    val_records=path(paths.RECORDS, split="val"),
     **selector_embeddings("train"),
     **selector_embeddings("val"),
 )
@@ -12,12 +12,12 @@ INFERENCE_PARAMS = inference_params(config)
 rule icl_inference:
     input:
         **INFERENCE_INPUTS,
-        checkpoint=P.SELECTOR_BEST,
-        test_pool=path(P.TEST_POOL),
+        checkpoint=paths.SELECTOR_BEST,
+        test_pool=path(paths.TEST_POOL),
         weights=lvlm_weights,
     output:
-        metrics=P.INFERENCE_METRICS,
-        predictions=P.INFERENCE_PREDICTIONS,
+        metrics=paths.INFERENCE_METRICS,
+        predictions=paths.INFERENCE_PREDICTIONS,
     log:
         "logs/icl_inference/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}{replicate}_{lever_lm}.log",
     benchmark:
@@ -26,8 +26,8 @@ rule icl_inference:
         CONDA_ENV
     threads: config["threads"]["inference"]
     resources:
-        mem_mb=RES.mem_mb("icl_inference"),
-        runtime=RES.runtime("icl_inference"),
+        mem_mb=RULE_RESOURCES.mem_mb("icl_inference"),
+        runtime=RULE_RESOURCES.runtime("icl_inference"),
         gpu=1,
     params:
         entry=beam_model_entry,
@@ -43,8 +43,8 @@ rule baseline_inference:
         **INFERENCE_INPUTS,
         weights=lvlm_weights,
     output:
-        metrics=P.BASELINE_METRICS,
-        predictions=P.BASELINE_PREDICTIONS,
+        metrics=paths.BASELINE_METRICS,
+        predictions=paths.BASELINE_PREDICTIONS,
     log:
         "logs/baseline_inference/{dataset}_{beam_model}_{baseline}{replicate}.log",
     benchmark:
@@ -53,8 +53,8 @@ rule baseline_inference:
         CONDA_ENV
     threads: config["threads"]["inference"]
     resources:
-        mem_mb=RES.mem_mb("baseline_inference"),
-        runtime=RES.runtime("baseline_inference"),
+        mem_mb=RULE_RESOURCES.mem_mb("baseline_inference"),
+        runtime=RULE_RESOURCES.runtime("baseline_inference"),
         gpu=1,
     params:
         entry=beam_model_entry,

@@ -4,58 +4,63 @@
 rule report:
     input:
         cell_metrics=[
-            path(P.INFERENCE_METRICS, **cell) for cell in P.selector_cells(config)
+            path(paths.INFERENCE_METRICS, **cell)
+            for cell in paths.selector_cells(config)
         ],
         cell_predictions=[
-            path(P.INFERENCE_PREDICTIONS, **cell) for cell in P.selector_cells(config)
+            path(paths.INFERENCE_PREDICTIONS, **cell)
+            for cell in paths.selector_cells(config)
         ],
         baseline_metrics=[
-            path(P.BASELINE_METRICS, **cell) for cell in P.baseline_cells(config)
+            path(paths.BASELINE_METRICS, **cell)
+            for cell in paths.baseline_cells(config)
         ],
         baseline_predictions=[
-            path(P.BASELINE_PREDICTIONS, **cell) for cell in P.baseline_cells(config)
+            path(paths.BASELINE_PREDICTIONS, **cell)
+            for cell in paths.baseline_cells(config)
         ],
         ceiling_metrics=[
-            path(P.CEILING_METRICS, **cell) for cell in P.ceiling_cells(config)
+            path(paths.CEILING_METRICS, **cell) for cell in paths.ceiling_cells(config)
         ],
         ceiling_predictions=[
-            path(P.CEILING_PREDICTIONS, **cell) for cell in P.ceiling_cells(config)
+            path(paths.CEILING_PREDICTIONS, **cell)
+            for cell in paths.ceiling_cells(config)
         ],
     output:
         tables=report(
-            path(P.REPORT_TABLES),
+            path(paths.REPORT_TABLES),
             caption="../report/tables.rst",
             category="Result tables",
         ),
         html=report(
-            path(P.REPORT_TABLES_HTML),
+            path(paths.REPORT_TABLES_HTML),
             caption="../report/tables.rst",
             category="Result tables",
         ),
         overlap=report(
-            path(P.REPORT_OVERLAP),
+            path(paths.REPORT_OVERLAP),
             caption="../report/overlap.rst",
             category="Selection diagnostic",
         ),
         scores=report(
-            path(P.REPORT_SCORES),
+            path(paths.REPORT_SCORES),
             caption="../report/scores.rst",
             category="Result tables",
         ),
         comparisons=report(
-            path(P.REPORT_COMPARISONS),
+            path(paths.REPORT_COMPARISONS),
             caption="../report/comparisons.rst",
             category="Result tables",
         ),
         plots=[
             report(
-                path(P.REPORT_PLOT, **cell),
+                path(paths.REPORT_PLOT, **cell),
                 caption="../report/plot.rst",
                 category="Accuracy vs shots",
                 subcategory=cell["beam_model"],
                 labels={"beam model": cell["beam_model"], "version": cell["version"]},
             )
-            for cell in P.plot_cells(config)
+            for cell in paths.plot_cells(config)
         ],
     log:
         path("logs/report/{dataset}_{report_name}.log"),
@@ -66,12 +71,12 @@ rule report:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=RES.mem_mb("report"),
-        runtime=RES.runtime("report"),
+        mem_mb=RULE_RESOURCES.mem_mb("report"),
+        runtime=RULE_RESOURCES.runtime("report"),
     params:
         inference=INFERENCE_PARAMS,
         task=config["task"],
-        plot_cells=P.plot_cells(config),
+        plot_cells=paths.plot_cells(config),
         beam_models=list(config["beam_models"]),
         samplers=config["samplers"],
         uncertainty={

@@ -3,12 +3,12 @@
 
 rule embeddings:
     input:
-        records=P.RECORDS,
+        records=paths.RECORDS,
         weights=encoder_weights,
     output:
-        image=P.EMBEDDING_IMAGE,
-        text=P.EMBEDDING_TEXT,
-        meta=P.EMBEDDING_META,
+        image=paths.EMBEDDING_IMAGE,
+        text=paths.EMBEDDING_TEXT,
+        meta=paths.EMBEDDING_META,
     log:
         "logs/embeddings/{dataset}_{encoder}_{split}.log",
     benchmark:
@@ -17,23 +17,23 @@ rule embeddings:
         CONDA_ENV
     threads: config["threads"]["embeddings"]
     resources:
-        mem_mb=RES.mem_mb("embeddings"),
-        runtime=RES.runtime("embeddings"),
+        mem_mb=RULE_RESOURCES.mem_mb("embeddings"),
+        runtime=RULE_RESOURCES.runtime("embeddings"),
         gpu=1,
     params:
-        encoder=lambda wildcards: config["encoders"][wildcards.encoder],
+        encoder=lookup(dpath="encoders/{encoder}", within=config),
     script:
         "../workflow_scripts/embeddings.py"
 
 
 rule faiss_index:
     input:
-        image=path(P.EMBEDDING_IMAGE, split="train"),
-        text=path(P.EMBEDDING_TEXT, split="train"),
-        meta=path(P.EMBEDDING_META, split="train"),
+        image=path(paths.EMBEDDING_IMAGE, split="train"),
+        text=path(paths.EMBEDDING_TEXT, split="train"),
+        meta=path(paths.EMBEDDING_META, split="train"),
     output:
-        image=P.INDEX_IMAGE,
-        text=P.INDEX_TEXT,
+        image=paths.INDEX_IMAGE,
+        text=paths.INDEX_TEXT,
     log:
         "logs/faiss_index/{dataset}_{encoder}.log",
     benchmark:
@@ -44,17 +44,17 @@ rule faiss_index:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=RES.mem_mb("faiss_index"),
-        runtime=RES.runtime("faiss_index"),
+        mem_mb=RULE_RESOURCES.mem_mb("faiss_index"),
+        runtime=RULE_RESOURCES.runtime("faiss_index"),
     script:
         "../workflow_scripts/faiss_index.py"
 
 
 rule anchors:
     input:
-        records=path(P.RECORDS, split="train"),
+        records=path(paths.RECORDS, split="train"),
     output:
-        anchors=path(P.ANCHORS),
+        anchors=path(paths.ANCHORS),
     log:
         "logs/anchors/{dataset}{replicate}.log",
     benchmark:
@@ -65,31 +65,33 @@ rule anchors:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=RES.mem_mb("anchors"),
-        runtime=RES.runtime("anchors"),
+        mem_mb=RULE_RESOURCES.mem_mb("anchors"),
+        runtime=RULE_RESOURCES.runtime("anchors"),
     params:
-        anchors=lambda wildcards: replicate_config(wildcards)["anchors"],
+        anchors=replicate_section("anchors"),
     script:
         "../workflow_scripts/anchors.py"
 
 
 SAMPLER_INPUTS = dict(
-    train_records=path(P.RECORDS, split="train"),
+    train_records=path(paths.RECORDS, split="train"),
     train_image=path(
-        P.EMBEDDING_IMAGE, split="train", encoder=config["sampler_encoder"]
+        paths.EMBEDDING_IMAGE, split="train", encoder=config["sampler_encoder"]
     ),
-    train_text=path(P.EMBEDDING_TEXT, split="train", encoder=config["sampler_encoder"]),
-    index_image=path(P.INDEX_IMAGE, encoder=config["sampler_encoder"]),
-    index_text=path(P.INDEX_TEXT, encoder=config["sampler_encoder"]),
+    train_text=path(
+        paths.EMBEDDING_TEXT, split="train", encoder=config["sampler_encoder"]
+    ),
+    index_image=path(paths.INDEX_IMAGE, encoder=config["sampler_encoder"]),
+    index_text=path(paths.INDEX_TEXT, encoder=config["sampler_encoder"]),
 )
 
 
 rule candidates:
     input:
         **SAMPLER_INPUTS,
-        anchors=path(P.ANCHORS),
+        anchors=path(paths.ANCHORS),
     output:
-        candidates=path(P.CANDIDATES),
+        candidates=path(paths.CANDIDATES),
     log:
         "logs/candidates/{dataset}_{sampler}{replicate}.log",
     benchmark:
@@ -100,8 +102,8 @@ rule candidates:
         CONDA_ENV
     threads: config["threads"]["sampling"]
     resources:
-        mem_mb=RES.mem_mb("candidates"),
-        runtime=RES.runtime("candidates"),
+        mem_mb=RULE_RESOURCES.mem_mb("candidates"),
+        runtime=RULE_RESOURCES.runtime("candidates"),
     params:
         candidates=config["candidates"],
     script:
@@ -111,15 +113,15 @@ rule candidates:
 rule test_pool:
     input:
         **SAMPLER_INPUTS,
-        query_records=path(P.RECORDS, split="val"),
+        query_records=path(paths.RECORDS, split="val"),
         query_image=path(
-            P.EMBEDDING_IMAGE, split="val", encoder=config["sampler_encoder"]
+            paths.EMBEDDING_IMAGE, split="val", encoder=config["sampler_encoder"]
         ),
         query_text=path(
-            P.EMBEDDING_TEXT, split="val", encoder=config["sampler_encoder"]
+            paths.EMBEDDING_TEXT, split="val", encoder=config["sampler_encoder"]
         ),
     output:
-        pool=path(P.TEST_POOL),
+        pool=path(paths.TEST_POOL),
     log:
         "logs/test_pool/{dataset}_{sampler}.log",
     benchmark:
@@ -130,8 +132,8 @@ rule test_pool:
         CONDA_ENV
     threads: config["threads"]["sampling"]
     resources:
-        mem_mb=RES.mem_mb("test_pool"),
-        runtime=RES.runtime("test_pool"),
+        mem_mb=RULE_RESOURCES.mem_mb("test_pool"),
+        runtime=RULE_RESOURCES.runtime("test_pool"),
     params:
         candidates=config["candidates"],
     script:

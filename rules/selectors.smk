@@ -4,13 +4,13 @@
 rule train_selector:
     input:
         **SELECTOR_TRAIN_EMBEDDINGS,
-        beams=path(P.BEAMS),
-        candidates=path(P.CANDIDATES),
+        beams=path(paths.BEAMS),
+        candidates=path(paths.CANDIDATES),
         init_checkpoint=selector_init_checkpoint,
     output:
-        best=P.SELECTOR_BEST,
-        last=P.SELECTOR_LAST,
-        metrics=P.SELECTOR_METRICS,
+        best=paths.SELECTOR_BEST,
+        last=paths.SELECTOR_LAST,
+        metrics=paths.SELECTOR_METRICS,
     log:
         "logs/train_selector/{dataset}_{version}_{beam_model}_{sampler}_{ex_name}{replicate}_{lever_lm}.log",
     benchmark:
@@ -19,10 +19,10 @@ rule train_selector:
         CONDA_ENV
     threads: config["threads"]["selector"]
     resources:
-        mem_mb=RES.mem_mb("train_selector"),
-        runtime=RES.runtime("train_selector"),
+        mem_mb=RULE_RESOURCES.mem_mb("train_selector"),
+        runtime=RULE_RESOURCES.runtime("train_selector"),
         gpu=1,
     params:
-        selector=lambda wildcards: replicate_config(wildcards)["selector"],
+        selector=replicate_section("selector"),
     script:
         "../workflow_scripts/train_selector.py"

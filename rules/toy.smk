@@ -10,7 +10,7 @@ if "toy" in config["dataset"]:
             val=directory(split_files("val")["image_dir"]),
             jsons=[
                 split_files(split)[kind]
-                for split in P.SPLITS
+                for split in paths.SPLITS
                 for kind in ("questions", "annotations")
             ],
         log:
@@ -23,10 +23,10 @@ if "toy" in config["dataset"]:
             CONDA_ENV
         threads: 1
         resources:
-            mem_mb=RES.mem_mb("toy_dataset"),
-            runtime=RES.runtime("toy_dataset"),
+            mem_mb=RULE_RESOURCES.mem_mb("toy_dataset"),
+            runtime=RULE_RESOURCES.runtime("toy_dataset"),
         params:
-            root=lambda wildcards, output: Path(output.train).parent,
+            root=Path(split_files("train")["image_dir"]).parent,
             toy=config["dataset"]["toy"],
         script:
             "../workflow_scripts/toy_dataset.py"
@@ -38,7 +38,7 @@ if TINY_BEAM_MODELS:
         input:
             unpack(tiny_lvlm_inputs),
         output:
-            model_dir=directory(P.TINY_LVLM),
+            model_dir=directory(paths.TINY_LVLM),
         log:
             "logs/tiny_lvlm/{dataset}_{beam_model}{replicate}.log",
         benchmark:
@@ -50,8 +50,8 @@ if TINY_BEAM_MODELS:
         # one thread: deterministic, and the two tiny LVLMs pretrain side by side on a 2-core machine
         threads: 1
         resources:
-            mem_mb=RES.mem_mb("tiny_lvlm"),
-            runtime=RES.runtime("tiny_lvlm"),
+            mem_mb=RULE_RESOURCES.mem_mb("tiny_lvlm"),
+            runtime=RULE_RESOURCES.runtime("tiny_lvlm"),
         params:
             entry=beam_model_entry,
         script:

@@ -27,7 +27,9 @@ TINY_LVLM = RESULTS + "/models/{beam_model}{replicate}"
 BEAM_DIR = RESULTS + "/beam/{beam_model}/{sampler}/{ex_name}{replicate}"
 BEAM_SHARD = BEAM_DIR + "/shards/{scatteritem}.jsonl"
 BEAMS = BEAM_DIR + "/beams.json"
-# Stage 5: one selector per (version, beam_model, sampler), under the seed's model_cpk/{version} prefix.
+# Stage 5: one selector per (version, beam_model, sampler), under the seed's model_cpk/{version} prefix (the seed's
+# name for its checkpoint folder, kept because users know its paths; {lever_lm} is the feature choice, config key
+# `lever_lm`).
 SELECTOR_DIR = RESULTS + "/model_cpk/{version}/{beam_model}/{sampler}/{ex_name}{replicate}/{lever_lm}"
 SELECTOR_BEST = SELECTOR_DIR + "/best.ckpt"
 SELECTOR_LAST = SELECTOR_DIR + "/last.ckpt"

@@ -129,8 +129,8 @@ class PretrainConfig:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None,
                     where: str = "beam_models.<model>.pretrain") -> "PretrainConfig":
-        """From ``beam_models.<name>.pretrain`` (``where`` names it so), validated against the config schema, which holds the
-        fields' types and bounds (``lever_lm.config.validate_section``; errors name the key: ``config key
+        """From ``beam_models.<name>.pretrain`` (``where`` names it so), validated against the config schema, which
+        holds the fields' types and bounds (``lever_lm.config.validate_section``; errors name the key: ``config key
         beam_models.m.pretrain.lr: ...``). The defaults are the dataclass's: a schema default would add them to the
         model entry, which the rules' params and the digests hold."""
         from lever_lm.config import validate_section

@@ -6,7 +6,7 @@ Every error is a ValueError that starts with the dotted key, e.g. ``selector.poi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from lever_lm.paths import VERSIONS

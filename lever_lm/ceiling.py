@@ -56,34 +56,28 @@ IDENTITY_KEYS = ("dataset", "beam_model", "sampler", "ex_name")
 
 @dataclass(frozen=True)
 class CeilingConfig:
-    """``config["ceiling"]``, typed; errors name the key (``ceiling.shards: ...``)."""
+    """``config["ceiling"]``, typed. Defaults and bounds are the config schema's
+    (``lever_lm/schemas/config.schema.yaml``)."""
 
-    enabled: bool = True
-    max_queries: int | None = None  # None: every val query the cells evaluate; N: a seeded subset of N of them
-    query_seed: int = 0
-    shards: int = 2
+    enabled: bool
+    max_queries: int | None  # None: every val query the cells evaluate; N: a seeded subset of N of them
+    query_seed: int
+    shards: int
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> "CeilingConfig":
-        section = dict(section or {})
-        unknown = sorted(set(section) - {"enabled", "max_queries", "query_seed", "shards"})
-        if unknown:
-            raise ValueError(f"ceiling: unknown key(s) {', '.join(unknown)}")
-        enabled = section.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ValueError(f"ceiling.enabled: expected true or false, got {enabled!r}")
-        values: dict[str, Any] = {"enabled": enabled}
-        for name, default, low, nullable in (("max_queries", None, 1, True), ("query_seed", 0, 0, False),
-                                             ("shards", 2, 1, False)):
-            value = section.get(name, default)
-            if value is None and nullable:
-                values[name] = None
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                kind = "an integer or null" if nullable else "an integer"
-                raise ValueError(f"ceiling.{name}: expected {kind} >= {low}, got {value!r}")
-            values[name] = int(value)
-        return cls(**values)
+        """From ``config["ceiling"]`` (None: all defaults), validated against the config schema with its defaults
+        filled (``lever_lm.config.validate_section``); errors name the key: ``config key ceiling.shards: ...``."""
+        from lever_lm.config import validate_section
+
+        section = validate_section("ceiling", section)
+        max_queries = section["max_queries"]
+        return cls(
+            enabled=section["enabled"],
+            max_queries=None if max_queries is None else int(max_queries),  # the schema's integers include 2.0
+            query_seed=int(section["query_seed"]),
+            shards=int(section["shards"]),
+        )
 
     def query_params(self) -> dict[str, Any]:
         """What decides the ceiling's val queries (with the cells' own selection)."""

@@ -61,18 +61,19 @@ def _dotted(path) -> str:
     return ".".join(str(part) for part in path) or "<root>"
 
 
-def _validate(instance: dict, schema: dict) -> dict:
+def _validate(instance: Any, schema: dict, prefix: tuple = ()) -> Any:
     """Validate ``instance`` against ``schema``, filling defaults in place; the first error (by key) is raised,
-    naming the key."""
-    validator = _validator_class(schema["$schema"])(schema)
+    naming the key (``prefix``: the keys ``instance`` lies under)."""
+    validator = _validator_class(_load_schema()["$schema"])(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
-        key = _dotted(first.absolute_path)
+        path = (*prefix, *first.absolute_path)
+        key = _dotted(path)
         if first.validator == "additionalProperties":
             unknown = sorted(set(first.instance) - set(first.schema.get("properties", {})))
-            prefix = f"{key}." if first.absolute_path else ""
-            raise ConfigError(f"unknown config key {', '.join(prefix + u for u in unknown)}")
+            dot = f"{key}." if path else ""
+            raise ConfigError(f"unknown config key {', '.join(dot + u for u in unknown)}")
         raise ConfigError(f"config key {key}: {first.message}")
     return instance
 
@@ -84,14 +85,18 @@ def validate_schema(config: dict) -> dict:
     return _validate(config, schema)
 
 
-def validate_section(name: str, section: Any) -> dict:
-    """One top-level section (``config[name]``, None for an absent one) validated against its part of the schema
+def validate_section(name: str | tuple[str, ...], section: Any) -> dict:
+    """One section (``name``: a top-level key such as ``inference``, or the keys of a nested one, e.g.
+    ``("beam_models", "m", "pretrain")``; ``section`` None for an absent one) validated against its part of the schema
     with its defaults filled, as ``validate_schema`` does within a whole config: a copy, ``section`` is left as it is.
     Errors name the key as there (``config key inference.shots.0: ...``)."""
+    path = (name,) if isinstance(name, str) else tuple(name)
     schema = _load_schema()
-    part = {"$schema": schema["$schema"], "type": "object", "properties": {name: schema["properties"][name]}}
+    for part in path:
+        properties = schema.get("properties", {})
+        schema = properties[part] if part in properties else schema["additionalProperties"]
     value = {} if section is None else copy.deepcopy(dict(section) if isinstance(section, Mapping) else section)
-    return _validate({name: value}, part)[name]
+    return _validate(value, schema, path)
 
 
 _SCALAR_PARSERS = {"integer": int, "number": float}

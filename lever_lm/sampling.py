@@ -68,10 +68,7 @@ class SamplerConfig:
     search_margin: int = 8
 
     def __post_init__(self) -> None:
-        if self.cand_num < 1:
-            raise ValueError(f"candidates.cand_num must be >= 1, got {self.cand_num}")
-        if self.seed < 0:
-            raise ValueError(f"candidates.seed must be >= 0, got {self.seed}")
+        # cand_num, seed and each ratio's bounds are the config schema's (``from_config``); not the ratios' sum
         if self.search_margin < 0:
             raise ValueError(f"candidates.search_margin must be >= 0, got {self.search_margin}")
         ratios = tuple(float(r) for r in self.mix_ratios)
@@ -84,19 +81,20 @@ class SamplerConfig:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> "SamplerConfig":
-        """From the ``candidates`` section; ``mix_ratios`` may be a mapping {random, text, image}."""
-        known = {"cand_num", "exclude_same_image", "seed", "mix_ratios", "search_margin"}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"candidates: unknown keys {unknown}; known: {sorted(known)}")
-        values = dict(section)
-        ratios = values.get("mix_ratios")
-        if isinstance(ratios, Mapping):
-            if set(ratios) != {"random", "text", "image"}:
-                raise ValueError(f"candidates.mix_ratios needs exactly keys random, text, image; got {sorted(ratios)}")
+        """From the ``candidates`` section, validated against the config schema with its defaults filled
+        (``lever_lm.config.validate_section``; errors name the key: ``config key candidates.cand_num: ...``).
+        ``mix_ratios`` is a mapping {random, text, image}; absent, the dataclass's (not a schema default, which would
+        add it to the rules' params)."""
+        from lever_lm.config import validate_section
+
+        section = validate_section("candidates", section)
+        values: dict[str, Any] = {
+            "cand_num": int(section["cand_num"]), "exclude_same_image": section["exclude_same_image"],
+            "seed": int(section["seed"]),
+        }
+        ratios = section.get("mix_ratios")
+        if ratios is not None:
             values["mix_ratios"] = (ratios["random"], ratios["text"], ratios["image"])
-        elif ratios is not None:
-            values["mix_ratios"] = tuple(ratios)
         return cls(**values)
 
     def mix_counts(self) -> tuple[int, int, int]:

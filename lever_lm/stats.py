@@ -25,28 +25,19 @@ class UncertaintyConfig:
     """The config's ``report`` section: how the bootstrap intervals are drawn (its ``name`` is the report's folder,
     not read here)."""
 
-    bootstrap_resamples: int = 2000
-    bootstrap_seed: int = 0
-    confidence: float = 0.95
+    bootstrap_resamples: int  # defaults and bounds: the config schema's (``from_config``)
+    bootstrap_seed: int
+    confidence: float
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> "UncertaintyConfig":
-        section = dict(section or {})
-        unknown = sorted(set(section) - {"name", "bootstrap_resamples", "bootstrap_seed", "confidence"})
-        if unknown:
-            raise ValueError(f"report: unknown key(s) {unknown}")
-        config = cls(
-            bootstrap_resamples=int(section.get("bootstrap_resamples", cls.bootstrap_resamples)),
-            bootstrap_seed=int(section.get("bootstrap_seed", cls.bootstrap_seed)),
-            confidence=float(section.get("confidence", cls.confidence)),
-        )
-        if config.bootstrap_resamples < 1:
-            raise ValueError(f"report.bootstrap_resamples must be positive, got {config.bootstrap_resamples}")
-        if config.bootstrap_seed < 0:
-            raise ValueError(f"report.bootstrap_seed must be >= 0, got {config.bootstrap_seed}")
-        if not 0.0 < config.confidence < 1.0:
-            raise ValueError(f"report.confidence must be in (0, 1), got {config.confidence}")
-        return config
+        """From ``config["report"]`` (None: all defaults), validated against the config schema with its defaults
+        filled (``lever_lm.config.validate_section``); errors name the key: ``config key report.confidence: ...``."""
+        from lever_lm.config import validate_section
+
+        section = validate_section("report", section)
+        return cls(bootstrap_resamples=int(section["bootstrap_resamples"]),
+                   bootstrap_seed=int(section["bootstrap_seed"]), confidence=float(section["confidence"]))
 
 
 @dataclass(frozen=True)

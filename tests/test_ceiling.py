@@ -135,16 +135,17 @@ def test_icds_per_shot_are_prefixes_of_the_top_beam_in_prompt_order():
 def test_ceiling_queries_are_a_seeded_subset_of_the_evaluated_ones():
     from lever_lm.inference.inputs import select_queries
 
-    everything = ceiling_query_rows(100, CeilingConfig(), EVALUATED)
+    everything = ceiling_query_rows(100, CeilingConfig.from_config(None), EVALUATED)
     assert everything.tolist() == list(range(100))
     evaluated = select_queries(100, 40, 3)
-    subset = ceiling_query_rows(100, CeilingConfig(max_queries=10, query_seed=1), {"max_queries": 40, "query_seed": 3})
+    subset_ceiling = CeilingConfig.from_config({"max_queries": 10, "query_seed": 1})
+    subset = ceiling_query_rows(100, subset_ceiling, {"max_queries": 40, "query_seed": 3})
     assert len(subset) == 10 and set(subset) <= set(evaluated) and subset.tolist() == sorted(subset.tolist())
-    again = ceiling_query_rows(100, CeilingConfig(max_queries=10, query_seed=1), {"max_queries": 40, "query_seed": 3})
+    again = ceiling_query_rows(100, subset_ceiling, {"max_queries": 40, "query_seed": 3})
     assert subset.tolist() == again.tolist()
-    with pytest.raises(ValueError, match="ceiling.shards: expected an integer >= 1"):
+    with pytest.raises(ValueError, match="ceiling.shards: 0 is less than the minimum of 1"):
         CeilingConfig.from_config({"shards": 0})
-    with pytest.raises(ValueError, match="ceiling: unknown key"):
+    with pytest.raises(ValueError, match="unknown config key ceiling.colour"):
         CeilingConfig.from_config({"colour": "red"})
 
 

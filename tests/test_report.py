@@ -678,7 +678,7 @@ def _fake_result(sampler: str, per_shot: dict[int, np.ndarray]) -> R.Result:
     run = R.Run(sampler, sampler, "selector", "d", "vqa", "vqa_accuracy", "m", "v0", sampler, None, scores,
                 {shot: len(v) for shot, v in per_shot.items()}, 8)
     shots = {shot: R.ShotResult(shot, len(v), scores[shot],
-                                bootstrap_mean(v, R.UncertaintyConfig(), (sampler, shot), scale=100.0),
+                                bootstrap_mean(v, R.UncertaintyConfig.from_config(None), (sampler, shot), scale=100.0),
                                 (scores[shot],), v)
              for shot, v in per_shot.items()}
     return R.Result((run,), shots)
@@ -687,7 +687,8 @@ def _fake_result(sampler: str, per_shot: dict[int, np.ndarray]) -> R.Result:
 def _fake_data(results: list) -> R.ReportData:
     return R.ReportData(dataset="d", task="vqa", metric="vqa_accuracy", shots=[1, 2], beam_models=["m"],
                         versions=["v0"], samplers=[r.sampler for r in results], results=results, overlap=[],
-                        warnings=[], settings={}, uncertainty=R.UncertaintyConfig(), identical_warn=0.95)
+                        warnings=[], settings={}, uncertainty=R.UncertaintyConfig.from_config(None),
+                        identical_warn=0.95)
 
 
 def _grid_of(data: R.ReportData) -> list[list[R.Entry]]:

@@ -223,8 +223,8 @@ def test_config_from_the_candidates_section():
         {"cand_num": 64, "exclude_same_image": True, "seed": 0, "mix_ratios": {"random": 0.5, "text": 0.25, "image": 0.25}}
     )
     assert cfg == SamplerConfig()
-    with pytest.raises(ValueError, match="candidates: unknown keys \\['k'\\]"):
-        SamplerConfig.from_config({"k": 3})
+    with pytest.raises(ValueError, match="unknown config key candidates.k"):
+        SamplerConfig.from_config({"cand_num": 64, "k": 3})
 
 
 # ---------------------------------------------------------------- files

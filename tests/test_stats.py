@@ -10,7 +10,7 @@ import pytest
 
 from lever_lm.stats import Interval, UncertaintyConfig, bootstrap_mean, paired_difference, stable_key
 
-CONFIG = UncertaintyConfig()
+CONFIG = UncertaintyConfig.from_config(None)
 
 
 def test_config_defaults_and_validation():
@@ -67,7 +67,7 @@ def test_same_seed_and_key_give_the_same_interval_and_others_differ():
     values = np.random.default_rng(4).random(100)
     first = bootstrap_mean(values, CONFIG, ("cell", 1))
     assert bootstrap_mean(values, CONFIG, ("cell", 1)) == first
-    assert bootstrap_mean(values, UncertaintyConfig(bootstrap_seed=1), ("cell", 1)) != first
+    assert bootstrap_mean(values, UncertaintyConfig.from_config({"bootstrap_seed": 1}), ("cell", 1)) != first
     assert bootstrap_mean(values, CONFIG, ("cell", 2)) != first
     assert stable_key("cell", 1) == stable_key("cell", 1) != stable_key("cell", 2)
     assert stable_key("a") == 14608863320967583690  # the same in every process (no salted hash())
@@ -75,8 +75,8 @@ def test_same_seed_and_key_give_the_same_interval_and_others_differ():
 
 def test_confidence_and_resamples_are_used():
     values = np.random.default_rng(5).random(200)
-    wide = bootstrap_mean(values, UncertaintyConfig(bootstrap_resamples=500, confidence=0.99), ("c",))
-    narrow = bootstrap_mean(values, UncertaintyConfig(bootstrap_resamples=500, confidence=0.5), ("c",))
+    wide = bootstrap_mean(values, UncertaintyConfig(500, 0, 0.99), ("c",))
+    narrow = bootstrap_mean(values, UncertaintyConfig(500, 0, 0.5), ("c",))
     assert wide.high - wide.low > 2 * (narrow.high - narrow.low)
 
 

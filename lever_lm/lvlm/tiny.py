@@ -127,31 +127,20 @@ class PretrainConfig:
     log_every: int = 50
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None, where: str = "pretrain") -> "PretrainConfig":
-        section = dict(section or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - set(fields))
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(fields)}")
-        for key, value in section.items():
-            wanted = float if fields[key].type in ("float", float) else int
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                wanted is int and not isinstance(value, int)
-            ):
-                raise ValueError(f"{where}.{key}: expected a {wanted.__name__}, got {value!r}")
-        cfg = cls(**section)
-        checks = [
-            ("steps", cfg.steps >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
-            ("lr", cfg.lr > 0, "> 0"), ("warmup_steps", 0 <= cfg.warmup_steps < cfg.steps, "in [0, steps)"),
-            ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("grad_clip", cfg.grad_clip > 0, "> 0"),
-            ("max_demos", 0 <= cfg.max_demos <= 16, "in [0, 16]"),
-            ("shared_convention_p", 0 <= cfg.shared_convention_p <= 1, "in [0, 1]"),
-            ("reply_p", 0 <= cfg.reply_p <= 1, "in [0, 1]"),
-            ("seed", cfg.seed >= 0, ">= 0"), ("log_every", cfg.log_every >= 1, ">= 1"),
-        ]
-        for key, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{where}.{key}: must be {rule}, got {getattr(cfg, key)!r}")
+    def from_config(cls, section: Mapping[str, Any] | None,
+                    where: str = "beam_models.<model>.pretrain") -> "PretrainConfig":
+        """From ``beam_models.<name>.pretrain`` (``where`` names it so), validated against the config schema, which
+        holds the fields' types and bounds (``lever_lm.config.validate_section``; errors name the key: ``config key
+        beam_models.m.pretrain.lr: ...``). The defaults are the dataclass's: a schema default would add them to the
+        model entry, which the rules' params and the digests hold."""
+        from lever_lm.config import validate_section
+
+        model = where.removeprefix("beam_models.").removesuffix(".pretrain")  # a model's name may hold dots
+        section = validate_section(("beam_models", model, "pretrain"), section)
+        ints = {f.name for f in dataclasses.fields(cls) if f.type in ("int", int)}
+        cfg = cls(**{key: int(value) if key in ints else value for key, value in section.items()})
+        if cfg.warmup_steps >= cfg.steps:
+            raise ValueError(f"{where}.warmup_steps: must be in [0, steps), got {cfg.warmup_steps!r}")
         return cfg
 
 

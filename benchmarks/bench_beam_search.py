@@ -60,21 +60,70 @@ QUESTION_TEMPLATES = [
     "Which sport is the {s} playing with the {o} today?",
     "Where would you usually find a {o} like this one?",
 ]
-ANSWERS = ["red", "tennis", "blue", "wood", "on the road", "baseball", "summer", "metal", "two", "fire truck",
-           "kitchen", "green", "surfing", "yes", "white", "park"]
+ANSWERS = [
+    "red",
+    "tennis",
+    "blue",
+    "wood",
+    "on the road",
+    "baseball",
+    "summer",
+    "metal",
+    "two",
+    "fire truck",
+    "kitchen",
+    "green",
+    "surfing",
+    "yes",
+    "white",
+    "park",
+]
 DIMS = ("scaled", "3b_width", "3b")
 #: dense peak TFLOP/s of an H100 SXM: bf16 tensor cores, fp32 without tensor cores (TF32 is off by default)
 PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}
-COUNTER_COLUMNS = (("lm_forward_calls", "LM fwd"), ("vision_forward_calls", "vis fwd"), ("vision_images", "vis img"),
-                   ("host_syncs", "syncs"), ("h2d_copies", "H2D"), ("kv_copy_ops", "KV copies"),
-                   ("vision_attention_calls", "vis attn calls"))
+COUNTER_COLUMNS = (
+    ("lm_forward_calls", "LM fwd"),
+    ("vision_forward_calls", "vis fwd"),
+    ("vision_images", "vis img"),
+    ("host_syncs", "syncs"),
+    ("h2d_copies", "H2D"),
+    ("kv_copy_ops", "KV copies"),
+    ("vision_attention_calls", "vis attn calls"),
+)
 #: aten ops that write a copy of their input (each one kernel on a GPU)
-COPY_OPS = frozenset({"copy_", "_to_copy", "cat", "index_select", "gather", "index_copy_", "index_put_", "clone",
-                      "fill_", "zero_", "masked_scatter", "constant_pad_nd", "slice_scatter", "new_zeros", "zeros",
-                      "full", "repeat", "expand_copy", "index", "narrow_copy"})
-ATTENTION_OPS = frozenset({"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-                           "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
-                           "_scaled_dot_product_cudnn_attention"})
+COPY_OPS = frozenset(
+    {
+        "copy_",
+        "_to_copy",
+        "cat",
+        "index_select",
+        "gather",
+        "index_copy_",
+        "index_put_",
+        "clone",
+        "fill_",
+        "zero_",
+        "masked_scatter",
+        "constant_pad_nd",
+        "slice_scatter",
+        "new_zeros",
+        "zeros",
+        "full",
+        "repeat",
+        "expand_copy",
+        "index",
+        "narrow_copy",
+    }
+)
+ATTENTION_OPS = frozenset(
+    {
+        "scaled_dot_product_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_cudnn_attention",
+    }
+)
 
 
 def make_records(image_dir: Path, n_train: int, seed: int) -> pd.DataFrame:
@@ -95,8 +144,18 @@ def make_records(image_dir: Path, n_train: int, seed: int) -> pd.DataFrame:
         template = QUESTION_TEMPLATES[rng.integers(len(QUESTION_TEMPLATES))]
         question = template.format(s=SUBJECTS[rng.integers(len(SUBJECTS))], o=OBJECTS[rng.integers(len(OBJECTS))])
         label = ANSWERS[rng.integers(len(ANSWERS))]
-        rows.append({"idx": idx, "split": "train", "question_id": 100000 + idx, "image_id": idx,
-                     "image_path": str(path), "question": question, "answers": [label] * 10, "label": label})
+        rows.append(
+            {
+                "idx": idx,
+                "split": "train",
+                "question_id": 100000 + idx,
+                "image_id": idx,
+                "image_path": str(path),
+                "question": question,
+                "answers": [label] * 10,
+                "label": label,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -112,26 +171,66 @@ def model_dims(model: str, dims: str = "scaled"):
         if dims == "scaled":
             # ViT-L/14 at 224px: 257 tokens (24 layers x 1024) -> 6 x 256; MPT-1B (24 x 2048) -> 6 x 512;
             # perceiver 64 latents (fixed by open_flamingo), cross-attention every layer
-            return FlamingoTinyDims(lang_width=512, lang_layers=6, lang_heads=8, max_seq_len=1024, vision_width=256,
-                                    vision_layers=6, vision_head_width=64, image_size=IMAGE_SIZE, patch_size=14,
-                                    clip_embed_dim=256, init_std=0.02)
+            return FlamingoTinyDims(
+                lang_width=512,
+                lang_layers=6,
+                lang_heads=8,
+                max_seq_len=1024,
+                vision_width=256,
+                vision_layers=6,
+                vision_head_width=64,
+                image_size=IMAGE_SIZE,
+                patch_size=14,
+                clip_embed_dim=256,
+                init_std=0.02,
+            )
         layers = 24 if dims == "3b" else 8
-        return FlamingoTinyDims(lang_width=2048, lang_layers=layers, lang_heads=16, max_seq_len=2048,
-                                vision_width=1024, vision_layers=layers, vision_head_width=64, image_size=IMAGE_SIZE,
-                                patch_size=14, clip_embed_dim=768, init_std=0.02)
+        return FlamingoTinyDims(
+            lang_width=2048,
+            lang_layers=layers,
+            lang_heads=16,
+            max_seq_len=2048,
+            vision_width=1024,
+            vision_layers=layers,
+            vision_head_width=64,
+            image_size=IMAGE_SIZE,
+            patch_size=14,
+            clip_embed_dim=768,
+            init_std=0.02,
+        )
     from lever_lm.lvlm.tiny import QwenTinyDims
 
     pixels = dict(image_min_pixels=IMAGE_SIZE * IMAGE_SIZE, image_max_pixels=IMAGE_SIZE * IMAGE_SIZE)
     if dims == "scaled":
         # Qwen2.5-VL-3B: LM 36 x 2048 (16 heads, 2 kv heads), vision 32 x 1280 -> LM 8 x 512, vision 6 x 256;
         # 224x224 -> 16x16 patches -> 2x2 merge -> 64 image tokens
-        return QwenTinyDims(text_hidden=512, text_intermediate=1408, text_layers=8, text_heads=8, text_kv_heads=2,
-                            mrope_section=(8, 12, 12), vision_depth=6, vision_hidden=256, vision_intermediate=1024,
-                            vision_heads=4, **pixels)
+        return QwenTinyDims(
+            text_hidden=512,
+            text_intermediate=1408,
+            text_layers=8,
+            text_heads=8,
+            text_kv_heads=2,
+            mrope_section=(8, 12, 12),
+            vision_depth=6,
+            vision_hidden=256,
+            vision_intermediate=1024,
+            vision_heads=4,
+            **pixels,
+        )
     full = dims == "3b"
-    return QwenTinyDims(text_hidden=2048, text_intermediate=11008, text_layers=36 if full else 12, text_heads=16,
-                        text_kv_heads=2, mrope_section=(16, 24, 24), vision_depth=32 if full else 8,
-                        vision_hidden=1280, vision_intermediate=3420, vision_heads=16, **pixels)
+    return QwenTinyDims(
+        text_hidden=2048,
+        text_intermediate=11008,
+        text_layers=36 if full else 12,
+        text_heads=16,
+        text_kv_heads=2,
+        mrope_section=(16, 24, 24),
+        vision_depth=32 if full else 8,
+        vision_hidden=1280,
+        vision_intermediate=3420,
+        vision_heads=16,
+        **pixels,
+    )
 
 
 def estimated_parameters(model: str, dims) -> int:
@@ -140,14 +239,19 @@ def estimated_parameters(model: str, dims) -> int:
     8 x 64 heads, 64 latents) and gated cross-attention (8 x 64 heads, ff x4) in every layer, and MPT blocks."""
     if model == "flamingo":
         w, v, e = dims.lang_width, dims.vision_width, dims.clip_embed_dim
-        vit = dims.vision_layers * 12 * v * v + (dims.image_size // dims.patch_size) ** 2 * v + 3 * dims.patch_size ** 2 * v + v * e
+        vit = (
+            dims.vision_layers * 12 * v * v
+            + (dims.image_size // dims.patch_size) ** 2 * v
+            + 3 * dims.patch_size**2 * v
+            + v * e
+        )
         perceiver = 6 * (v * 2048 + 8 * v * v) + 64 * v
         cross = dims.lang_layers * (w * 512 + v * 1024 + 512 * w + 8 * w * w)
         return vit + perceiver + cross + dims.lang_layers * 12 * w * w
     h, head_dim = dims.text_hidden, dims.text_hidden // dims.text_heads
     lm = dims.text_layers * (2 * h * h + 2 * h * dims.text_kv_heads * head_dim + 3 * h * dims.text_intermediate)
     vh = dims.vision_hidden
-    merged = vh * dims.spatial_merge_size ** 2
+    merged = vh * dims.spatial_merge_size**2
     vision = dims.vision_depth * (4 * vh * vh + 3 * vh * dims.vision_intermediate) + merged * merged + merged * h
     return lm + vision
 
@@ -169,12 +273,16 @@ def check_buildable(model: str, dims_name: str, dims, device: str, cpu_build: bo
     needed = 3 * 4 * estimated_parameters(model, dims)
     available = available_memory_bytes()
     if device == "cpu" and not cpu_build:
-        return (f"{model} --dims {dims_name} on the CPU: not built (a beam-search anchor at these sizes takes hours on "
-                f"a CPU; pass --cpu-build to build it anyway, or run on CUDA)")
+        return (
+            f"{model} --dims {dims_name} on the CPU: not built (a beam-search anchor at these sizes takes hours on "
+            f"a CPU; pass --cpu-build to build it anyway, or run on CUDA)"
+        )
     if device == "cpu" and available is not None and needed > 0.8 * available:
-        return (f"{model} --dims {dims_name}: ~{estimated_parameters(model, dims) / 1e9:.2f}B parameters need about "
-                f"{needed / 2**30:.0f} GiB of host memory to build, {available / 2**30:.0f} GiB available: skipped "
-                f"(build it on a GPU machine)")
+        return (
+            f"{model} --dims {dims_name}: ~{estimated_parameters(model, dims) / 1e9:.2f}B parameters need about "
+            f"{needed / 2**30:.0f} GiB of host memory to build, {available / 2**30:.0f} GiB available: skipped "
+            f"(build it on a GPU machine)"
+        )
     return None
 
 
@@ -192,8 +300,9 @@ def meta_construct(model: str, dims, words) -> int | None:
     return sum(p.numel() for p in built.parameters())
 
 
-def build_adapter(model: str, words: list[str], seed: int, batch_size: int, dims_name: str = "scaled",
-                  precision: str = "fp32"):
+def build_adapter(
+    model: str, words: list[str], seed: int, batch_size: int, dims_name: str = "scaled", precision: str = "fp32"
+):
     from lever_lm.lvlm.tiny import make_tiny_adapter
 
     dims = model_dims(model, dims_name)
@@ -215,9 +324,9 @@ def flop_parameters(adapter) -> tuple[int, int]:
 
     if hasattr(model, "lang_encoder"):  # OpenFlamingo
         lang = model.lang_encoder
-        return count(lang) - lang.get_input_embeddings().weight.numel(), count(model.vision_encoder.visual
-                                                                                if hasattr(model.vision_encoder, "visual")
-                                                                                else model.vision_encoder) + count(model.perceiver)
+        return count(lang) - lang.get_input_embeddings().weight.numel(), count(
+            model.vision_encoder.visual if hasattr(model.vision_encoder, "visual") else model.vision_encoder
+        ) + count(model.perceiver)
     text = model.model.language_model
     return count(text) - text.embed_tokens.weight.numel(), count(model.model.visual)
 
@@ -252,8 +361,7 @@ def run_paths(adapter, table, anchors, candidates, base_cfg, settings, naive_anc
     import torch
 
     paths = [("naive", None)] + [(setting_name(*s), s) for s in settings]
-    totals = {name: {"results": [], "seconds": 0.0, "anchors": 0, "counts": {}, "peak_mb": 0.0}
-              for name, _ in paths}
+    totals = {name: {"results": [], "seconds": 0.0, "anchors": 0, "counts": {}, "peak_mb": 0.0} for name, _ in paths}
     for number, anchor in enumerate(anchors):
         for name, setting in paths:
             if setting is None and number >= naive_anchors:
@@ -298,12 +406,16 @@ def print_path(name, run, flop_params, peak_tflops, device):
     tflops = flops / seconds / 1e12
     mfu = f"{100 * tflops / peak_tflops:.1f}%" if device == "cuda" else "n/a"
     padding = counts["lm_padded_tokens"] / counts["lm_tokens"] if counts["lm_tokens"] else float("nan")
-    counter_text = " ".join(f"{label} {counts[key]:.0f}" if key in counts else f"{label} n/a"
-                            for key, label in COUNTER_COLUMNS)
+    counter_text = " ".join(
+        f"{label} {counts[key]:.0f}" if key in counts else f"{label} n/a" for key, label in COUNTER_COLUMNS
+    )
     memory = f" | peak GPU mem {run['peak_mb'] / 1024:.2f} GiB" if device == "cuda" else ""
-    print(f"{name:>17}: {n / run['seconds']:.4f} anchors/s, {seconds:.3f} s/anchor | LM tokens/anchor "
-          f"{counts['lm_tokens']:.0f} (padded x{padding:.2f}) | per anchor: {counter_text} | "
-          f"{flops / 1e12:.2f} TFLOP/anchor, {tflops:.2f} TFLOP/s, MFU {mfu}{memory}", flush=True)
+    print(
+        f"{name:>17}: {n / run['seconds']:.4f} anchors/s, {seconds:.3f} s/anchor | LM tokens/anchor "
+        f"{counts['lm_tokens']:.0f} (padded x{padding:.2f}) | per anchor: {counter_text} | "
+        f"{flops / 1e12:.2f} TFLOP/anchor, {tflops:.2f} TFLOP/s, MFU {mfu}{memory}",
+        flush=True,
+    )
 
 
 def count_device_ops(adapter, table, anchor, candidates, base_cfg, name, setting):
@@ -331,13 +443,15 @@ def count_device_ops(adapter, table, anchor, candidates, base_cfg, name, setting
     copies = sum(v for k, v in counts.items() if k in COPY_OPS)
     attention = sum(v for k, v in counts.items() if k in ATTENTION_OPS)
     top = ", ".join(f"{k} {v}" for k, v in counts.most_common(8))
-    print(f"  ops {name}: {total} device ops/anchor (kernel-launch proxy), {copies} copy ops, {attention} attention "
-          f"calls | top: {top}", flush=True)
+    print(
+        f"  ops {name}: {total} device ops/anchor (kernel-launch proxy), {copies} copy ops, {attention} attention "
+        f"calls | top: {top}",
+        flush=True,
+    )
 
 
 def profile_anchor(adapter, table, anchor, candidates, base_cfg, name, setting, device):
     """One anchor of one path under torch.profiler: where the time goes, and how often the host waits."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     if setting is not None:
@@ -354,32 +468,52 @@ def profile_anchor(adapter, table, anchor, candidates, base_cfg, name, setting, 
     if device != "cuda":
         top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
         total = sum(e.self_cpu_time_total for e in events)
-        print(f"  profile {name} (CPU): top ops by self CPU time: " + ", ".join(
-            f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in top))
+        print(
+            f"  profile {name} (CPU): top ops by self CPU time: "
+            + ", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in top)
+        )
         return
 
     def device_time(e):
         return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
 
     kernel_us = sum(device_time(e) for e in events)
-    matmul_us = sum(device_time(e) for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm",
-                                                                "aten::baddbmm", "aten::_scaled_dot_product_cudnn_attention",
-                                                                "aten::_scaled_dot_product_flash_attention",
-                                                                "aten::_scaled_dot_product_efficient_attention",
-                                                                "aten::_efficient_attention_forward",
-                                                                "aten::_flash_attention_forward"))
+    matmul_us = sum(
+        device_time(e)
+        for e in events
+        if e.key
+        in (
+            "aten::mm",
+            "aten::addmm",
+            "aten::bmm",
+            "aten::baddbmm",
+            "aten::_scaled_dot_product_cudnn_attention",
+            "aten::_scaled_dot_product_flash_attention",
+            "aten::_scaled_dot_product_efficient_attention",
+            "aten::_efficient_attention_forward",
+            "aten::_flash_attention_forward",
+        )
+    )
     # runtime API calls by name prefix (the launch call is cudaLaunchKernel or cudaLaunchKernelExC by CUDA version)
-    calls = {label: sum(e.count for e in events if e.key.startswith(prefixes))
-             for label, prefixes in (("kernel launches", ("cudaLaunchKernel", "cuLaunchKernel")),
-                                     ("cudaStreamSynchronize", ("cudaStreamSynchronize",)),
-                                     ("cudaDeviceSynchronize", ("cudaDeviceSynchronize",)),
-                                     ("cudaMemcpy*", ("cudaMemcpy",)))}
+    calls = {
+        label: sum(e.count for e in events if e.key.startswith(prefixes))
+        for label, prefixes in (
+            ("kernel launches", ("cudaLaunchKernel", "cuLaunchKernel")),
+            ("cudaStreamSynchronize", ("cudaStreamSynchronize",)),
+            ("cudaDeviceSynchronize", ("cudaDeviceSynchronize",)),
+            ("cudaMemcpy*", ("cudaMemcpy",)),
+        )
+    }
     top = sorted((e for e in events if e.key.startswith("aten::")), key=device_time, reverse=True)[:8]
-    print(f"  profile {name}: GPU kernel time / wall {100 * kernel_us / wall_us:.0f}% | matmul+attention share of "
-          f"kernel time {100 * matmul_us / max(kernel_us, 1):.0f}% | per anchor: "
-          + ", ".join(f"{k} {v}" for k, v in calls.items()))
-    print("    top device ops: " + ", ".join(f"{e.key} {100 * device_time(e) / max(kernel_us, 1):.0f}%" for e in top),
-          flush=True)
+    print(
+        f"  profile {name}: GPU kernel time / wall {100 * kernel_us / wall_us:.0f}% | matmul+attention share of "
+        f"kernel time {100 * matmul_us / max(kernel_us, 1):.0f}% | per anchor: "
+        + ", ".join(f"{k} {v}" for k, v in calls.items())
+    )
+    print(
+        "    top device ops: " + ", ".join(f"{e.key} {100 * device_time(e) / max(kernel_us, 1):.0f}%" for e in top),
+        flush=True,
+    )
 
 
 def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], candidates: dict[int, list[int]]):
@@ -401,26 +535,33 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
     settings = [parse_setting(s) for s in args.fast_settings]
     adapter, dims = build_adapter(model, words, args.seed, args.batch_size, args.dims, args.precision)
     lm_params, vision_params = flop_parameters(adapter)
-    print(f"\n=== {model} ({args.dims}, {args.precision}, {adapter.device}): built in {time.perf_counter() - t0:.1f}s, "
-          f"{parameter_count(adapter) / 1e6:.1f}M parameters (LM without embeddings {lm_params / 1e6:.1f}M, "
-          f"vision {vision_params / 1e6:.1f}M)")
+    print(
+        f"\n=== {model} ({args.dims}, {args.precision}, {adapter.device}): built in {time.perf_counter() - t0:.1f}s, "
+        f"{parameter_count(adapter) / 1e6:.1f}M parameters (LM without embeddings {lm_params / 1e6:.1f}M, "
+        f"vision {vision_params / 1e6:.1f}M)"
+    )
     print(f"dims: {asdict(dims)}")
     table = ExampleTable.from_records(records)
-    base = dict(construct_order=args.order, beam_size=args.beam, shot_num=args.shot, cand_num=args.cand,
-                sample_num=len(anchors))
+    base = dict(
+        construct_order=args.order, beam_size=args.beam, shot_num=args.shot, cand_num=args.cand, sample_num=len(anchors)
+    )
     # warm-up: one-time allocations and lazy imports stay out of the timings
     warm = candidates[anchors[0]][: max(args.beam, args.shot)]
     warm_base = {**base, "cand_num": len(warm)}
     for setting in [None, *settings]:
         if setting is not None:
             apply_setting(adapter, *setting)
-        search_anchor(adapter, table, anchors[0], warm, BeamSearchConfig(**warm_base, use_fast_path=setting is not None))
+        search_anchor(
+            adapter, table, anchors[0], warm, BeamSearchConfig(**warm_base, use_fast_path=setting is not None)
+        )
 
     naive_anchors = len(anchors) if args.naive_anchors is None else args.naive_anchors
     timings = run_paths(adapter, table, anchors, candidates, base, settings, naive_anchors, args.device)
     peak = args.peak_tflops or PEAK_TFLOPS[args.precision]
-    print(f"FLOPs = 2 x {lm_params / 1e6:.1f}M x LM tokens + 2 x {vision_params / 1e6:.1f}M x vision tokens; "
-          f"MFU against {peak:.0f} TFLOP/s" + ("" if args.device == "cuda" else " (n/a on CPU)"))
+    print(
+        f"FLOPs = 2 x {lm_params / 1e6:.1f}M x LM tokens + 2 x {vision_params / 1e6:.1f}M x vision tokens; "
+        f"MFU against {peak:.0f} TFLOP/s" + ("" if args.device == "cuda" else " (n/a on CPU)")
+    )
     for name, run in timings.items():
         if run["anchors"]:
             print_path(name, run, (lm_params, vision_params), peak, args.device)
@@ -433,13 +574,17 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
         if naive["anchors"]:
             share, delta = compare(timings[name]["results"], naive["results"])
             speedup = (naive["seconds"] / naive["anchors"]) / (timings[name]["seconds"] / timings[name]["anchors"])
-            line += (f" vs naive ({naive['anchors']} anchors): identical beams {100 * share:.0f}%, max |delta step "
-                     f"score| {delta:.2e}, speed-up {speedup:.2f}x")
+            line += (
+                f" vs naive ({naive['anchors']} anchors): identical beams {100 * share:.0f}%, max |delta step "
+                f"score| {delta:.2e}, speed-up {speedup:.2f}x"
+            )
         if name != fast_names[0]:
             share, delta = compare(timings[name]["results"], timings[fast_names[0]]["results"])
             ratio = timings[fast_names[0]]["seconds"] / timings[name]["seconds"]
-            line += (f" | vs {fast_names[0]}: identical beams {100 * share:.0f}%, max |delta| {delta:.2e}, "
-                     f"time ratio {fast_names[0]}/this {ratio:.2f}")
+            line += (
+                f" | vs {fast_names[0]}: identical beams {100 * share:.0f}%, max |delta| {delta:.2e}, "
+                f"time ratio {fast_names[0]}/this {ratio:.2f}"
+            )
         print(line, flush=True)
     if args.count_ops:
         anchor = anchors[-1]
@@ -447,7 +592,9 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
             count_device_ops(adapter, table, anchor, candidates[anchor], base, name, setting)
     if args.profile:
         anchor = anchors[-1]
-        for name, setting in [(setting_name(*s), s) for s in settings] + ([("naive", None)] if args.profile_naive else []):
+        for name, setting in [(setting_name(*s), s) for s in settings] + (
+            [("naive", None)] if args.profile_naive else []
+        ):
             try:
                 profile_anchor(adapter, table, anchor, candidates[anchor], base, name, setting, args.device)
             except Exception as err:  # noqa: BLE001 - a profiler hiccup must not cost the other model's run
@@ -463,29 +610,45 @@ def bench_model(model: str, args, records: pd.DataFrame, anchors: list[int], can
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["flamingo", "qwen", "both"], default="both")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu"
+    )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--dims", choices=DIMS, default="scaled")
     parser.add_argument("--anchors", type=int, default=3)
-    parser.add_argument("--naive-anchors", type=int, default=None,
-                        help="run the naive path on the first N anchors only (default: all)")
+    parser.add_argument(
+        "--naive-anchors", type=int, default=None, help="run the naive path on the first N anchors only (default: all)"
+    )
     parser.add_argument("--cand", type=int, default=64)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--shot", type=int, default=2)
     parser.add_argument("--order", choices=["left", "right"], default="left")
     parser.add_argument("--batch-size", type=int, default=32, help="naive path batch size (and the default fast one)")
-    parser.add_argument("--fast-settings", nargs="+", default=None, metavar="ROWS[:BUDGET]",
-                        help="fast paths to time: score_batch_size[:score_token_budget] (default: --batch-size)")
+    parser.add_argument(
+        "--fast-settings",
+        nargs="+",
+        default=None,
+        metavar="ROWS[:BUDGET]",
+        help="fast paths to time: score_batch_size[:score_token_budget] (default: --batch-size)",
+    )
     parser.add_argument("--profile", action="store_true", help="one more anchor per fast path under torch.profiler")
     parser.add_argument("--profile-naive", action="store_true", help="with --profile, the naive path too")
-    parser.add_argument("--count-ops", action="store_true",
-                        help="one more anchor per path with every aten op counted (a kernel-launch proxy)")
+    parser.add_argument(
+        "--count-ops",
+        action="store_true",
+        help="one more anchor per path with every aten op counted (a kernel-launch proxy)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: H100 SXM dense)")
-    parser.add_argument("--meta-only", action="store_true",
-                        help="print parameter counts (Qwen built on the meta device) and build nothing")
-    parser.add_argument("--cpu-build", action="store_true",
-                        help="build --dims 3b_width / 3b models on the CPU too (when host memory allows)")
+    parser.add_argument(
+        "--meta-only",
+        action="store_true",
+        help="print parameter counts (Qwen built on the meta device) and build nothing",
+    )
+    parser.add_argument(
+        "--cpu-build",
+        action="store_true",
+        help="build --dims 3b_width / 3b models on the CPU too (when host memory allows)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -511,12 +674,15 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_beam_") as tmp:
         records = make_records(Path(tmp), n_train, args.seed)
         anchors = [int(a) for a in rng.choice(n_train, size=args.anchors, replace=False)]
-        candidates = {a: [int(c) for c in rng.permutation([i for i in range(n_train) if i != a])[: args.cand]]
-                      for a in anchors}
+        candidates = {
+            a: [int(c) for c in rng.permutation([i for i in range(n_train) if i != a])[: args.cand]] for a in anchors
+        }
         gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
-        print(f"torch {torch.__version__}, device {args.device}{gpu}, {args.precision}, dims {args.dims}, "
-              f"{args.threads} threads | anchors {anchors} | beam {args.beam} shot {args.shot} cand {args.cand} "
-              f"order {args.order} | {n_train} train records with distinct {IMAGE_SIZE}px images")
+        print(
+            f"torch {torch.__version__}, device {args.device}{gpu}, {args.precision}, dims {args.dims}, "
+            f"{args.threads} threads | anchors {anchors} | beam {args.beam} shot {args.shot} cand {args.cand} "
+            f"order {args.order} | {n_train} train records with distinct {IMAGE_SIZE}px images"
+        )
         models = ["flamingo", "qwen"] if args.model == "both" else [args.model]
         for model in models:
             try:

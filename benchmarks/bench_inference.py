@@ -13,9 +13,9 @@ an inference job answers every query at each shot number, so its images come bac
 itself. A third mode, "library batch-1", is the libraries' own unoptimised generation one prompt at a time (what the
 seed ran: open_flamingo's cross-attention over all media and HF beam search over the whole prompt per beam; Qwen's
 generate from pixel values), the reference the tests compare with. Each mode runs ``--repeats`` times and the
-fastest run counts (this machine is shared). Prints queries/s of the modes, the ratios, and whether the answers are identical (they must be). The tiny
-Qwen's weights are scaled up (as in its tests) so that answers depend on the prompt; at random init it answers
-almost the same for every prompt, which would make the identity check toothless.
+fastest run counts (this machine is shared). Prints queries/s of the modes, the ratios, and whether the answers are
+identical (they must be). The tiny Qwen's weights are scaled up (as in its tests) so that answers depend on the prompt;
+at random init it answers almost the same for every prompt, which would make the identity check toothless.
 
 ``--token-budget N [N ...]`` adds, per N, the mode "budget N": ``generate_answers`` with ``inference.token_budget``
 N (batches of like token length, at most ``--batch-size`` prompts, rows x (longest prompt + max_new_tokens) x beams
@@ -44,9 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lever_lm
 
 import numpy as np  # noqa: E402
 
-QA = [("what color is the cat ?", "red"), ("how many dogs are there ?", "2"), ("is it raining ?", "no"),
-      ("what is the man holding ?", "tennis racket"), ("where is the bus ?", "street"), ("what sport is this ?", "ski"),
-      ("what animal is shown ?", "zebra"), ("what color is the sky ?", "blue")]
+QA = [
+    ("what color is the cat ?", "red"),
+    ("how many dogs are there ?", "2"),
+    ("is it raining ?", "no"),
+    ("what is the man holding ?", "tennis racket"),
+    ("where is the bus ?", "street"),
+    ("what sport is this ?", "ski"),
+    ("what animal is shown ?", "zebra"),
+    ("what color is the sky ?", "blue"),
+]
 
 
 def make_prompts(folder: Path, n_queries: int, n_train: int = 32, max_icds: int = 4, image_size: int = 56) -> list:
@@ -71,7 +78,6 @@ def make_prompts(folder: Path, n_queries: int, n_train: int = 32, max_icds: int 
 
 
 def build_adapter(family: str, words: list[str]):
-    import torch
 
     from lever_lm.lvlm.tiny import make_tiny_adapter, sharpen_weights
 
@@ -108,8 +114,14 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["flamingo", "qwen"], choices=["flamingo", "qwen"])
     parser.add_argument("--max-new-tokens", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode; the fastest counts")
-    parser.add_argument("--token-budget", type=int, nargs="+", default=[], metavar="N",
-                        help="also run token-budget batching with each N and compare it with the fixed batches")
+    parser.add_argument(
+        "--token-budget",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also run token-budget batching with each N and compare it with the fixed batches",
+    )
     parser.add_argument("--only-batched", action="store_true", help="skip the batch-1 modes (and their table)")
     args = parser.parse_args()
     if any(n < 1 for n in args.token_budget):
@@ -130,28 +142,40 @@ def main() -> None:
         prompts = make_prompts(Path(tmp), args.queries)
         counts = sorted({len(p.demos) + 1 for p in prompts})
         n_images = len({e.image_path for p in prompts for e in (*p.demos, p.query)})
-        print(f"{len(prompts)} prompts with {counts[0]}-{counts[-1]} images each ({n_images} distinct images), "
-              f"batch size {args.batch_size}, {args.threads} thread(s), max_new_tokens {args.max_new_tokens}, cpu\n")
+        print(
+            f"{len(prompts)} prompts with {counts[0]}-{counts[-1]} images each ({n_images} distinct images), "
+            f"batch size {args.batch_size}, {args.threads} thread(s), max_new_tokens {args.max_new_tokens}, cpu\n"
+        )
         for family in args.families:
             adapter = build_adapter(family, words)
             reference = flamingo_reference if family == "flamingo" else qwen_reference
             lengths = adapter.prompt_token_lengths(prompts)
             print(f"{family}: prompt tokens {min(lengths)}-{max(lengths)} (mean {np.mean(lengths):.1f})")
             for beams in args.beams:
-                plans = {mode: plan_generation_batches(adapter, prompts, args.max_new_tokens, beams, args.batch_size,
-                                                       budget) for mode, budget in budgets.items()}
+                plans = {
+                    mode: plan_generation_batches(adapter, prompts, args.max_new_tokens, beams, args.batch_size, budget)
+                    for mode, budget in budgets.items()
+                }
                 generate_answers(adapter, prompts[:6], args.max_new_tokens, beams, args.batch_size)  # warm-up
                 adapter.generate(prompts[:1], args.max_new_tokens, beams)
                 for scenario in ("cold", "warm"):
                     results = {}
                     for mode in modes + [m for m in budgets if m != "batched"]:
+
                         def run(mode=mode):
                             if mode == "library batch-1":
                                 return [reference(adapter, p, beams, args.max_new_tokens) for p in prompts]
                             if mode == "batch-1":
                                 return [adapter.generate([p], args.max_new_tokens, beams)[0] for p in prompts]
-                            return generate_answers(adapter, prompts, args.max_new_tokens, beams, args.batch_size,
-                                                    token_budget=budgets[mode])
+                            return generate_answers(
+                                adapter,
+                                prompts,
+                                args.max_new_tokens,
+                                beams,
+                                args.batch_size,
+                                token_budget=budgets[mode],
+                            )
+
                         runs = []
                         for _ in range(args.repeats):  # a shared machine: the fastest run is the least disturbed
                             adapter.clear_cache()
@@ -166,34 +190,83 @@ def main() -> None:
                     n = len(prompts)
                     if not args.only_batched:
                         (library, library_s), (single, single_s) = results["library batch-1"], results["batch-1"]
-                        rows.append((family, beams, scenario, n / library_s, n / single_s, n / batched_s,
-                                     single_s / batched_s, library_s / batched_s, batched == single == library,
-                                     len(set(single))))
+                        rows.append(
+                            (
+                                family,
+                                beams,
+                                scenario,
+                                n / library_s,
+                                n / single_s,
+                                n / batched_s,
+                                single_s / batched_s,
+                                library_s / batched_s,
+                                batched == single == library,
+                                len(set(single)),
+                            )
+                        )
                     for mode, plan in plans.items():
                         answers, seconds = results[mode]
                         padded = sum(len(b) * max(lengths[i] for i in b) for b in plan)
                         peak = max(len(b) * (max(lengths[i] for i in b) + args.max_new_tokens) * beams for b in plan)
-                        budget_rows.append((family, beams, scenario, mode, len(plan), 1 - sum(lengths) / padded, peak,
-                                            n / seconds, batched_s / seconds, answers == batched))
+                        budget_rows.append(
+                            (
+                                family,
+                                beams,
+                                scenario,
+                                mode,
+                                len(plan),
+                                1 - sum(lengths) / padded,
+                                peak,
+                                n / seconds,
+                                batched_s / seconds,
+                                answers == batched,
+                            )
+                        )
             adapter.clear_cache()
     if rows:
-        header = ("LVLM (tiny)", "beams", "vision", "library batch-1 q/s", "batch-1 q/s", "batched q/s",
-                  "batched / batch-1", "batched / library", "identical", "distinct answers")
+        header = (
+            "LVLM (tiny)",
+            "beams",
+            "vision",
+            "library batch-1 q/s",
+            "batch-1 q/s",
+            "batched q/s",
+            "batched / batch-1",
+            "batched / library",
+            "identical",
+            "distinct answers",
+        )
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---" for _ in header) + "|")
         for family, beams, scenario, library_qps, single_qps, batched_qps, ratio, ratio_lib, same, distinct in rows:
-            print(f"| {family} | {beams} | {scenario} | {library_qps:.1f} | {single_qps:.1f} | {batched_qps:.1f} | "
-                  f"{ratio:.2f}x | {ratio_lib:.2f}x | {'yes' if same else 'NO'} | {distinct}/{args.queries} |")
+            print(
+                f"| {family} | {beams} | {scenario} | {library_qps:.1f} | {single_qps:.1f} | {batched_qps:.1f} | "
+                f"{ratio:.2f}x | {ratio_lib:.2f}x | {'yes' if same else 'NO'} | {distinct}/{args.queries} |"
+            )
     if args.token_budget:
-        print(f"\nfixed batches of {args.batch_size} (batched) vs token budgets; cost = rows x (longest prompt + "
-              f"max_new_tokens) x beams")
-        header = ("LVLM (tiny)", "beams", "vision", "setting", "batches", "padded prompt tokens", "largest batch cost",
-                  "q/s", "vs batched", "identical")
+        print(
+            f"\nfixed batches of {args.batch_size} (batched) vs token budgets; cost = rows x (longest prompt + "
+            f"max_new_tokens) x beams"
+        )
+        header = (
+            "LVLM (tiny)",
+            "beams",
+            "vision",
+            "setting",
+            "batches",
+            "padded prompt tokens",
+            "largest batch cost",
+            "q/s",
+            "vs batched",
+            "identical",
+        )
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---" for _ in header) + "|")
         for family, beams, scenario, mode, n_batches, share, peak, qps, ratio, same in budget_rows:
-            print(f"| {family} | {beams} | {scenario} | {mode} | {n_batches} | {100 * share:.1f}% | {peak} | "
-                  f"{qps:.1f} | {ratio:.2f}x | {'yes' if same else 'NO'} |")
+            print(
+                f"| {family} | {beams} | {scenario} | {mode} | {n_batches} | {100 * share:.1f}% | {peak} | "
+                f"{qps:.1f} | {ratio:.2f}x | {'yes' if same else 'NO'} |"
+            )
     if not all(row[8] for row in rows) or not all(row[-1] for row in budget_rows):
         sys.exit("answers differ between the modes")
 

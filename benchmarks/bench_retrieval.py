@@ -34,8 +34,18 @@ def synthetic_records(folder: Path, n_records: int, questions_per_image: int, im
         if not path.exists():
             pixels = rng.integers(0, 256, (image_size, image_size * 4 // 3, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(path, quality=90)
-        rows.append(dict(idx=idx, split="train", question_id=idx * 10, image_id=image_id, image_path=str(path),
-                         question=f"what is the object number {idx} in this picture?", answers=["x"] * 10, label="x"))
+        rows.append(
+            dict(
+                idx=idx,
+                split="train",
+                question_id=idx * 10,
+                image_id=image_id,
+                image_path=str(path),
+                question=f"what is the object number {idx} in this picture?",
+                answers=["x"] * 10,
+                label="x",
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -45,9 +55,22 @@ def bench_embeddings(threads: int, n_records: int) -> None:
     from lever_lm.embeddings import ClipEncoderConfig, TinyClipDims, build_clip_encoder, compute_record_embeddings
 
     cfg = ClipEncoderConfig(
-        name="clip_tiny_l", kind="tiny", seed=1, batch_size=64,
-        tiny=TinyClipDims(embed_dim=64, image_size=56, patch_size=8, width=64, layers=2, heads=4,
-                          text_width=64, text_layers=2, text_heads=4, context_length=32),
+        name="clip_tiny_l",
+        kind="tiny",
+        seed=1,
+        batch_size=64,
+        tiny=TinyClipDims(
+            embed_dim=64,
+            image_size=56,
+            patch_size=8,
+            width=64,
+            layers=2,
+            heads=4,
+            text_width=64,
+            text_layers=2,
+            text_heads=4,
+            context_length=32,
+        ),
     )
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -60,9 +83,11 @@ def bench_embeddings(threads: int, n_records: int) -> None:
         result = compute_record_embeddings(records, cfg, num_threads=threads, encoder=encoder)
         elapsed = time.perf_counter() - start
     n_images = result.meta["n_distinct_images"]
-    print(f"[embeddings] tiny CLIP ({encoder.encoder_id}), {threads} thread(s): build {build_s:.2f} s; "
-          f"{len(records)} records / {n_images} images in {elapsed:.2f} s = {len(records) / elapsed:.0f} records/s, "
-          f"{n_images / elapsed:.0f} images/s")
+    print(
+        f"[embeddings] tiny CLIP ({encoder.encoder_id}), {threads} thread(s): build {build_s:.2f} s; "
+        f"{len(records)} records / {n_images} images in {elapsed:.2f} s = {len(records) / elapsed:.0f} records/s, "
+        f"{n_images / elapsed:.0f} images/s"
+    )
 
 
 def bench_sampling(threads: int) -> None:
@@ -84,8 +109,10 @@ def bench_sampling(threads: int) -> None:
     train = EmbeddedSplit(image_ids=image_ids, image=normalised(len(distinct))[row_to_image], text=normalised(n_train))
     anchors = draw_anchors(n_train, 800, seed=42)
     cfg = SamplerConfig()
-    print(f"[sampling] {len(anchors)} anchors over {n_train} train records ({n_train / len(distinct):.2f} "
-          f"questions/image), dim {dim}, cand_num {cfg.cand_num}, {threads} thread(s)")
+    print(
+        f"[sampling] {len(anchors)} anchors over {n_train} train records ({n_train / len(distinct):.2f} "
+        f"questions/image), dim {dim}, cand_num {cfg.cand_num}, {threads} thread(s)"
+    )
     for sampler in SAMPLERS:
         timings = []
         for _ in range(3):

@@ -32,7 +32,9 @@ from lever_lm.selectors.synthetic import format_table, learning_table, make_task
 
 #: small networks for the toy default: each training job learns in a few seconds on one core
 TOY_CONFIG = {
-    "epochs": 10, "lr": 1e-3, "batch_size": 64,
+    "epochs": 10,
+    "lr": 1e-3,
+    "batch_size": 64,
     "v0": {"n_layer": 2, "n_head": 4, "n_embd": 64, "dropout": 0.1},
     "pointer": {"hidden_dim": 64, "temperature": 0.1, "dropout": 0.1},
     "cross_attention": {"heads": 4},
@@ -73,10 +75,20 @@ def bench(preset: str, versions, epochs: int | None, k: int, threads: int, workd
     spec = PRESETS[preset]
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    task = make_task(workdir / "inputs", n_train=spec["n_train"], dim=spec["dim"], n_anchors=spec["n_anchors"],
-                     pool_size=64, beam_size=5, shots=2, n_heldout=256)
-    print(f"inputs: {spec['n_train']} train ICDs, {spec['dim']}-d image+text, {spec['n_anchors']} anchors x 5 beams, "
-          f"64-candidate pools ({time.perf_counter() - started:.1f}s to make)")
+    task = make_task(
+        workdir / "inputs",
+        n_train=spec["n_train"],
+        dim=spec["dim"],
+        n_anchors=spec["n_anchors"],
+        pool_size=64,
+        beam_size=5,
+        shots=2,
+        n_heldout=256,
+    )
+    print(
+        f"inputs: {spec['n_train']} train ICDs, {spec['dim']}-d image+text, {spec['n_anchors']} anchors x 5 beams, "
+        f"64-candidate pools ({time.perf_counter() - started:.1f}s to make)"
+    )
     config = copy.deepcopy(spec["config"])
     if epochs is not None:
         config["epochs"] = epochs
@@ -93,13 +105,18 @@ def bench(preset: str, versions, epochs: int | None, k: int, threads: int, workd
         selector = load_selector(out / "best.ckpt", task.train_features)
         n_params = sum(p.numel() for p in selector.model.parameters())
         use_pools = pools if selector.needs_pools else None
-        rows.append({
-            "version": version, "params_M": n_params / 1e6, "epochs": len(metrics["epochs"]),
-            "train_ex_s": metrics["train_examples_per_s"], "train_wall_s": wall,
-            "ms_b1": time_select(selector, task.heldout_features, use_pools, k, 1, 32),
-            "ms_b64": time_select(selector, task.heldout_features, use_pools, k, 64, 256),
-            "val_top1": metrics["epochs"][-1].get("val_top1"),
-        })
+        rows.append(
+            {
+                "version": version,
+                "params_M": n_params / 1e6,
+                "epochs": len(metrics["epochs"]),
+                "train_ex_s": metrics["train_examples_per_s"],
+                "train_wall_s": wall,
+                "ms_b1": time_select(selector, task.heldout_features, use_pools, k, 1, 32),
+                "ms_b64": time_select(selector, task.heldout_features, use_pools, k, 64, 256),
+                "val_top1": metrics["epochs"][-1].get("val_top1"),
+            }
+        )
     return rows, task, cfg
 
 
@@ -109,8 +126,12 @@ def job_wall_time(task, cfg, workdir: Path) -> dict[str, float]:
     for version in VERSIONS:
         out = workdir / f"job_{version}"
         init = workdir / "job_v3" / "best.ckpt" if version == "v4" else None
-        code = JOB.format(version=version, config=cfg.to_dict(), identity=task.identity(version).to_dict(),
-                          paths=task.paths(out, init).__dict__)
+        code = JOB.format(
+            version=version,
+            config=cfg.to_dict(),
+            identity=task.identity(version).to_dict(),
+            paths=task.paths(out, init).__dict__,
+        )
         t0 = time.perf_counter()
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         imports, training = map(float, result.stdout.strip().splitlines()[-1].split())
@@ -138,19 +159,25 @@ def main(argv=None) -> None:
         workdir = Path(tmp)
         print(f"torch {torch.__version__}, {args.threads} thread(s), preset {args.preset}, k = {args.k}")
         rows, task, cfg = bench(args.preset, versions, args.epochs, args.k, args.threads, workdir)
-        print("\n| version | params (M) | epochs | train examples/s | train wall s | select ms/query b1 "
-              "| select ms/query b64 | last val top-1 |")
+        print(
+            "\n| version | params (M) | epochs | train examples/s | train wall s | select ms/query b1 "
+            "| select ms/query b64 | last val top-1 |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             top1 = "-" if r["val_top1"] is None else f"{r['val_top1']:.3f}"
-            print(f"| {r['version']} | {r['params_M']:.2f} | {r['epochs']} | {r['train_ex_s']:.0f} | "
-                  f"{r['train_wall_s']:.1f} | {r['ms_b1']:.2f} | {r['ms_b64']:.3f} | {top1} |")
+            print(
+                f"| {r['version']} | {r['params_M']:.2f} | {r['epochs']} | {r['train_ex_s']:.0f} | "
+                f"{r['train_wall_s']:.1f} | {r['ms_b1']:.2f} | {r['ms_b64']:.3f} | {top1} |"
+            )
         if args.preset == "toy" and not args.no_job:
             print("\none training job in a fresh process (1 thread):")
             for version, (total, imports, training) in job_wall_time(task, cfg, workdir).items():
-                print(f"  {version}: {total:.1f} s wall = {total - imports - training:.1f} s interpreter start + "
-                      f"{imports:.1f} s importing torch/Lightning{'/transformers' if version == 'v0' else ''} + "
-                      f"{training:.1f} s train() (inputs, Trainer, epochs, outputs)")
+                print(
+                    f"  {version}: {total:.1f} s wall = {total - imports - training:.1f} s interpreter start + "
+                    f"{imports:.1f} s importing torch/Lightning{'/transformers' if version == 'v0' else ''} + "
+                    f"{training:.1f} s train() (inputs, Trainer, epochs, outputs)"
+                )
         if args.learning:
             print("\nlearning test (synthetic hidden function, held-out queries):")
             print(format_table(learning_table(workdir / "learning", threads=args.threads)))

@@ -87,23 +87,43 @@ TINY_QWEN = (  # lever_lm.lvlm.tiny.new_tiny_qwen, then pretraining through the 
     "Qwen2_5_VLProcessor, Qwen2TokenizerFast, Qwen2VLImageProcessor",
     "from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor",
 )
-TINY_FLAMINGO = ("from transformers import MptConfig, MptForCausalLM",
-                 "from transformers import PreTrainedTokenizerFast", "import lever_lm.lvlm.qwen")
+TINY_FLAMINGO = (
+    "from transformers import MptConfig, MptForCausalLM",
+    "from transformers import PreTrainedTokenizerFast",
+    "import lever_lm.lvlm.qwen",
+)
 INFERENCE = (  # lever_lm.inference: run_selector_cell / run_baseline, up to the scores and outputs
-    "import lever_lm.beam_search", "import lever_lm.retrievers", "import lever_lm.data", "import lever_lm.embeddings",
-    "import lever_lm.lvlm.factory", "import lever_lm.metrics",
+    "import lever_lm.beam_search",
+    "import lever_lm.retrievers",
+    "import lever_lm.data",
+    "import lever_lm.embeddings",
+    "import lever_lm.lvlm.factory",
+    "import lever_lm.metrics",
 )
 
 
 def _selector(version: str) -> tuple[str, ...]:  # lever_lm.selectors.checkpoint.build_model
-    return ("import torch", "import lever_lm.selectors.checkpoint", "import torch.utils.serialization",
-            "import lever_lm.selectors.similarity", f"import lever_lm.selectors.{version}")
+    return (
+        "import torch",
+        "import lever_lm.selectors.checkpoint",
+        "import torch.utils.serialization",
+        "import lever_lm.selectors.similarity",
+        f"import lever_lm.selectors.{version}",
+    )
 
 
 def _train(version: str) -> tuple[str, ...]:  # lever_lm.selectors.training.train
-    return ("import lever_lm.selectors.training", "import lever_lm.determinism", *PIN, "import lever_lm.embeddings",
-            "import lever_lm.beam_shards", "import lever_lm.sampling", *_selector(version), "import pytorch_lightning",
-            "import fsspec.implementations.chained")
+    return (
+        "import lever_lm.selectors.training",
+        "import lever_lm.determinism",
+        *PIN,
+        "import lever_lm.embeddings",
+        "import lever_lm.beam_shards",
+        "import lever_lm.sampling",
+        *_selector(version),
+        "import pytorch_lightning",
+        "import fsspec.implementations.chained",
+    )
 
 
 @dataclass(frozen=True)
@@ -119,43 +139,146 @@ JOBS = (
     Job("embeddings", "embeddings", (*READ_PARQUET, "import torch", "import open_clip", *IMAGES)),
     Job("faiss_index", "faiss_index", ("import faiss",)),
     Job("anchors", "anchors", READ_PARQUET),
-    Job("candidates, test_pool", "sample_candidates",
-        ("import lever_lm.data", "import lever_lm.embeddings", *READ_PARQUET, "import lever_lm.index", "import faiss")),
-    Job("tiny_lvlm qwen", "tiny_lvlm",
-        ("import lever_lm.lvlm.tiny", *READ_PARQUET, "import torch", "import lever_lm.toy.data", *TINY_QWEN,
-         "import lever_lm.lvlm.tiny_tokenizer", *QWEN, *IMAGES)),
-    Job("tiny_lvlm flamingo", "tiny_lvlm",
-        ("import lever_lm.lvlm.tiny", *READ_PARQUET, "import torch", "import lever_lm.toy.data", *FLAMINGO,
-         *TINY_FLAMINGO, "import lever_lm.lvlm.tiny_tokenizer", *IMAGES)),
-    *(Job(f"beam_shard {family}", "beam_shard", (*PIN, *READ_PARQUET, *FAMILY[family], *IMAGES))
-      for family in ("qwen", "flamingo")),
+    Job(
+        "candidates, test_pool",
+        "sample_candidates",
+        ("import lever_lm.data", "import lever_lm.embeddings", *READ_PARQUET, "import lever_lm.index", "import faiss"),
+    ),
+    Job(
+        "tiny_lvlm qwen",
+        "tiny_lvlm",
+        (
+            "import lever_lm.lvlm.tiny",
+            *READ_PARQUET,
+            "import torch",
+            "import lever_lm.toy.data",
+            *TINY_QWEN,
+            "import lever_lm.lvlm.tiny_tokenizer",
+            *QWEN,
+            *IMAGES,
+        ),
+    ),
+    Job(
+        "tiny_lvlm flamingo",
+        "tiny_lvlm",
+        (
+            "import lever_lm.lvlm.tiny",
+            *READ_PARQUET,
+            "import torch",
+            "import lever_lm.toy.data",
+            *FLAMINGO,
+            *TINY_FLAMINGO,
+            "import lever_lm.lvlm.tiny_tokenizer",
+            *IMAGES,
+        ),
+    ),
+    *(
+        Job(f"beam_shard {family}", "beam_shard", (*PIN, *READ_PARQUET, *FAMILY[family], *IMAGES))
+        for family in ("qwen", "flamingo")
+    ),
     Job("beam_gather", "beam_gather"),
-    *(Job(f"ceiling_shard {family}", "ceiling_shard",
-          (*PIN, "import lever_lm.beam_search", "import lever_lm.beam_shards", "import lever_lm.data",
-           "import lever_lm.sampling", "import lever_lm.inference", "import lever_lm.lvlm.factory", *READ_PARQUET,
-           *FAMILY[family], *IMAGES))
-      for family in ("qwen", "flamingo")),
+    *(
+        Job(
+            f"ceiling_shard {family}",
+            "ceiling_shard",
+            (
+                *PIN,
+                "import lever_lm.beam_search",
+                "import lever_lm.beam_shards",
+                "import lever_lm.data",
+                "import lever_lm.sampling",
+                "import lever_lm.inference",
+                "import lever_lm.lvlm.factory",
+                *READ_PARQUET,
+                *FAMILY[family],
+                *IMAGES,
+            ),
+        )
+        for family in ("qwen", "flamingo")
+    ),
     Job("ceiling_gather", "ceiling_gather", ("import lever_lm.beam_shards", "import lever_lm.data", *READ_PARQUET)),
-    *(Job(f"ceiling_inference {family}", "ceiling_inference",
-          (*PIN, *INFERENCE, "import lever_lm.selectors.data", *READ_PARQUET, *FAMILY[family], *IMAGES,
-           *WRITE_PARQUET))
-      for family in ("qwen", "flamingo")),
-    *(Job(f"train_selector {version}", "train_selector", _train(version))
-      for version in ("v0", "v1", "v2", "v3", "v4")),
-    *(Job(f"icl_inference {family} {version}", "icl_inference",
-          (*PIN, *INFERENCE, *READ_PARQUET, *_selector(version), "import lever_lm.sampling", *FAMILY[family],
-           *IMAGES, *WRITE_PARQUET))
-      for family, version in (("qwen", "v0"), ("qwen", "v4"), ("flamingo", "v0"), ("flamingo", "v4"))),
-    *(Job(f"baseline_inference {family}", "baseline_inference",
-          (*PIN, *INFERENCE, *READ_PARQUET, "import lever_lm.index", "import faiss", *FAMILY[family], *IMAGES,
-           *WRITE_PARQUET))
-      for family in ("qwen", "flamingo")),
-    Job("report", "report",
-        (*READ_PARQUET, "from scipy import stats", "import matplotlib",
-         "from matplotlib.backends.backend_agg import FigureCanvasAgg", "from matplotlib.figure import Figure")),
+    *(
+        Job(
+            f"ceiling_inference {family}",
+            "ceiling_inference",
+            (
+                *PIN,
+                *INFERENCE,
+                "import lever_lm.selectors.data",
+                *READ_PARQUET,
+                *FAMILY[family],
+                *IMAGES,
+                *WRITE_PARQUET,
+            ),
+        )
+        for family in ("qwen", "flamingo")
+    ),
+    *(
+        Job(f"train_selector {version}", "train_selector", _train(version))
+        for version in ("v0", "v1", "v2", "v3", "v4")
+    ),
+    *(
+        Job(
+            f"icl_inference {family} {version}",
+            "icl_inference",
+            (
+                *PIN,
+                *INFERENCE,
+                *READ_PARQUET,
+                *_selector(version),
+                "import lever_lm.sampling",
+                *FAMILY[family],
+                *IMAGES,
+                *WRITE_PARQUET,
+            ),
+        )
+        for family, version in (("qwen", "v0"), ("qwen", "v4"), ("flamingo", "v0"), ("flamingo", "v4"))
+    ),
+    *(
+        Job(
+            f"baseline_inference {family}",
+            "baseline_inference",
+            (
+                *PIN,
+                *INFERENCE,
+                *READ_PARQUET,
+                "import lever_lm.index",
+                "import faiss",
+                *FAMILY[family],
+                *IMAGES,
+                *WRITE_PARQUET,
+            ),
+        )
+        for family in ("qwen", "flamingo")
+    ),
+    Job(
+        "report",
+        "report",
+        (
+            *READ_PARQUET,
+            "from scipy import stats",
+            "import matplotlib",
+            "from matplotlib.backends.backend_agg import FigureCanvasAgg",
+            "from matplotlib.figure import Figure",
+        ),
+    ),
 )
-HEAVY = ("torch", "transformers", "pytorch_lightning", "lightning_fabric", "torchmetrics", "open_clip",
-         "open_flamingo", "torchvision", "timm", "matplotlib", "scipy", "pandas", "pyarrow", "faiss")
+HEAVY = (
+    "torch",
+    "transformers",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "torchmetrics",
+    "open_clip",
+    "open_flamingo",
+    "torchvision",
+    "timm",
+    "matplotlib",
+    "scipy",
+    "pandas",
+    "pyarrow",
+    "faiss",
+)
 
 
 def script_imports(root: Path, script: str) -> list[str]:
@@ -171,13 +294,18 @@ def job_code(root: Path, job: Job) -> str:
     statements = [*PREAMBLE, *script_imports(root, job.script), *job.run]
     lines = ["import sys, time", "_failed = []", "_t0 = time.perf_counter()"]
     for statement in statements:
-        lines += ["try:", f"    {statement}", "except ImportError as _err:",
-                  f"    _failed.append({statement!r} + ': ' + str(_err))"]
-    lines += ["_seconds = time.perf_counter() - _t0",
-              "_heavy = sorted({name.split('.')[0] for name in sys.modules} & set(" + repr(HEAVY) + "))",
-              "import json",
-              "print(json.dumps({'seconds': _seconds, 'modules': len(sys.modules), 'heavy': _heavy, "
-              "'failed': _failed}))"]
+        lines += [
+            "try:",
+            f"    {statement}",
+            "except ImportError as _err:",
+            f"    _failed.append({statement!r} + ': ' + str(_err))",
+        ]
+    lines += [
+        "_seconds = time.perf_counter() - _t0",
+        "_heavy = sorted({name.split('.')[0] for name in sys.modules} & set(" + repr(HEAVY) + "))",
+        "import json",
+        "print(json.dumps({'seconds': _seconds, 'modules': len(sys.modules), 'heavy': _heavy, 'failed': _failed}))",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +315,7 @@ def parse_importtime(stderr: str) -> dict[str, float]:
     for line in stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
-        self_us, _, name = line[len("import time:"):].split("|", 2)
+        self_us, _, name = line[len("import time:") :].split("|", 2)
         package = name.strip().split(".")[0]
         per_package[package] = per_package.get(package, 0.0) + int(self_us) / 1e6
     return per_package
@@ -195,8 +323,9 @@ def parse_importtime(stderr: str) -> dict[str, float]:
 
 def measure(root: Path, job: Job, python: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    run = subprocess.run([python, "-X", "importtime", "-c", job_code(root, job)], cwd=root, env=env,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [python, "-X", "importtime", "-c", job_code(root, job)], cwd=root, env=env, capture_output=True, text=True
+    )
     if run.returncode != 0:
         raise RuntimeError(f"{job.name} ({root}): exit {run.returncode}\n{run.stderr[-2000:]}")
     result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -235,8 +364,10 @@ def main() -> None:
         print(f"# {root}: {head.stdout.strip()[:100]}")
     print(f"# import seconds per job process, median of {args.repeats} (python -X importtime, {python})")
     if args.against:
-        print(f"{'job':<28} {'against s':>9} {'this s':>7} {'diff':>6}  "
-              "heavy packages loaded (this tree); heaviest (self s)")
+        print(
+            f"{'job':<28} {'against s':>9} {'this s':>7} {'diff':>6}  "
+            "heavy packages loaded (this tree); heaviest (self s)"
+        )
     else:
         print(f"{'job':<28} {'import s':>8} {'modules':>7}  heavy packages loaded; heaviest (self s)")
     total = {root: 0.0 for root in roots}
@@ -254,13 +385,17 @@ def main() -> None:
         if args.against:
             other = summary(results[roots[1]], args.top)[0]
             total[roots[1]] += other
-            print(f"{job.name:<28} {other:>9.2f} {median:>7.2f} {median - other:>+6.2f}  [{heavy}] {heaviest}{failed}",
-                  flush=True)
+            print(
+                f"{job.name:<28} {other:>9.2f} {median:>7.2f} {median - other:>+6.2f}  [{heavy}] {heaviest}{failed}",
+                flush=True,
+            )
         else:
             print(f"{job.name:<28} {median:>8.2f} {middle['modules']:>7}  [{heavy}] {heaviest}{failed}", flush=True)
     if args.against:
-        print(f"{'sum over job kinds':<28} {total[roots[1]]:>9.2f} {total[roots[0]]:>7.2f} "
-              f"{total[roots[0]] - total[roots[1]]:>+6.2f}")
+        print(
+            f"{'sum over job kinds':<28} {total[roots[1]]:>9.2f} {total[roots[0]]:>7.2f} "
+            f"{total[roots[0]] - total[roots[1]]:>+6.2f}"
+        )
     else:
         print(f"{'sum over job kinds':<28} {total[roots[0]]:>8.2f}")
 

@@ -61,18 +61,30 @@ def main() -> None:
     train = ToyExampleTable.from_records(load_records(args.train))
     val = ToyExampleTable.from_records(load_records(args.val))
     started = time.monotonic()
-    rows = icl_accuracy(adapter, train, val, [int(s) for s in args.shots.split(",")], args.conditions.split(","),
-                        args.max_queries, args.seed, args.num_beams)
+    rows = icl_accuracy(
+        adapter,
+        train,
+        val,
+        [int(s) for s in args.shots.split(",")],
+        args.conditions.split(","),
+        args.max_queries,
+        args.seed,
+        args.num_beams,
+    )
     accuracy_seconds = time.monotonic() - started
     print(f"{'condition':<18}{'shots':>6}{'acc':>8}{'conv':>7}{'value':>7}{'n':>6}")
     for row in rows:
-        print(f"{row['condition']:<18}{row['shots']:>6}{row['accuracy']:>8.1f}{row['convention_share']:>7.2f}"
-              f"{row['value_share']:>7.2f}{row['n']:>6}")
+        print(
+            f"{row['condition']:<18}{row['shots']:>6}{row['accuracy']:>8.1f}{row['convention_share']:>7.2f}"
+            f"{row['value_share']:>7.2f}{row['n']:>6}"
+        )
     started = time.monotonic()
     sanity = infoscore_sanity(adapter, train, val, n=args.triples, seed=args.seed) if args.triples else None
     if sanity:
-        print(f"InfoScore sanity: same-convention demo wins {100 * sanity['same_convention_wins']:.1f}% of "
-              f"{sanity['n']} triples (mean P-bar margin {sanity['mean_margin']:.3f})")
+        print(
+            f"InfoScore sanity: same-convention demo wins {100 * sanity['same_convention_wins']:.1f}% of "
+            f"{sanity['n']} triples (mean P-bar margin {sanity['mean_margin']:.3f})"
+        )
     print(f"seconds: accuracy {accuracy_seconds:.0f}, infoscore {time.monotonic() - started:.0f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"accuracy": rows, "infoscore": sanity, "args": vars(args)}, indent=1))

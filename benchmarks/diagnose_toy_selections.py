@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lever_lm.selectors.data import to_choice_order  # noqa: E402
 
-
-BASELINE_FILE = re.compile(r"(?P<model>.+)_(?P<baseline>RandomRetriever|ZeroShot|SimRetriever-\w+)_baseline"
-                           r"(?P<replicate>(_rep\d+)?)_predictions\.parquet")
+BASELINE_FILE = re.compile(
+    r"(?P<model>.+)_(?P<baseline>RandomRetriever|ZeroShot|SimRetriever-\w+)_baseline"
+    r"(?P<replicate>(_rep\d+)?)_predictions\.parquet"
+)
 REPLICATE = re.compile(r"(_rep\d+)?$")
 
 
@@ -56,13 +57,23 @@ def beam_table(root: Path, train_code: np.ndarray) -> pd.DataFrame:
             pool_match = float(np.mean(train_code[pool] == cued)) if len(pool) else np.nan
             for rank, sequence in enumerate(record["sequences"]):
                 for step, icd in enumerate(to_choice_order(sequence, order), start=1):
-                    rows.append({"beam_model": model, "sampler": sampler, "cued": cued, "beam_rank": rank,
-                                 "step": step, "match": train_code[icd] == cued, "pool_match": pool_match})
+                    rows.append(
+                        {
+                            "beam_model": model,
+                            "sampler": sampler,
+                            "cued": cued,
+                            "beam_rank": rank,
+                            "step": step,
+                            "match": train_code[icd] == cued,
+                            "pool_match": pool_match,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
-def selection_rows(path: Path, label: str, model: str, val_code: np.ndarray, train_code: np.ndarray,
-                   val_index: dict[int, int]) -> list[dict]:
+def selection_rows(
+    path: Path, label: str, model: str, val_code: np.ndarray, train_code: np.ndarray, val_index: dict[int, int]
+) -> list[dict]:
     frame = pd.read_parquet(path, columns=["question_id", "shot", "icd_ids", "score"])
     rows = []
     for shot, group in frame.groupby("shot"):
@@ -71,11 +82,20 @@ def selection_rows(path: Path, label: str, model: str, val_code: np.ndarray, tra
         match = np.array([np.mean(train_code[list(ids)] == c) if ids else np.nan for ids, c in zip(lists, cued)])
         score = group["score"].to_numpy(dtype=float) * 100
         top_list_share = Counter(lists).most_common(1)[0][1] / len(lists)
-        rows.append({"beam_model": model, "cell": label, "shot": int(shot),
-                     "match_cued": np.nanmean(match[cued]) if cued.any() else np.nan,
-                     "match_uncued": np.nanmean(match[~cued]) if (~cued).any() else np.nan,
-                     "acc_cued": score[cued].mean(), "acc_uncued": score[~cued].mean(), "acc": score.mean(),
-                     "top_list_share": top_list_share, "distinct_lists": len(set(lists))})
+        rows.append(
+            {
+                "beam_model": model,
+                "cell": label,
+                "shot": int(shot),
+                "match_cued": np.nanmean(match[cued]) if cued.any() else np.nan,
+                "match_uncued": np.nanmean(match[~cued]) if (~cued).any() else np.nan,
+                "acc_cued": score[cued].mean(),
+                "acc_uncued": score[~cued].mean(),
+                "acc": score.mean(),
+                "top_list_share": top_list_share,
+                "distinct_lists": len(set(lists)),
+            }
+        )
     return rows
 
 
@@ -96,7 +116,8 @@ def main() -> None:
         print("## Beams on train anchors: share of picks matching the anchor's convention, per choice step")
         top = beams[beams["beam_rank"] == 0]
         summary = top.groupby(["beam_model", "sampler", "cued", "step"]).agg(
-            top_beam_match=("match", "mean"), pool_match=("pool_match", "mean"), anchors=("match", "size"))
+            top_beam_match=("match", "mean"), pool_match=("pool_match", "mean"), anchors=("match", "size")
+        )
         summary["all_beams_match"] = beams.groupby(["beam_model", "sampler", "cued", "step"])["match"].mean()
         print(summary.round(2).to_string(), "\n")
 
@@ -108,15 +129,18 @@ def main() -> None:
     for path in sorted(root.glob("icl_inference/baseline/*_predictions.parquet")):
         match = BASELINE_FILE.fullmatch(path.name)
         if match and match["baseline"] in ("RandomRetriever", "SimRetriever-i2i", "ZeroShot"):
-            rows += selection_rows(path, match["baseline"] + match["replicate"], match["model"], val_code,
-                                   train_code, val_index)
+            rows += selection_rows(
+                path, match["baseline"] + match["replicate"], match["model"], val_code, train_code, val_index
+            )
     for path in sorted(root.glob("ceiling/*/*/*/predictions.parquet")):
         rows += selection_rows(path, f"ceiling/{path.parts[-3]}", path.parts[-4], val_code, train_code, val_index)
     table = pd.DataFrame(rows)
     if args.shot is not None:
         table = table[table["shot"].isin([args.shot, 0])]
-    print("## Val selections: convention match and accuracy, cued vs uncued queries "
-          f"({int(val_code.sum())} cued of {len(val_code)})")
+    print(
+        "## Val selections: convention match and accuracy, cued vs uncued queries "
+        f"({int(val_code.sum())} cued of {len(val_code)})"
+    )
     print(table.sort_values(["beam_model", "shot", "cell"]).round(2).to_string(index=False))
 
 

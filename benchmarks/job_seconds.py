@@ -43,8 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     run = rule_table(Path(args.run_dir))
     base = rule_table(Path(args.base)) if args.base else {}
-    rules = sorted(set(run) | set(base), key=lambda r: -max(run.get(r, {}).get("seconds", 0),
-                                                              base.get(r, {}).get("seconds", 0)))
+    rules = sorted(
+        set(run) | set(base), key=lambda r: -max(run.get(r, {}).get("seconds", 0), base.get(r, {}).get("seconds", 0))
+    )
     header = f"{'rule':<22}{'jobs':>5}{'job-s':>9}{'largest':>9}{'RSS MB':>8}"
     if base:
         header += f"{'base jobs':>11}{'base job-s':>12}{'base/run':>10}"
@@ -52,8 +53,11 @@ def main() -> None:
     for rule in rules:
         mine, theirs = run.get(rule), base.get(rule)
         line = f"{rule:<22}"
-        line += (f"{mine['jobs']:>5}{mine['seconds']:>9.0f}{mine['largest']:>9.0f}{mine['max_rss_mb']:>8.0f}"
-                 if mine else f"{'-':>5}{'-':>9}{'-':>9}{'-':>8}")
+        line += (
+            f"{mine['jobs']:>5}{mine['seconds']:>9.0f}{mine['largest']:>9.0f}{mine['max_rss_mb']:>8.0f}"
+            if mine
+            else f"{'-':>5}{'-':>9}{'-':>9}{'-':>8}"
+        )
         if base:
             line += f"{theirs['jobs']:>11}{theirs['seconds']:>12.0f}" if theirs else f"{'-':>11}{'-':>12}"
             line += f"{theirs['seconds'] / mine['seconds']:>10.2f}" if mine and theirs else f"{'-':>10}"

@@ -1,4 +1,5 @@
-"""InfoScore beam search over ICD sequences, per anchor (docs/stages.md stage 4), or per val query for the imitation ceiling.
+"""InfoScore beam search over ICD sequences, per anchor (docs/stages.md stage 4), or per val query for the imitation
+ceiling.
 
 With P̄(y | ctx) = exp(mean log p) over the anchor's label answer tokens plus the end-of-chunk token,
 
@@ -35,8 +36,9 @@ Sharding, resume and gather live in ``lever_lm.beam_shards``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,7 +70,9 @@ class BeamSearchConfig:
 
     def __post_init__(self) -> None:
         if self.scorer not in SUPPORTED_SCORERS:
-            raise ValueError(f"beam search config: scorer={self.scorer!r} is not supported (known: {SUPPORTED_SCORERS})")
+            raise ValueError(
+                f"beam search config: scorer={self.scorer!r} is not supported (known: {SUPPORTED_SCORERS})"
+            )
         if self.construct_order not in CONSTRUCT_ORDERS:
             raise ValueError(
                 f"beam search config: construct_order={self.construct_order!r} must be one of {CONSTRUCT_ORDERS}"
@@ -223,8 +227,7 @@ def beam_search_anchor(
         probabilities = np.asarray(sequence_scorer(requests), dtype=np.float64)
         if probabilities.shape != (len(requests),):
             raise ValueError(
-                f"{name}, step {step}: the scorer returned shape "
-                f"{probabilities.shape} for {len(requests)} sequences"
+                f"{name}, step {step}: the scorer returned shape {probabilities.shape} for {len(requests)} sequences"
             )
         if not np.all(np.isfinite(probabilities)):
             bad = [requests[i] for i in np.flatnonzero(~np.isfinite(probabilities))[:3]]
@@ -269,14 +272,16 @@ class ExampleTable:
         self._cache: dict[int, Example] = {}
 
     @classmethod
-    def from_records(cls, records: "pd.DataFrame", name: str = "train records", split: str = "train") -> "ExampleTable":
+    def from_records(cls, records: pd.DataFrame, name: str = "train records", split: str = "train") -> ExampleTable:
         missing = [c for c in REQUIRED_RECORD_COLUMNS if c not in records.columns]
         if missing:
             raise ValueError(f"{name}: missing column(s) {missing}")
         idx = records["idx"].to_numpy()
         wrong = np.flatnonzero(idx != np.arange(len(records)))
         if wrong.size:
-            raise ValueError(f"{name}: column idx must be 0..n-1 in row order; first offending rows {wrong[:5].tolist()}")
+            raise ValueError(
+                f"{name}: column idx must be 0..n-1 in row order; first offending rows {wrong[:5].tolist()}"
+            )
         return cls(
             image_paths=[str(p) for p in records["image_path"]],
             questions=[str(q) for q in records["question"]],
@@ -289,7 +294,7 @@ class ExampleTable:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def example(self, icd_id: int) -> "Example":
+    def example(self, icd_id: int) -> Example:
         """The ICD ``icd_id`` with its label as the answer (built once, then reused)."""
         from lever_lm.lvlm.base import Example
 
@@ -303,13 +308,13 @@ class ExampleTable:
         return [i for i in icd_ids if not self.labels[i].strip()]
 
 
-def _as_table(train_records: "pd.DataFrame | ExampleTable") -> ExampleTable:
+def _as_table(train_records: pd.DataFrame | ExampleTable) -> ExampleTable:
     return train_records if isinstance(train_records, ExampleTable) else ExampleTable.from_records(train_records)
 
 
 def make_sequence_scorer(
-    adapter: "LVLMAdapter",
-    train_records: "pd.DataFrame | ExampleTable",
+    adapter: LVLMAdapter,
+    train_records: pd.DataFrame | ExampleTable,
     anchor_record: Mapping[str, Any],
     fast: bool = True,
     query_split: str = "train",
@@ -353,8 +358,8 @@ def anchor_record_of(examples: ExampleTable, anchor_id: int) -> dict[str, Any]:
 
 
 def search_anchor(
-    adapter: "LVLMAdapter",
-    examples: "pd.DataFrame | ExampleTable",
+    adapter: LVLMAdapter,
+    examples: pd.DataFrame | ExampleTable,
     anchor_id: int,
     candidate_ids: Sequence[int],
     cfg: BeamSearchConfig,

@@ -40,8 +40,9 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lever_lm.beam_search import (
     BeamSearchConfig,
@@ -213,7 +214,9 @@ def _resume_state(path: Path, params: Mapping[str, Any], anchor_ids: Sequence[in
     old_params, records = read_beam_shard(path)
     differing = _differing_keys(old_params, params)
     if differing:
-        details = ", ".join(f"{k}: {old_params.get(k, '<missing>')!r} -> {params.get(k, '<missing>')!r}" for k in differing)
+        details = ", ".join(
+            f"{k}: {old_params.get(k, '<missing>')!r} -> {params.get(k, '<missing>')!r}" for k in differing
+        )
         raise ValueError(
             f"{path}: written with different params ({details}); delete it to start over, or restore the config"
         )
@@ -230,8 +233,8 @@ def _resume_state(path: Path, params: Mapping[str, Any], anchor_ids: Sequence[in
 def run_beam_shard(
     anchor_ids: Sequence[int],
     candidates: Mapping[int, Sequence[int]],
-    train_records: "pd.DataFrame | ExampleTable",
-    adapter: "LVLMAdapter",
+    train_records: pd.DataFrame | ExampleTable,
+    adapter: LVLMAdapter,
     cfg: BeamSearchConfig,
     out_path: str | os.PathLike,
     run_params: Mapping[str, Any] | None = None,
@@ -266,7 +269,12 @@ def run_beam_shard(
     unit = "anchors" if query_split == "train" else f"{query_split} queries"
     log.info(
         "beam shard %s: %s, %d %s, %d done before, %d to go (%s path)",
-        path, params["ex_name"], len(anchor_ids), unit, len(done), len(remaining),
+        path,
+        params["ex_name"],
+        len(anchor_ids),
+        unit,
+        len(done),
+        len(remaining),
         "fast" if cfg.use_fast_path else "naive",
     )
     progress = ProgressReporter(len(anchor_ids), unit, progress_interval_s, log, already_done=len(done))
@@ -308,10 +316,14 @@ def gather_beam_shards(
         problems.append(f"missing anchors {_first(missing)}")
     duplicated = {a: files for a, files in where.items() if len(files) > 1}
     if duplicated:
-        problems.append("anchors in more than one place " + "; ".join(f"{a}: {f}" for a, f in list(duplicated.items())[:5]))
+        problems.append(
+            "anchors in more than one place " + "; ".join(f"{a}: {f}" for a, f in list(duplicated.items())[:5])
+        )
     unexpected = sorted(set(where) - set(expected))
     if unexpected:
-        problems.append(f"anchors not in the anchors file {_first(unexpected)} (in {sorted({where[a][0] for a in unexpected})})")
+        problems.append(
+            f"anchors not in the anchors file {_first(unexpected)} (in {sorted({where[a][0] for a in unexpected})})"
+        )
     if problems:
         raise ValueError(f"gather over {[str(p) for p in shard_paths]}: " + " | ".join(problems))
     write_json(out_path, {"params": first_params, "anchors": [by_anchor[a] for a in expected]}, indent=None)

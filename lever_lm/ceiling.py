@@ -37,8 +37,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class CeilingConfig:
     shards: int
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> "CeilingConfig":
+    def from_config(cls, section: Mapping[str, Any] | None) -> CeilingConfig:
         """From ``config["ceiling"]`` (None: all defaults), validated against the config schema with its defaults
         filled (``lever_lm.config.validate_section``); errors name the key: ``config key ceiling.shards: ...``."""
         from lever_lm.config import validate_section
@@ -111,8 +112,9 @@ def top_beam_choices(record: Mapping[str, Any], construct_order: str, source: st
     return to_choice_order(sequences[0], construct_order)
 
 
-def ceiling_icds(records: Sequence[Mapping[str, Any]], construct_order: str, shots: Sequence[int],
-                 source: str = "ceiling beams") -> dict[int, dict[int, list[int]]]:
+def ceiling_icds(
+    records: Sequence[Mapping[str, Any]], construct_order: str, shots: Sequence[int], source: str = "ceiling beams"
+) -> dict[int, dict[int, list[int]]]:
     """For each shot k <= the beams' length: each val row's first k picks of its top beam, in prompt order (as
     selectors place them). Longer shots are left out (a beam holds no more ICDs)."""
     top = {int(r["anchor_id"]): top_beam_choices(r, construct_order, source) for r in records}
@@ -129,8 +131,13 @@ class CeilingRetriever:
     ``top_choices``: val row -> its top beam's ICDs in choice order (``top_beam_choices``); the interface is
     ``lever_lm.retrievers``' (``choose(query_rows, k)``, ``check(query_rows, k)``)."""
 
-    def __init__(self, top_choices: Mapping[int, Sequence[int]], construct_order: str, shot_num: int,
-                 source: str = "ceiling beams"):
+    def __init__(
+        self,
+        top_choices: Mapping[int, Sequence[int]],
+        construct_order: str,
+        shot_num: int,
+        source: str = "ceiling beams",
+    ):
         self.top_choices = {int(row): [int(i) for i in ids] for row, ids in top_choices.items()}
         self.construct_order = construct_order
         self.shot_num = int(shot_num)
@@ -165,21 +172,21 @@ def _as_input_errors() -> Iterator[None]:
         raise InputError(str(err)) from None
 
 
-def _val_table(val_records: "str | os.PathLike") -> "ExampleTable":
+def _val_table(val_records: str | os.PathLike) -> ExampleTable:
     from lever_lm.beam_search import ExampleTable
     from lever_lm.data import load_records
 
     return ExampleTable.from_records(load_records(val_records), name=str(val_records), split=QUERY_SPLIT)
 
 
-def _train_table(train_records: "str | os.PathLike") -> "ExampleTable":
+def _train_table(train_records: str | os.PathLike) -> ExampleTable:
     from lever_lm.beam_search import ExampleTable
     from lever_lm.data import load_records
 
     return ExampleTable.from_records(load_records(train_records), name=str(train_records))
 
 
-def _read_test_pool(test_pool: "str | os.PathLike", sampler: str) -> Any:
+def _read_test_pool(test_pool: str | os.PathLike, sampler: str) -> Any:
     from lever_lm.sampling import read_candidates
 
     pool_file = read_candidates(test_pool)
@@ -189,12 +196,26 @@ def _read_test_pool(test_pool: "str | os.PathLike", sampler: str) -> Any:
     return pool_file
 
 
-def run_ceiling_shard(*, scatteritem: str, val_records: str, train_records: str, test_pool: str,
-                      weights: Sequence[str], beam_model: str, sampler: str, entry: Mapping[str, Any],
-                      beam_search: Mapping[str, Any], cand_num: int, sample_num: int,
-                      ceiling: Mapping[str, Any] | None, inference: Mapping[str, Any] | None, out_path: str,
-                      input_fingerprint: Any = None, adapter: "LVLMAdapter | None" = None,
-                      logger: logging.Logger | None = None) -> None:
+def run_ceiling_shard(
+    *,
+    scatteritem: str,
+    val_records: str,
+    train_records: str,
+    test_pool: str,
+    weights: Sequence[str],
+    beam_model: str,
+    sampler: str,
+    entry: Mapping[str, Any],
+    beam_search: Mapping[str, Any],
+    cand_num: int,
+    sample_num: int,
+    ceiling: Mapping[str, Any] | None,
+    inference: Mapping[str, Any] | None,
+    out_path: str,
+    input_fingerprint: Any = None,
+    adapter: LVLMAdapter | None = None,
+    logger: logging.Logger | None = None,
+) -> None:
     """Rule ceiling_shard: beam search for one shard of the ceiling's val queries, resumable like a beam shard.
 
     Every input is checked (val labels, pool entries and ids, cand_num) before the LVLM loads; bad input leaves no
@@ -229,17 +250,39 @@ def run_ceiling_shard(*, scatteritem: str, val_records: str, train_records: str,
         "beam_model": beam_model,
         "sampler": sampler,
         "test_pool": pool_file.params,
-        "queries": {"n_val": len(queries), "ceiling": ceiling_cfg.query_params(),
-                    "inference": {"max_queries": evaluated.get("max_queries"),
-                                  "query_seed": int(evaluated.get("query_seed", 0))}},
+        "queries": {
+            "n_val": len(queries),
+            "ceiling": ceiling_cfg.query_params(),
+            "inference": {
+                "max_queries": evaluated.get("max_queries"),
+                "query_seed": int(evaluated.get("query_seed", 0)),
+            },
+        },
     }
-    run_beam_shard(shard, pool_file.candidates, examples, adapter, cfg, partial, run_params=run_params, log=logger,
-                   input_fingerprint=input_fingerprint, queries=queries, candidates_source=str(test_pool))
+    run_beam_shard(
+        shard,
+        pool_file.candidates,
+        examples,
+        adapter,
+        cfg,
+        partial,
+        run_params=run_params,
+        log=logger,
+        input_fingerprint=input_fingerprint,
+        queries=queries,
+        candidates_source=str(test_pool),
+    )
     finalize_shard(partial, out_path)
 
 
-def gather_ceiling(shard_paths: Sequence[str], val_records: str, ceiling: Mapping[str, Any] | None,
-                   inference: Mapping[str, Any] | None, out_path: str, logger: logging.Logger | None = None) -> None:
+def gather_ceiling(
+    shard_paths: Sequence[str],
+    val_records: str,
+    ceiling: Mapping[str, Any] | None,
+    inference: Mapping[str, Any] | None,
+    out_path: str,
+    logger: logging.Logger | None = None,
+) -> None:
     """Rule ceiling_gather: every ceiling val query exactly once across the shards, merged in row order."""
     from lever_lm.beam_shards import gather_beam_shards
     from lever_lm.data import load_records
@@ -253,8 +296,9 @@ def gather_ceiling(shard_paths: Sequence[str], val_records: str, ceiling: Mappin
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def _checked_beams(beams: str, identity: Mapping[str, str], rows: np.ndarray, val_question_ids: Sequence[int],
-                   n_train: int) -> tuple[dict[str, Any], dict[int, list[int]], str, int]:
+def _checked_beams(
+    beams: str, identity: Mapping[str, str], rows: np.ndarray, val_question_ids: Sequence[int], n_train: int
+) -> tuple[dict[str, Any], dict[int, list[int]], str, int]:
     """(params, val row -> top beam in choice order, construct_order, shot_num) of a gathered ceiling beams file,
     checked against the cell, the configured val queries and the records."""
     from lever_lm.beam_shards import read_beams
@@ -269,32 +313,51 @@ def _checked_beams(beams: str, identity: Mapping[str, str], rows: np.ndarray, va
             raise InputError(f"{beams}: made for {key} {params.get(key)!r}, this ceiling cell is {identity[key]!r}")
     construct_order, shot_num = params.get("construct_order"), params.get("shot_num")
     if construct_order not in ("left", "right") or not isinstance(shot_num, int) or shot_num < 1:
-        raise InputError(f"{beams}: params need construct_order left/right and shot_num >= 1, got "
-                         f"{construct_order!r}, {shot_num!r}")
+        raise InputError(
+            f"{beams}: params need construct_order left/right and shot_num >= 1, got {construct_order!r}, {shot_num!r}"
+        )
     found = [int(r["anchor_id"]) for r in data["anchors"]]
     if found != rows.tolist():
         extra, missing = sorted(set(found) - set(rows.tolist())), sorted(set(rows.tolist()) - set(found))
-        raise InputError(f"{beams}: holds other val queries than the config's ceiling (not asked for: {extra[:5]}, "
-                         f"missing: {missing[:5]}); rerun ceiling_shard/ceiling_gather")
+        raise InputError(
+            f"{beams}: holds other val queries than the config's ceiling (not asked for: {extra[:5]}, "
+            f"missing: {missing[:5]}); rerun ceiling_shard/ceiling_gather"
+        )
     top: dict[int, list[int]] = {}
     for record in data["anchors"]:
         row = int(record["anchor_id"])
         if record.get("question_id") is not None and int(record["question_id"]) != int(val_question_ids[row]):
-            raise InputError(f"{beams}: val query {row} has question_id {record['question_id']}, the val records "
-                             f"{val_question_ids[row]}; the beams come from other val records")
+            raise InputError(
+                f"{beams}: val query {row} has question_id {record['question_id']}, the val records "
+                f"{val_question_ids[row]}; the beams come from other val records"
+            )
         choices = top_beam_choices(record, construct_order, str(beams))
         if len(choices) != shot_num or len(set(choices)) != shot_num or any(not 0 <= i < n_train for i in choices):
-            raise InputError(f"{beams}: val query {row}: the top beam {record['sequences'][0]} is not {shot_num} "
-                             f"distinct train ids in 0..{n_train - 1}")
+            raise InputError(
+                f"{beams}: val query {row}: the top beam {record['sequences'][0]} is not {shot_num} "
+                f"distinct train ids in 0..{n_train - 1}"
+            )
         top[row] = choices
     return params, top, construct_order, shot_num
 
 
-def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: str, val_records: str,
-                     weights: Sequence[str] | None, entry: Mapping[str, Any], inference: Mapping[str, Any] | None,
-                     ceiling: Mapping[str, Any] | None, task: str, metrics_path: str, predictions_path: str,
-                     adapter: "LVLMAdapter | None" = None, logger: logging.Logger | None = None,
-                     replicate: int = 0) -> dict[str, Any]:
+def run_ceiling_cell(
+    *,
+    identity: Mapping[str, str],
+    beams: str,
+    train_records: str,
+    val_records: str,
+    weights: Sequence[str] | None,
+    entry: Mapping[str, Any],
+    inference: Mapping[str, Any] | None,
+    ceiling: Mapping[str, Any] | None,
+    task: str,
+    metrics_path: str,
+    predictions_path: str,
+    adapter: LVLMAdapter | None = None,
+    logger: logging.Logger | None = None,
+    replicate: int = 0,
+) -> dict[str, Any]:
     """Rule ceiling_inference: the LVLM answers the ceiling's val queries with their top beams' ICDs, per shot
     (those <= shot_num); writes metrics.json and predictions.parquet like a selector cell; returns the metrics.
 
@@ -302,51 +365,80 @@ def run_ceiling_cell(*, identity: Mapping[str, str], beams: str, train_records: 
     LVLM loads (it loads only if a batch is left to generate: a journal from a killed run is resumed), and a
     failed job leaves no metrics.json."""
     from lever_lm.data import load_records
-    from lever_lm.io_utils import file_sha256, inputs_fingerprint
     from lever_lm.inference.config import config_digest
     from lever_lm.inference.evaluation import evaluate
     from lever_lm.inference.inputs import load_lvlm, val_queries
     from lever_lm.inference.jobs import start_cell
     from lever_lm.inference.journal import InferenceJournal, journal_path
     from lever_lm.inference.outputs import metrics_record, write_inference_outputs
+    from lever_lm.io_utils import file_sha256, inputs_fingerprint
 
     logger = logger or log
     cfg = start_cell("ceiling", identity, IDENTITY_KEYS, metrics_path, inference, task)
     ceiling_cfg = CeilingConfig.from_config(ceiling)
     val, examples = load_records(val_records), _train_table(train_records)
     rows = ceiling_query_rows(len(val), ceiling_cfg, cfg.to_dict())
-    params, top, construct_order, shot_num = _checked_beams(beams, identity, rows, val["question_id"].tolist(),
-                                                            len(examples))
+    params, top, construct_order, shot_num = _checked_beams(
+        beams, identity, rows, val["question_id"].tolist(), len(examples)
+    )
     shots, left_out = ceiling_shots(cfg.shots, shot_num)
     if not shots:
-        raise InputError(f"inference.shots {list(cfg.shots)}: none is <= beam_search.shot_num {shot_num}, so the "
-                         "ceiling has nothing to evaluate (set ceiling.enabled: false)")
+        raise InputError(
+            f"inference.shots {list(cfg.shots)}: none is <= beam_search.shot_num {shot_num}, so the "
+            "ceiling has nothing to evaluate (set ceiling.enabled: false)"
+        )
     if left_out:
-        logger.info("shots %s are not evaluated: a beam holds beam_search.shot_num = %d ICDs", list(left_out),
-                    shot_num)
+        logger.info("shots %s are not evaluated: a beam holds beam_search.shot_num = %d ICDs", list(left_out), shot_num)
     queries = val_queries(val, rows, task, val_records)
     chooser = CeilingRetriever(top, construct_order, shot_num, str(beams))
     for shot in shots:
         chooser.check(rows, shot)
-    logger.info("ceiling %s %s: %d val queries, shots %s", identity["beam_model"], identity["sampler"],
-                len(queries), list(shots))
+    logger.info(
+        "ceiling %s %s: %d val queries, shots %s",
+        identity["beam_model"],
+        identity["sampler"],
+        len(queries),
+        list(shots),
+    )
     beams_sha256 = file_sha256(beams)
-    ceiling_info = {**ceiling_cfg.query_params(), "shot_num": shot_num, "construct_order": construct_order,
-                    "shots_not_evaluated": list(left_out)}
-    parts = dict(kind="ceiling", task=task, inference=cfg.to_dict(), identity=dict(identity), entry=dict(entry),
-                 ceiling=ceiling_info)
+    ceiling_info = {
+        **ceiling_cfg.query_params(),
+        "shot_num": shot_num,
+        "construct_order": construct_order,
+        "shots_not_evaluated": list(left_out),
+    }
+    parts = dict(
+        kind="ceiling",
+        task=task,
+        inference=cfg.to_dict(),
+        identity=dict(identity),
+        entry=dict(entry),
+        ceiling=ceiling_info,
+    )
     files = {"train_records": train_records, "val_records": val_records, "beams": beams, "weights": list(weights or [])}
     fingerprint = config_digest(inputs=inputs_fingerprint(files), **parts)
 
-    def load() -> "LVLMAdapter":
+    def load() -> LVLMAdapter:
         return load_lvlm(identity["beam_model"], entry, weights)
 
     with InferenceJournal(journal_path(predictions_path), fingerprint, logger) as journal:
         scores, predictions = evaluate(adapter or load, chooser, queries, examples, shots, cfg, task, logger, journal)
     digest = config_digest(**parts, beams_sha256=beams_sha256)
-    metrics = metrics_record(kind="ceiling", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
-                       version=None, sampler=identity["sampler"], baseline=None, shots=scores, queries=queries,
-                       cfg=cfg, checkpoint=None, digest=digest, replicate=replicate)
+    metrics = metrics_record(
+        kind="ceiling",
+        dataset=identity["dataset"],
+        task=task,
+        beam_model=identity["beam_model"],
+        version=None,
+        sampler=identity["sampler"],
+        baseline=None,
+        shots=scores,
+        queries=queries,
+        cfg=cfg,
+        checkpoint=None,
+        digest=digest,
+        replicate=replicate,
+    )
     metrics["beams"] = {"path": str(beams), "sha256": beams_sha256, "params": params}
     metrics["ceiling"] = ceiling_info
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)

@@ -173,10 +173,14 @@ def check_config(config: dict) -> dict:
     dataset = config["dataset"]
     if "toy" in dataset:
         if dataset["format"] != "okvqa":
-            raise ConfigError("config key dataset.toy: the toy dataset is generated in OK-VQA format; set dataset.format: okvqa")
+            raise ConfigError(
+                "config key dataset.toy: the toy dataset is generated in OK-VQA format; set dataset.format: okvqa"
+            )
         if "root" not in dataset or dataset.get("files"):
-            raise ConfigError("config key dataset.toy: the toy dataset is generated under dataset.root with the standard "
-                              "names; set dataset.root and leave out dataset.files")
+            raise ConfigError(
+                "config key dataset.toy: the toy dataset is generated under dataset.root with the standard "
+                "names; set dataset.root and leave out dataset.files"
+            )
     for split in SPLITS:
         split_layout(dataset, split)
     _check_stage_configs(config)
@@ -276,7 +280,10 @@ def split_layout(dataset: dict, split: str) -> dict:
 
     try:
         return layout_paths(
-            dataset["format"], dataset.get("root"), split, dataset.get("caption_year", 2014),
+            dataset["format"],
+            dataset.get("root"),
+            split,
+            dataset.get("caption_year", 2014),
             dataset.get("files", {}).get(split),
         )
     except DatasetError as err:
@@ -293,9 +300,7 @@ def check_external_paths(config: dict) -> None:
         raise ConfigError(f"configured input path does not exist (set it in your config): {key}: {path}")
     if missing:
         lines = "\n".join(f"  {key}: {path}" for key, path in missing)
-        raise ConfigError(
-            f"{len(missing)} configured input path(s) do not exist (set them in your config):\n{lines}"
-        )
+        raise ConfigError(f"{len(missing)} configured input path(s) do not exist (set them in your config):\n{lines}")
 
 
 def check_model_files(config: dict) -> None:
@@ -341,8 +346,13 @@ def check_cand_num_fits_records(config: dict) -> None:
         return
     candidates = config["candidates"]
     try:
-        check_cand_num_fits(table["image_id"], table["question_id"], candidates["cand_num"],
-                            candidates.get("exclude_same_image", True), str(records))
+        check_cand_num_fits(
+            table["image_id"],
+            table["question_id"],
+            candidates["cand_num"],
+            candidates.get("exclude_same_image", True),
+            str(records),
+        )
     except InputError as err:
         raise ConfigError(str(err)) from None
 
@@ -362,5 +372,6 @@ def check_output_dirs(config: dict) -> None:
         if not existing.is_dir():
             raise InputError(f"{target} cannot be created: {existing} is a file, not a directory")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise InputError(f"{target} is not writable: {os.path.abspath(existing)} is read-only or not writable "
-                             "by this user")
+            raise InputError(
+                f"{target} is not writable: {os.path.abspath(existing)} is read-only or not writable by this user"
+            )

@@ -29,9 +29,10 @@ and OK-VQA and VQAv2 always have 10, so fewer means a damaged or foreign file).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -244,9 +245,7 @@ def _answers_of(path: Any, qid: int, annotation: dict) -> list[str]:
     answers = annotation["answers"]
     if not isinstance(answers, list) or len(answers) != ANSWERS_PER_QUESTION:
         count = len(answers) if isinstance(answers, list) else "no list of"
-        raise DatasetError(
-            f"{path}: question_id {qid} has {count} answers, expected {ANSWERS_PER_QUESTION}"
-        )
+        raise DatasetError(f"{path}: question_id {qid} has {count} answers, expected {ANSWERS_PER_QUESTION}")
     texts = []
     for position, answer in enumerate(answers):
         if not isinstance(answer, dict) or "answer" not in answer:
@@ -415,7 +414,9 @@ def _describe(record: dict, position: int, id_key: str) -> str:
     return f"entry #{position}"
 
 
-def _require_keys(path: Any, records: list[dict], keys: tuple[str, ...], list_name: str, id_key: str | None = None) -> None:
+def _require_keys(
+    path: Any, records: list[dict], keys: tuple[str, ...], list_name: str, id_key: str | None = None
+) -> None:
     id_key = id_key or ("question_id" if "question_id" in keys else "id")
     for key in keys:
         offenders = [_describe(r, p, id_key) for p, r in enumerate(records) if key not in r]
@@ -432,7 +433,9 @@ def _require_int_ids(path: Any, records: list[dict], keys: tuple[str, ...], id_k
         _fail_if(path, offenders, f"entries whose {key!r} is not an integer", str)
 
 
-def _index_unique(path: Any, records: list[dict], id_key: str = "question_id", what: str | None = None) -> dict[int, dict]:
+def _index_unique(
+    path: Any, records: list[dict], id_key: str = "question_id", what: str | None = None
+) -> dict[int, dict]:
     by_id: dict[int, dict] = {}
     duplicates = []
     for record in records:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def pin(threads: int | None = None) -> None:
@@ -33,8 +33,12 @@ def deterministic(threads: int | None = None) -> Iterator[None]:
     """``pin(threads)`` for the block; torch's previous settings are restored after it (tests share a process)."""
     import torch
 
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.get_num_threads())
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.get_num_threads(),
+    )
     pin(threads)
     try:
         yield

@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +39,12 @@ if TYPE_CHECKING:  # pandas (and lever_lm.data, which imports it) only where rec
 
 
 ENCODER_KINDS = ("tiny", "open_clip", "hf_clip")
-_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class ClipEncoderConfig:
             raise ValueError(f"encoders.{self.name}.checkpoint is required for kind {self.kind}")
 
     @classmethod
-    def from_config(cls, name: str, section: Mapping[str, Any]) -> "ClipEncoderConfig":
+    def from_config(cls, name: str, section: Mapping[str, Any]) -> ClipEncoderConfig:
         """Build from the ``encoders.<name>`` mapping of config.yaml; unknown keys are an error."""
         known = {"kind", "model_name", "checkpoint", "tiny", "seed", "batch_size", "device"}
         unknown = sorted(set(section) - known)
@@ -184,9 +190,13 @@ def _build_tiny(cfg: ClipEncoderConfig) -> ClipEncoder:
     model, preprocess, tokenizer, model_name = new_tiny_clip(cfg.tiny, cfg.seed)
     model = model.to(device).eval()
     return _OpenClipEncoder(
-        model, preprocess, tokenizer,
+        model,
+        preprocess,
+        tokenizer,
         encoder_id=f"tiny:{model_name.removeprefix('lever-tiny-clip-')}",
-        dim=cfg.tiny.embed_dim, batch_size=cfg.batch_size, device=device,
+        dim=cfg.tiny.embed_dim,
+        batch_size=cfg.batch_size,
+        device=device,
     )
 
 
@@ -204,9 +214,13 @@ def _build_open_clip(cfg: ClipEncoderConfig) -> ClipEncoder:
     tokenizer = open_clip.get_tokenizer(cfg.model_name)
     dim = int(open_clip.get_model_config(cfg.model_name)["embed_dim"])
     return _OpenClipEncoder(
-        model, preprocess, tokenizer,
+        model,
+        preprocess,
+        tokenizer,
         encoder_id=f"open_clip:{cfg.model_name}:{_sha256_prefix([checkpoint])}",
-        dim=dim, batch_size=cfg.batch_size, device=device,
+        dim=dim,
+        batch_size=cfg.batch_size,
+        device=device,
     )
 
 
@@ -250,9 +264,12 @@ def _build_hf_clip(cfg: ClipEncoderConfig) -> ClipEncoder:
             shards = sorted(set(json.loads(weight.read_text())["weight_map"].values()))
             hashed.extend(folder / shard for shard in shards)
     return _HfClipEncoder(
-        model, processor,
+        model,
+        processor,
         encoder_id=f"hf_clip:{folder.name}:{_sha256_prefix([folder / 'config.json', *hashed])}",
-        dim=int(model.config.projection_dim), batch_size=cfg.batch_size, device=device,
+        dim=int(model.config.projection_dim),
+        batch_size=cfg.batch_size,
+        device=device,
     )
 
 
@@ -340,8 +357,10 @@ def compute_record_embeddings(
             ids = sorted(int(i) for i in records.loc[image_paths == path, "question_id"])
             listed.append(f"{path} (question_id{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))})")
         more = f", ... ({len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DatasetError(f"records ({split}): {len(missing)} image file(s) missing since the records were built: "
-                           f"{', '.join(listed)}{more}")
+        raise DatasetError(
+            f"records ({split}): {len(missing)} image file(s) missing since the records were built: "
+            f"{', '.join(listed)}{more}"
+        )
     if encoder is None:
         encoder = build_clip_encoder(cfg)
 
@@ -353,9 +372,7 @@ def compute_record_embeddings(
         batches = [distinct_paths[s : s + encoder.batch_size] for s in starts]
         pending = list(pool.map(load_image, batches[0])) if batches else []
         for number, start in enumerate(starts):
-            following = (
-                [pool.submit(load_image, p) for p in batches[number + 1]] if number + 1 < len(batches) else []
-            )
+            following = [pool.submit(load_image, p) for p in batches[number + 1]] if number + 1 < len(batches) else []
             image_features[start : start + len(pending)] = encoder.encode_images(pending)
             pending = [future.result() for future in following]
     text_features = encoder.encode_texts(texts)

@@ -14,8 +14,8 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 DEFAULT_LOCK_DIR = ".gpu_locks"
 log = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ import numpy as np
 from lever_lm.errors import InputError
 from lever_lm.io_utils import atomic_path
 
-
 _GPU_RESOURCES: list = []
 
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 __all__ = ["postprocess_vqa", "vqa_accuracy", "normalize_vqa_answer", "cider", "mean_score", "JAVA_HINT"]
 

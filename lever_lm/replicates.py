@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 RANDOM_BASELINE = "RandomRetriever"  # the only baseline with a seed of its own
 _SUFFIX = re.compile(r"_rep(\d+)")

@@ -15,8 +15,9 @@ A job is toy-scale when what it loads is: a tiny beam model (beam shards, infere
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)

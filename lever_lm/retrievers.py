@@ -1,4 +1,5 @@
-"""ICD choosers for ICL inference (docs/stages.md stage 6): the baselines and the trained selectors behind one interface.
+"""ICD choosers for ICL inference (docs/stages.md stage 6): the baselines and the trained selectors behind one
+interface.
 
 Every chooser has ``choose(query_rows, k) -> list[list[int]]``: for each query (a row of the val split, i.e. its
 record ``idx``) ``k`` distinct train ICD ids in PROMPT order, left to right; the most relevant ICD is the last one,
@@ -19,7 +20,8 @@ Pure numpy; a selector brings torch along only when it is used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -73,15 +75,23 @@ class RandomRetriever:
     def choose(self, query_rows: Sequence[int], k: int) -> list[list[int]]:
         k = _check_k(k, 1, self.n_train)
         # one generator per (seed, query, k): the same ICDs whatever the batching or call order
-        return [np.random.default_rng([self.seed, int(row), k]).choice(self.n_train, k, replace=False).tolist()
-                for row in _rows(query_rows, None)]
+        return [
+            np.random.default_rng([self.seed, int(row), k]).choice(self.n_train, k, replace=False).tolist()
+            for row in _rows(query_rows, None)
+        ]
 
 
 class SimilarityRetriever:
     """RICES-style retrieval over the selector encoder's embeddings; the most similar ICD is nearest the query."""
 
-    def __init__(self, mode: str, query_image: np.ndarray, query_text: np.ndarray, train_image: np.ndarray,
-                 train_text: np.ndarray):
+    def __init__(
+        self,
+        mode: str,
+        query_image: np.ndarray,
+        query_text: np.ndarray,
+        train_image: np.ndarray,
+        train_text: np.ndarray,
+    ):
         if mode not in SIMILARITY_MODES:
             raise ValueError(f"similarity mode {mode!r} is not one of {list(SIMILARITY_MODES)}")
         self.mode = mode
@@ -93,8 +103,10 @@ class SimilarityRetriever:
         self.queries = _normalised(*query)
         self.keys = _normalised(*keys)
         if self.queries.shape[1] != self.keys.shape[1]:
-            raise ValueError(f"SimRetriever-{mode}: {query[1]} embeddings are {self.queries.shape[1]}-d but "
-                             f"{keys[1]} embeddings are {self.keys.shape[1]}-d (one encoder's shared space needed)")
+            raise ValueError(
+                f"SimRetriever-{mode}: {query[1]} embeddings are {self.queries.shape[1]}-d but "
+                f"{keys[1]} embeddings are {self.keys.shape[1]}-d (one encoder's shared space needed)"
+            )
 
     def ranked(self, query_rows: Sequence[int], k: int) -> list[list[int]]:
         """Top-k train ids per query, most similar FIRST (ties: smaller id first)."""
@@ -102,7 +114,7 @@ class SimilarityRetriever:
         rows = _rows(query_rows, len(self.queries))
         out: list[list[int]] = []
         for start in range(0, len(rows), _SEARCH_BLOCK):
-            scores = self.queries[rows[start:start + _SEARCH_BLOCK]] @ self.keys.T  # (b, n_train)
+            scores = self.queries[rows[start : start + _SEARCH_BLOCK]] @ self.keys.T  # (b, n_train)
             if k < scores.shape[1]:
                 # every id scoring at least the k-th best score, so ties at the boundary resolve by id below
                 kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
@@ -121,16 +133,24 @@ class SimilarityRetriever:
 class SelectorRetriever:
     """A trained selector: ``select(selector, queries[rows], k, pools[rows])`` (prompt order from the selector)."""
 
-    def __init__(self, selector: Any, queries: "FeatureTable", pools: Mapping[int, Sequence[int]] | None = None,
-                 pool_source: str = "test pool", batch_size: int = 64):
+    def __init__(
+        self,
+        selector: Any,
+        queries: FeatureTable,
+        pools: Mapping[int, Sequence[int]] | None = None,
+        pool_source: str = "test pool",
+        batch_size: int = 64,
+    ):
         self.selector = selector
         self.queries = queries
         self.pools = pools
         self.pool_source = pool_source
         self.batch_size = batch_size
         if getattr(selector, "needs_pools", True) and pools is None:
-            raise ValueError(f"selector {getattr(selector, 'path', selector)}: "
-                             f"{getattr(selector, 'version', '?')} selects within a test pool, none given")
+            raise ValueError(
+                f"selector {getattr(selector, 'path', selector)}: "
+                f"{getattr(selector, 'version', '?')} selects within a test pool, none given"
+            )
 
     def check(self, query_rows: Sequence[int], k: int) -> None:
         """Shot ``k`` is decodable for every query: k >= 1 and, with pools, no larger than each query's pool."""
@@ -141,16 +161,20 @@ class SelectorRetriever:
             limit = min(int(meta.get("max_k", k)), int(meta.get("n_train", k)))
             if k > limit:
                 where = getattr(self.selector, "path", "the selector")
-                raise ValueError(f"inference.shots: shot {k} exceeds what {where} can decode "
-                                 f"(max_k {meta.get('max_k')}, n_train {meta.get('n_train')})")
+                raise ValueError(
+                    f"inference.shots: shot {k} exceeds what {where} can decode "
+                    f"(max_k {meta.get('max_k')}, n_train {meta.get('n_train')})"
+                )
             return
         for row in _rows(query_rows, len(self.queries)):
             pool = self.pools.get(int(row))
             if pool is None:
                 raise ValueError(f"{self.pool_source}: no test pool for val query idx {int(row)}")
             if k > len(pool):
-                raise ValueError(f"inference.shots: shot {k} is larger than the test pool of val query idx {int(row)} "
-                                 f"({len(pool)} ICDs in {self.pool_source})")
+                raise ValueError(
+                    f"inference.shots: shot {k} is larger than the test pool of val query idx {int(row)} "
+                    f"({len(pool)} ICDs in {self.pool_source})"
+                )
 
     def choose(self, query_rows: Sequence[int], k: int) -> list[list[int]]:
         from lever_lm.selectors import FeatureTable, select
@@ -171,8 +195,9 @@ class ZeroShotRetriever:
         return [[] for _ in _rows(query_rows, None)]
 
 
-def make_baseline_retriever(name: str, n_train: int, seed: int = 0, queries: "FeatureTable | None" = None,
-                            train: "FeatureTable | None" = None) -> Retriever:
+def make_baseline_retriever(
+    name: str, n_train: int, seed: int = 0, queries: FeatureTable | None = None, train: FeatureTable | None = None
+) -> Retriever:
     """The chooser of baseline ``name`` (``RandomRetriever``, ``ZeroShot``, ``SimRetriever-{i2i,t2t,i2t}``)."""
     if name == "RandomRetriever":
         return RandomRetriever(n_train, seed)

@@ -11,8 +11,8 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from lever_lm.errors import InputError, one_line
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class SamplerConfig:
         object.__setattr__(self, "mix_ratios", ratios)
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> "SamplerConfig":
+    def from_config(cls, section: Mapping[str, Any]) -> SamplerConfig:
         """From the ``candidates`` section, validated against the config schema with its defaults filled
         (``lever_lm.config.validate_section``; errors name the key: ``config key candidates.cand_num: ...``).
         ``mix_ratios`` is a mapping {random, text, image}; absent, the dataclass's (not a schema default, which would
@@ -89,7 +90,8 @@ class SamplerConfig:
 
         section = validate_section("candidates", section)
         values: dict[str, Any] = {
-            "cand_num": int(section["cand_num"]), "exclude_same_image": section["exclude_same_image"],
+            "cand_num": int(section["cand_num"]),
+            "exclude_same_image": section["exclude_same_image"],
             "seed": int(section["seed"]),
         }
         ratios = section.get("mix_ratios")
@@ -146,9 +148,7 @@ class EmbeddedSplit:
                 continue
             array = np.ascontiguousarray(array, dtype=np.float32)
             if array.ndim != 2 or array.shape[0] != len(self.image_ids):
-                raise ValueError(
-                    f"{name} embeddings: shape {array.shape} does not match {len(self.image_ids)} records"
-                )
+                raise ValueError(f"{name} embeddings: shape {array.shape} does not match {len(self.image_ids)} records")
             object.__setattr__(self, name, array)
             index = getattr(self, f"{name}_index")
             if index is not None and (index.ntotal != array.shape[0] or index.d != array.shape[1]):
@@ -256,8 +256,9 @@ class _QueryBatch:
         return mask
 
 
-def _query_batch(query_ids: np.ndarray, queries: EmbeddedSplit, train: EmbeddedSplit, cfg: SamplerConfig,
-                 exclude_self: bool) -> _QueryBatch:
+def _query_batch(
+    query_ids: np.ndarray, queries: EmbeddedSplit, train: EmbeddedSplit, cfg: SamplerConfig, exclude_self: bool
+) -> _QueryBatch:
     n_train = len(train)
     if exclude_self and len(queries) != n_train:
         raise ValueError("exclude_self needs the queries to be the train set itself (anchors)")
@@ -285,8 +286,7 @@ def _query_batch(query_ids: np.ndarray, queries: EmbeddedSplit, train: EmbeddedS
     return _QueryBatch(query_ids, query_image_ids, n_excluded, exclude_self, cfg.exclude_same_image, train.image_ids)
 
 
-def _ranked_allowed(query_emb: np.ndarray, index: Any, batch: _QueryBatch, depth: int,
-                    margin: int) -> np.ndarray:
+def _ranked_allowed(query_emb: np.ndarray, index: Any, batch: _QueryBatch, depth: int, margin: int) -> np.ndarray:
     """[nq, depth] allowed train ids per query, by descending inner product, ties by ascending id.
 
     Searching depth + (most exclusions of any query) neighbours guarantees ``depth`` allowed ones remain.
@@ -302,8 +302,9 @@ def _ranked_allowed(query_emb: np.ndarray, index: Any, batch: _QueryBatch, depth
     return np.take_along_axis(ids, allowed_first, axis=-1)
 
 
-def check_cand_num_fits(image_ids: Sequence[int], question_ids: Sequence[int], cand_num: int,
-                        exclude_same_image: bool, source: str) -> None:
+def check_cand_num_fits(
+    image_ids: Sequence[int], question_ids: Sequence[int], cand_num: int, exclude_same_image: bool, source: str
+) -> None:
     """Every train question, as an anchor, leaves at least ``cand_num`` allowed train ids (not itself, nor, with
     ``exclude_same_image``, its image's other questions); InputError naming the question ids otherwise.
 
@@ -321,7 +322,9 @@ def check_cand_num_fits(image_ids: Sequence[int], question_ids: Sequence[int], c
     too_few = n_train - excluded < cand_num
     if too_few.any():
         shown = question_ids[too_few]
-        listed = ", ".join(str(int(i)) for i in shown[:5]) + (f", ... ({len(shown) - 5} more)" if len(shown) > 5 else "")
+        listed = ", ".join(str(int(i)) for i in shown[:5]) + (
+            f", ... ({len(shown) - 5} more)" if len(shown) > 5 else ""
+        )
         same_image = " and its image's other questions" if exclude_same_image else ""
         raise InputError(
             f"config key candidates.cand_num: {cand_num} exceeds the {n_train} train questions of {source} minus "
@@ -330,8 +333,9 @@ def check_cand_num_fits(image_ids: Sequence[int], question_ids: Sequence[int], c
         )
 
 
-def _random_allowed(rng: np.random.Generator, batch: _QueryBatch, row: int, count: int, taken: np.ndarray,
-                    n_train: int) -> np.ndarray:
+def _random_allowed(
+    rng: np.random.Generator, batch: _QueryBatch, row: int, count: int, taken: np.ndarray, n_train: int
+) -> np.ndarray:
     """``count`` uniform draws without replacement from the allowed ids not in ``taken``.
 
     A random ordered sample of all ids, filtered, is a random ordered sample of the allowed ones; drawing
@@ -415,14 +419,20 @@ def _mix(batch: _QueryBatch, queries: EmbeddedSplit, train: EmbeddedSplit, cfg: 
     return np.stack(rows)
 
 
-def anchor_candidates(sampler: str, anchors: Sequence[int], train: EmbeddedSplit,
-                      cfg: SamplerConfig) -> dict[int, list[int]]:
+def anchor_candidates(
+    sampler: str, anchors: Sequence[int], train: EmbeddedSplit, cfg: SamplerConfig
+) -> dict[int, list[int]]:
     """Candidate sets of train anchors: never the anchor itself (nor its image's questions if configured)."""
     return sample_candidates(sampler, anchors, train, train, cfg, exclude_self=True)
 
 
-def test_pool_candidates(sampler: str, queries: EmbeddedSplit, train: EmbeddedSplit, cfg: SamplerConfig,
-                         query_ids: Sequence[int] | None = None) -> dict[int, list[int]]:
+def test_pool_candidates(
+    sampler: str,
+    queries: EmbeddedSplit,
+    train: EmbeddedSplit,
+    cfg: SamplerConfig,
+    query_ids: Sequence[int] | None = None,
+) -> dict[int, list[int]]:
     """Test-time pools: each val query (all rows by default) searched against the train set."""
     ids = range(len(queries)) if query_ids is None else query_ids
     return sample_candidates(sampler, ids, queries, train, cfg, exclude_self=False)
@@ -432,6 +442,7 @@ test_pool_candidates.__test__ = False  # not a pytest test despite its name
 
 
 # ---------------------------------------------------------------- files
+
 
 @dataclass(frozen=True)
 class AnchorFile:
@@ -461,7 +472,11 @@ def write_anchors(path: str | os.PathLike, anchors: Sequence[int], params: Mappi
 
 def read_anchors(path: str | os.PathLike) -> AnchorFile:
     data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or not isinstance(data.get("anchors"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("params"), dict)
+        or not isinstance(data.get("anchors"), list)
+    ):
         raise InputError(f"{path}: expected {{'params': {{...}}, 'anchors': [...]}}")
     anchors = [_as_int(a, f"{path}: anchors") for a in data["anchors"]]
     if len(set(anchors)) != len(anchors):
@@ -469,8 +484,9 @@ def read_anchors(path: str | os.PathLike) -> AnchorFile:
     return AnchorFile(params=data["params"], anchors=anchors)
 
 
-def _validated_candidates(mapping: Mapping[Any, Sequence[Any]], source: str,
-                          cand_num: int | None) -> dict[int, list[int]]:
+def _validated_candidates(
+    mapping: Mapping[Any, Sequence[Any]], source: str, cand_num: int | None
+) -> dict[int, list[int]]:
     result: dict[int, list[int]] = {}
     bad: list[str] = []
     for key, values in mapping.items():
@@ -498,7 +514,9 @@ def write_candidates(path: str | os.PathLike, mapping: Mapping[int, Sequence[int
     cand_num = params.get("cand_num")
     candidates = _validated_candidates(mapping, f"candidates ({path})", cand_num)
     lines = [f" {json.dumps(str(qid))}: {json.dumps(ids)}" for qid, ids in sorted(candidates.items())]
-    text = '{"params": ' + json.dumps(dict(params), sort_keys=True) + ',\n"candidates": {\n' + ",\n".join(lines) + "\n}}\n"
+    text = (
+        '{"params": ' + json.dumps(dict(params), sort_keys=True) + ',\n"candidates": {\n' + ",\n".join(lines) + "\n}}\n"
+    )
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -507,7 +525,11 @@ def read_candidates(path: str | os.PathLike) -> CandidateFile:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: candidate file not found")
     data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or not isinstance(data.get("candidates"), dict):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("params"), dict)
+        or not isinstance(data.get("candidates"), dict)
+    ):
         raise InputError(f"{path}: expected {{'params': {{...}}, 'candidates': {{...}}}}")
     candidates = _validated_candidates(data["candidates"], str(path), data["params"].get("cand_num"))
     return CandidateFile(params=data["params"], candidates=candidates)

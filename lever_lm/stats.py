@@ -1,8 +1,8 @@
 """Bootstrap intervals over val questions: one score's interval, and the paired difference of two scores.
 
-docs/stages.md stage 6, Uncertainty: every reported score carries a percentile bootstrap interval over questions (resampling
-questions, seeded), and two cells are compared on the same questions through the bootstrap of their per-question
-differences; a difference is significant when its interval excludes 0. ``scipy.stats.bootstrap`` does the
+docs/stages.md stage 6, Uncertainty: every reported score carries a percentile bootstrap interval over questions
+(resampling questions, seeded), and two cells are compared on the same questions through the bootstrap of their
+per-question differences; a difference is significant when its interval excludes 0. ``scipy.stats.bootstrap`` does the
 resampling. Each interval draws from its own generator, seeded by the configured seed and a stable key naming
 what is estimated, so an interval does not depend on which other intervals were computed before it.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 # values closer than this (relative to their magnitude) count as identical: the interval is the point itself
 DEGENERATE_RTOL = 1e-9
@@ -30,14 +31,17 @@ class UncertaintyConfig:
     confidence: float
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> "UncertaintyConfig":
+    def from_config(cls, section: Mapping[str, Any] | None) -> UncertaintyConfig:
         """From ``config["report"]`` (None: all defaults), validated against the config schema with its defaults
         filled (``lever_lm.config.validate_section``); errors name the key: ``config key report.confidence: ...``."""
         from lever_lm.config import validate_section
 
         section = validate_section("report", section)
-        return cls(bootstrap_resamples=int(section["bootstrap_resamples"]),
-                   bootstrap_seed=int(section["bootstrap_seed"]), confidence=float(section["confidence"]))
+        return cls(
+            bootstrap_resamples=int(section["bootstrap_resamples"]),
+            bootstrap_seed=int(section["bootstrap_seed"]),
+            confidence=float(section["confidence"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,24 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1024")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1024",
+)
 
 # one frame's state: what a view records, and whether it has finished loading
 SNAPSHOT_JS = """return {
@@ -125,13 +134,18 @@ def _settle(driver, deadline: float, quiet: float = 0.3) -> list[dict]:
 
 
 def _view(label: str, snaps: list[dict]) -> View:
-    return View(label=label, text="\n".join(s["text"] for s in snaps),
-                images=tuple(ImageInfo(*img) for s in snaps for img in s["images"]),
-                tables=sum(s["tables"] for s in snaps), bold_texts=tuple(b for s in snaps for b in s["bold"]))
+    return View(
+        label=label,
+        text="\n".join(s["text"] for s in snaps),
+        images=tuple(ImageInfo(*img) for s in snaps for img in s["images"]),
+        tables=sum(s["tables"] for s in snaps),
+        bold_texts=tuple(b for s in snaps for b in s["bold"]),
+    )
 
 
-def render_in_chromium(html_path: str | os.PathLike, steps: Sequence[tuple[str, str]] = (), ready: str = "true",
-                       timeout: float = 90.0) -> RenderResult:
+def render_in_chromium(
+    html_path: str | os.PathLike, steps: Sequence[tuple[str, str]] = (), ready: str = "true", timeout: float = 90.0
+) -> RenderResult:
     """Open ``html_path`` in headless Chromium; run each (label, JavaScript) step and snapshot the page after it.
 
     ``ready`` is a JavaScript expression polled after loading until it is truthy, for pages that build their content
@@ -164,8 +178,11 @@ def render_in_chromium(html_path: str | os.PathLike, steps: Sequence[tuple[str, 
                 driver.execute_script(script)
                 views.append(_view(label, _settle(driver, deadline)))
             time.sleep(0.2)  # late console messages
-            errors = [f"{entry['source']}: {entry['message']}" for entry in driver.get_log("browser")
-                      if entry["level"] == "SEVERE"]
+            errors = [
+                f"{entry['source']}: {entry['message']}"
+                for entry in driver.get_log("browser")
+                if entry["level"] == "SEVERE"
+            ]
             return RenderResult(console_errors=errors, dom_text=snaps[0]["text"], views=views)
         finally:
             driver.quit()
@@ -195,8 +212,15 @@ def render_snakemake_report(report_html: str | os.PathLike, timeout: float = 120
     start = text.index(marker, text.index('<script id="results">')) + len(marker)
     results, _ = json.JSONDecoder().raw_decode(text, start)
     viewable = {"image/png", "image/jpeg", "image/svg+xml", "text/html", "application/pdf"}
-    steps = [(entry["name"], _SHOW_RESULT_JS % json.dumps(path))
-             for path, entry in results.items() if entry.get("mime_type") in viewable]
+    steps = [
+        (entry["name"], _SHOW_RESULT_JS % json.dumps(path))
+        for path, entry in results.items()
+        if entry.get("mime_type") in viewable
+    ]
     # ready once React has rendered the app into #app
-    return render_in_chromium(report_html, steps, ready="document.querySelector('#app') && "
-                              "document.querySelector('#app').childElementCount > 0", timeout=timeout)
+    return render_in_chromium(
+        report_html,
+        steps,
+        ready="document.querySelector('#app') && document.querySelector('#app').childElementCount > 0",
+        timeout=timeout,
+    )

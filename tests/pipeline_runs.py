@@ -17,12 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from lever_lm import paths as P
+from lever_lm import paths
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -55,8 +55,18 @@ def write_config(workdir: Path, config: dict) -> Path:
 
 
 def snakemake_command(workdir: Path, *extra: str) -> list[str]:
-    return [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(workdir / "config.yaml"),
-            "--directory", str(workdir), "--cores", "2", *extra]
+    return [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *extra,
+    ]
 
 
 def run_snakemake(workdir: Path, *extra: str, timeout: float = 1200) -> subprocess.CompletedProcess:
@@ -71,14 +81,16 @@ def clean_run(workdir: Path, config: dict) -> Path:
     return workdir
 
 
-def kill_when(workdir: Path, ready: Callable[[], object], *extra: str, timeout: float = 600,
-              poll_s: float = 0.01) -> object:
+def kill_when(
+    workdir: Path, ready: Callable[[], object], *extra: str, timeout: float = 600, poll_s: float = 0.01
+) -> object:
     """Start `snakemake` in its own process group, wait until ``ready()`` returns something truthy, SIGKILL the
     whole group at once (Snakemake and every job: nothing gets to clean up), and return what ``ready`` saw.
     Fails if the run ends before ``ready`` is seen."""
     log = open(workdir / f"killed_run_{time.monotonic_ns()}.log", "w")
-    proc = subprocess.Popen(snakemake_command(workdir, *extra), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        snakemake_command(workdir, *extra), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -128,22 +140,32 @@ def compared_artifacts(config: dict) -> list[str]:
     out = []
     for sampler in config["samplers"]:
         for beam_model in config["beam_models"]:
-            out.append(P.fill(P.BEAMS, config, sampler=sampler, beam_model=beam_model))
-    for cell in P.selector_cells(config):
+            out.append(paths.fill(paths.BEAMS, config, sampler=sampler, beam_model=beam_model))
+    for cell in paths.selector_cells(config):
         trained = [cell] + ([{**cell, "version": "v3"}] if cell["version"] == "v4" else [])
         for each in trained:
-            out += [P.fill(t, config, **each) for t in (P.SELECTOR_METRICS, P.SELECTOR_BEST, P.SELECTOR_LAST)]
-        out += [P.fill(t, config, **cell) for t in (P.INFERENCE_METRICS, P.INFERENCE_PREDICTIONS)]
-    for cell in P.baseline_cells(config):
-        out += [P.fill(t, config, **cell) for t in (P.BASELINE_METRICS, P.BASELINE_PREDICTIONS)]
-    for cell in P.ceiling_cells(config):
-        out += [P.fill(t, config, **cell) for t in (P.CEILING_BEAMS, P.CEILING_METRICS, P.CEILING_PREDICTIONS)]
+            out += [
+                paths.fill(t, config, **each)
+                for t in (paths.SELECTOR_METRICS, paths.SELECTOR_BEST, paths.SELECTOR_LAST)
+            ]
+        out += [paths.fill(t, config, **cell) for t in (paths.INFERENCE_METRICS, paths.INFERENCE_PREDICTIONS)]
+    for cell in paths.baseline_cells(config):
+        out += [paths.fill(t, config, **cell) for t in (paths.BASELINE_METRICS, paths.BASELINE_PREDICTIONS)]
+    for cell in paths.ceiling_cells(config):
+        out += [
+            paths.fill(t, config, **cell)
+            for t in (paths.CEILING_BEAMS, paths.CEILING_METRICS, paths.CEILING_PREDICTIONS)
+        ]
     return sorted(dict.fromkeys(out))
 
 
 def report_artifacts(config: dict) -> list[str]:
-    return [P.fill(P.REPORT_TABLES, config), P.fill(P.REPORT_TABLES_HTML, config), P.fill(P.REPORT_OVERLAP, config),
-            *(P.fill(P.REPORT_PLOT, config, **cell) for cell in P.plot_cells(config))]
+    return [
+        paths.fill(paths.REPORT_TABLES, config),
+        paths.fill(paths.REPORT_TABLES_HTML, config),
+        paths.fill(paths.REPORT_OVERLAP, config),
+        *(paths.fill(paths.REPORT_PLOT, config, **cell) for cell in paths.plot_cells(config)),
+    ]
 
 
 def hashes(workdir: Path, relative: list[str]) -> dict[str, str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lever_lm import paths as P
+from lever_lm import paths
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +61,27 @@ def write_dataset(root: Path) -> Path:
         for offset in range(count):
             image_id = first + offset
             Image.effect_noise((48, 48), 30 + offset).convert("RGB").save(
-                root / f"{split}2014" / image_name(split, image_id), quality=90)
+                root / f"{split}2014" / image_name(split, image_id), quality=90
+            )
             for k in range(QUESTIONS_PER_IMAGE):
                 word = WORDS[(offset + k) % len(WORDS)]
-                questions.append({"image_id": image_id, "question": f"What is thing {k}?",
-                                  "question_id": question_id(image_id, k)})
-                answers = [{"answer_id": a + 1, "raw_answer": word, "answer_confidence": "yes", "answer": word}
-                           for a in range(10)]
-                annotations.append({"image_id": image_id, "question_id": question_id(image_id, k),
-                                    "question_type": "other", "answer_type": "other", "confidence": 3,
-                                    "answers": answers})
+                questions.append(
+                    {"image_id": image_id, "question": f"What is thing {k}?", "question_id": question_id(image_id, k)}
+                )
+                answers = [
+                    {"answer_id": a + 1, "raw_answer": word, "answer_confidence": "yes", "answer": word}
+                    for a in range(10)
+                ]
+                annotations.append(
+                    {
+                        "image_id": image_id,
+                        "question_id": question_id(image_id, k),
+                        "question_type": "other",
+                        "answer_type": "other",
+                        "confidence": 3,
+                        "answers": answers,
+                    }
+                )
         (root / f"OpenEnded_mscoco_{split}2014_questions.json").write_text(json.dumps({"questions": questions}))
         (root / f"mscoco_{split}2014_annotations.json").write_text(json.dumps({"annotations": annotations}))
     return root
@@ -98,23 +109,36 @@ def base_config(data_root: Path) -> dict:
     return config
 
 
-def run(workdir: Path, config: dict, *targets: str, dry_run: bool = False,
-        extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run(
+    workdir: Path, config: dict, *targets: str, dry_run: bool = False, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config_path),
-               "--directory", str(workdir), "--cores", "2", *(["-n"] if dry_run else []), *targets, *extra]
+    command = [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(config_path),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *(["-n"] if dry_run else []),
+        *targets,
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=workdir)
 
 
 def fill(template: str, config: dict, **wildcards: str) -> str:
-    defaults = {"sampler": "rand_sampler", "beam_model": "flamingo_tiny", "version": "v1",
-                "encoder": "clip_tiny_b"}
-    return P.fill(template, config, **{**defaults, **wildcards})
+    defaults = {"sampler": "rand_sampler", "beam_model": "flamingo_tiny", "version": "v1", "encoder": "clip_tiny_b"}
+    return paths.fill(template, config, **{**defaults, **wildcards})
 
 
-def assert_fails_in_one_line(result: subprocess.CompletedProcess, culprit: str, workdir: Path,
-                             absent: tuple[str, ...] = ()) -> str:
+def assert_fails_in_one_line(
+    result: subprocess.CompletedProcess, culprit: str, workdir: Path, absent: tuple[str, ...] = ()
+) -> str:
     """Non-zero exit; exactly one error line, naming ``culprit``; no traceback; ``absent`` outputs not there."""
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
@@ -124,7 +148,7 @@ def assert_fails_in_one_line(result: subprocess.CompletedProcess, culprit: str, 
     assert len(errors) == 1, output[-5000:]
     # a list of missing paths continues on indented lines (lever_lm.config.check_external_paths)
     message = [lines[errors[0]]]
-    for line in lines[errors[0] + 1:]:
+    for line in lines[errors[0] + 1 :]:
         if not line.startswith("  "):
             break
         message.append(line)
@@ -186,8 +210,9 @@ def _truncated_jpeg(data: Path) -> str:
 
 
 def _duplicate_question_ids(data: Path) -> str:
-    edit_json(data / "OpenEnded_mscoco_train2014_questions.json",
-              lambda d: d["questions"].append(dict(d["questions"][2])))
+    edit_json(
+        data / "OpenEnded_mscoco_train2014_questions.json", lambda d: d["questions"].append(dict(d["questions"][2]))
+    )
     return f"duplicate question_id(s): question_id {question_id(2, 0)}"
 
 
@@ -205,8 +230,10 @@ def _fewer_than_ten_answers(data: Path) -> str:
 
 
 def _non_integer_question_id(data: Path) -> str:
-    edit_json(data / "OpenEnded_mscoco_train2014_questions.json",
-              lambda d: d["questions"][1].update(question_id=str(d["questions"][1]["question_id"])))
+    edit_json(
+        data / "OpenEnded_mscoco_train2014_questions.json",
+        lambda d: d["questions"][1].update(question_id=str(d["questions"][1]["question_id"])),
+    )
     return f"'question_id' is not an integer: question_id {question_id(1, 1)}"
 
 
@@ -227,7 +254,7 @@ DATA_CASES = {
 def test_bad_train_data_fails_in_the_records_stage(case, name):
     workdir, data, config = case
     culprit = DATA_CASES[name](data)
-    records = fill(P.RECORDS, config, split="train")
+    records = fill(paths.RECORDS, config, split="train")
     result = run(workdir, config, records)
     line = assert_fails_in_one_line(result, culprit, workdir, absent=(records,))
     assert line.startswith("DatasetError in records: ")
@@ -239,23 +266,25 @@ def test_empty_val_split(case):
     workdir, data, config = case
     path = data / "OpenEnded_mscoco_val2014_questions.json"
     edit_json(path, lambda d: d.update(questions=[]))
-    records = fill(P.RECORDS, config, split="val")
-    assert_fails_in_one_line(run(workdir, config, records), f"{path}: 'questions' is empty (empty split)", workdir,
-                             absent=(records,))
+    records = fill(paths.RECORDS, config, split="val")
+    assert_fails_in_one_line(
+        run(workdir, config, records), f"{path}: 'questions' is empty (empty split)", workdir, absent=(records,)
+    )
 
 
 def test_cand_num_beyond_the_train_set_fails_in_the_records_stage(case):
     workdir, _, config = case
     config["candidates"]["cand_num"] = 23  # 24 train questions, minus the anchor's image (2 questions)
-    records = fill(P.RECORDS, config, split="train")
-    line = assert_fails_in_one_line(run(workdir, config, records), "candidates.cand_num: 23", workdir,
-                                    absent=(records,))
+    records = fill(paths.RECORDS, config, split="train")
+    line = assert_fails_in_one_line(
+        run(workdir, config, records), "candidates.cand_num: 23", workdir, absent=(records,)
+    )
     assert f"question_id(s) {question_id(1, 0)}, {question_id(1, 1)}" in line and "at most 22 fits" in line
 
 
 def test_cand_num_beyond_the_train_set_fails_at_planning_time_once_records_exist(case):
     workdir, _, config = case
-    records = fill(P.RECORDS, config, split="train")
+    records = fill(paths.RECORDS, config, split="train")
     assert run(workdir, config, records).returncode == 0
     config["candidates"]["cand_num"] = 23
     result = run(workdir, config, dry_run=True)
@@ -284,8 +313,10 @@ def _top(key: str, value):
 
 PLAN_CASES = {
     "unknown_sampler": (_top("samplers", ["knn_sampler"]), "config key samplers.0: 'knn_sampler'"),
-    "unknown_beam_model_family": (lambda c: c["beam_models"]["flamingo_tiny"].update(family="llava"),
-                                  "beam_models.flamingo_tiny.family"),
+    "unknown_beam_model_family": (
+        lambda c: c["beam_models"]["flamingo_tiny"].update(family="llava"),
+        "beam_models.flamingo_tiny.family",
+    ),
     "unknown_version": (_top("versions", ["v9"]), "config key versions.0: 'v9'"),
     "unknown_feature_string": (_top("lever_lm", "query_img_icd_audio"), "config key lever_lm: 'query_img_icd_audio'"),
     "zero_shots_at_inference": (_set("inference", "shots", [0]), "config key inference.shots.0"),
@@ -307,8 +338,13 @@ def test_bad_config_fails_at_planning_time(case, name):
 
 
 def _local_qwen(config: dict, model_dir: Path) -> None:
-    config["beam_models"]["qwen_local"] = {"family": "qwen2_5_vl", "variant": "local", "model_path": str(model_dir),
-                                           "system_prompt": None, "prompt_style": "single_user_message"}
+    config["beam_models"]["qwen_local"] = {
+        "family": "qwen2_5_vl",
+        "variant": "local",
+        "model_path": str(model_dir),
+        "system_prompt": None,
+        "prompt_style": "single_user_message",
+    }
 
 
 def test_missing_model_directory(case):
@@ -333,23 +369,24 @@ def test_model_directory_without_weights(case):
 def test_output_directory_under_a_file(case):
     workdir, _, config = case
     (workdir / "results").write_text("not a folder")
-    records = fill(P.RECORDS, config, split="train")
-    assert_fails_in_one_line(run(workdir, config, records), "results/bad cannot be created: results is a file",
-                             workdir)
+    records = fill(paths.RECORDS, config, split="train")
+    assert_fails_in_one_line(run(workdir, config, records), "results/bad cannot be created: results is a file", workdir)
 
 
 def test_output_directory_on_a_read_only_mount(case):
     workdir, _, config = case
     mount_point = workdir / "results"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
     try:
-        records = fill(P.RECORDS, config, split="train")
-        assert_fails_in_one_line(run(workdir, config, records), f"results/bad is not writable: {mount_point}",
-                                 workdir, absent=(records,))
+        records = fill(paths.RECORDS, config, split="train")
+        assert_fails_in_one_line(
+            run(workdir, config, records), f"results/bad is not writable: {mount_point}", workdir, absent=(records,)
+        )
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
 
@@ -363,7 +400,11 @@ def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trained") / "work"
     write_dataset(workdir / "data")
     config = base_config(Path("data"))  # relative: records hold relative image paths, so a copy has its own data
-    targets = [fill(P.SELECTOR_BEST, config), fill(P.TEST_POOL, config), fill(P.EMBEDDING_META, config, split="val")]
+    targets = [
+        fill(paths.SELECTOR_BEST, config),
+        fill(paths.TEST_POOL, config),
+        fill(paths.EMBEDDING_META, config, split="val"),
+    ]
     result = run(workdir, config, *targets)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     output = result.stdout + result.stderr
@@ -380,7 +421,7 @@ def trained_copy(trained, tmp_path):
 
 
 def _inference_outputs(config: dict, **wildcards: str) -> tuple[str, str]:
-    return fill(P.INFERENCE_METRICS, config, **wildcards), fill(P.INFERENCE_PREDICTIONS, config, **wildcards)
+    return fill(paths.INFERENCE_METRICS, config, **wildcards), fill(paths.INFERENCE_PREDICTIONS, config, **wildcards)
 
 
 def _rerun(workdir: Path, config: dict, output: str, rule: str) -> subprocess.CompletedProcess:
@@ -395,46 +436,57 @@ def test_image_gone_after_the_records_were_built(trained_copy):
     stamp = image_dir.stat()
     (image_dir / image_name("train", 7)).unlink()
     os.utime(image_dir, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the records stay up to date
-    outputs = [fill(template, config, split="train")
-               for template in (P.EMBEDDING_META, P.EMBEDDING_IMAGE, P.EMBEDDING_TEXT)]
+    outputs = [
+        fill(template, config, split="train")
+        for template in (paths.EMBEDDING_META, paths.EMBEDDING_IMAGE, paths.EMBEDDING_TEXT)
+    ]
     result = _rerun(workdir, config, outputs[0], "embeddings")
     line = assert_fails_in_one_line(
-        result, f"data/train2014/{image_name('train', 7)} (question_ids {question_id(7, 0)}, {question_id(7, 1)})",
-        workdir, absent=tuple(outputs))
+        result,
+        f"data/train2014/{image_name('train', 7)} (question_ids {question_id(7, 0)}, {question_id(7, 1)})",
+        workdir,
+        absent=tuple(outputs),
+    )
     assert line.startswith("DatasetError in embeddings: records (train): 1 image file(s) missing")
 
 
 def test_truncated_candidates_file(trained_copy):
     workdir, config = trained_copy
-    candidates = workdir / fill(P.CANDIDATES, config)
+    candidates = workdir / fill(paths.CANDIDATES, config)
     text = candidates.read_text()
     candidates.write_text(text[: len(text) // 2])
-    shard = fill(P.BEAM_SHARD, config, scatteritem="1-of-1")
+    shard = fill(paths.BEAM_SHARD, config, scatteritem="1-of-1")
     result = _rerun(workdir, config, shard, "beam_shard")
-    assert_fails_in_one_line(result, f"{candidates.relative_to(workdir)}: malformed json", workdir,
-                             absent=(shard, shard + ".partial"))
+    assert_fails_in_one_line(
+        result, f"{candidates.relative_to(workdir)}: malformed json", workdir, absent=(shard, shard + ".partial")
+    )
 
 
 def test_truncated_beams_file(trained_copy):
     workdir, config = trained_copy
-    beams = workdir / fill(P.BEAMS, config)
+    beams = workdir / fill(paths.BEAMS, config)
     text = beams.read_text()
     beams.write_text(text[: len(text) // 2])
-    best = fill(P.SELECTOR_BEST, config)
+    best = fill(paths.SELECTOR_BEST, config)
     result = _rerun(workdir, config, best, "train_selector")
-    assert_fails_in_one_line(result, f"{beams.relative_to(workdir)}: malformed json", workdir,
-                             absent=(best, fill(P.SELECTOR_LAST, config), fill(P.SELECTOR_METRICS, config)))
+    assert_fails_in_one_line(
+        result,
+        f"{beams.relative_to(workdir)}: malformed json",
+        workdir,
+        absent=(best, fill(paths.SELECTOR_LAST, config), fill(paths.SELECTOR_METRICS, config)),
+    )
 
 
 def test_truncated_checkpoint(trained_copy):
     workdir, config = trained_copy
-    checkpoint = workdir / fill(P.SELECTOR_BEST, config)
+    checkpoint = workdir / fill(paths.SELECTOR_BEST, config)
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2])
     outputs = _inference_outputs(config)
     result = run(workdir, config, outputs[0])
-    line = assert_fails_in_one_line(result, f"{checkpoint.relative_to(workdir)}: not a readable selector checkpoint",
-                                    workdir, absent=outputs)
+    line = assert_fails_in_one_line(
+        result, f"{checkpoint.relative_to(workdir)}: not a readable selector checkpoint", workdir, absent=outputs
+    )
     assert line.startswith("CheckpointError in icl_inference: ")
 
 
@@ -452,14 +504,15 @@ def test_checkpoint_carrying_code_is_refused(trained_copy):
     import torch
 
     workdir, config = trained_copy
-    checkpoint = workdir / fill(P.SELECTOR_BEST, config)
+    checkpoint = workdir / fill(paths.SELECTOR_BEST, config)
     honest = torch.load(checkpoint, weights_only=True)
     marker = workdir / "code_ran"
     torch.save({**honest, "meta": {**honest["meta"], "payload": _RunsCode(str(marker))}}, checkpoint)
     outputs = _inference_outputs(config)
     result = run(workdir, config, outputs[0])
-    line = assert_fails_in_one_line(result, f"{checkpoint.relative_to(workdir)}: not a readable selector checkpoint",
-                                    workdir, absent=outputs)
+    line = assert_fails_in_one_line(
+        result, f"{checkpoint.relative_to(workdir)}: not a readable selector checkpoint", workdir, absent=outputs
+    )
     assert "it holds more than plain tensors" in line and "\x1b" not in line
     assert not marker.exists()  # weights_only=True never ran the payload
 
@@ -468,33 +521,38 @@ def test_checkpoint_from_another_beam_model(trained_copy):
     workdir, config = trained_copy
     # a second beam model in the config; its cell gets the first model's selector (and, to load, its LVLM) copied in
     config["beam_models"]["flamingo_other"] = dict(config["beam_models"]["flamingo_tiny"])
-    shutil.copytree(workdir / fill(P.TINY_LVLM, config), workdir / fill(P.TINY_LVLM, config, beam_model="flamingo_other"))
-    selector_dir = Path(fill(P.SELECTOR_DIR, config))
-    other_dir = Path(fill(P.SELECTOR_DIR, config, beam_model="flamingo_other"))
+    shutil.copytree(
+        workdir / fill(paths.TINY_LVLM, config), workdir / fill(paths.TINY_LVLM, config, beam_model="flamingo_other")
+    )
+    selector_dir = Path(fill(paths.SELECTOR_DIR, config))
+    other_dir = Path(fill(paths.SELECTOR_DIR, config, beam_model="flamingo_other"))
     shutil.copytree(workdir / selector_dir, workdir / other_dir)
     outputs = _inference_outputs(config, beam_model="flamingo_other")
     # only inference may run: the copied files stand in for the other model's beams and training
     result = run(workdir, config, outputs[0], extra=("--allowed-rules", "icl_inference"))
-    assert_fails_in_one_line(result, "checkpoint beam_model = 'flamingo_tiny', expected 'flamingo_other'", workdir,
-                             absent=outputs)
+    assert_fails_in_one_line(
+        result, "checkpoint beam_model = 'flamingo_tiny', expected 'flamingo_other'", workdir, absent=outputs
+    )
 
 
 def test_truncated_records_file(trained_copy):
     workdir, config = trained_copy
-    records = workdir / fill(P.RECORDS, config, split="train")
+    records = workdir / fill(paths.RECORDS, config, split="train")
     data = records.read_bytes()
     records.write_bytes(data[: len(data) // 2])
-    anchors = fill(P.ANCHORS, config)
+    anchors = fill(paths.ANCHORS, config)
     result = _rerun(workdir, config, anchors, "anchors")
-    assert_fails_in_one_line(result, f"{records.relative_to(workdir)}: not a readable parquet file", workdir,
-                             absent=(anchors,))
+    assert_fails_in_one_line(
+        result, f"{records.relative_to(workdir)}: not a readable parquet file", workdir, absent=(anchors,)
+    )
 
 
 def test_corrupt_faiss_index(trained_copy):
     workdir, config = trained_copy
-    index = workdir / fill(P.INDEX_IMAGE, config)
+    index = workdir / fill(paths.INDEX_IMAGE, config)
     index.write_bytes(b"\x00" * 64)
-    pool = fill(P.TEST_POOL, config)
+    pool = fill(paths.TEST_POOL, config)
     result = _rerun(workdir, config, pool, "test_pool")
-    assert_fails_in_one_line(result, f"{index.relative_to(workdir)}: not a readable faiss index", workdir,
-                             absent=(pool,))
+    assert_fails_in_one_line(
+        result, f"{index.relative_to(workdir)}: not a readable faiss index", workdir, absent=(pool,)
+    )

@@ -84,7 +84,9 @@ def test_beam_search_equals_brute_force_when_beam_covers_everything(order, seed,
         ("right", [(4, 0), (0, 4)], [(-0.02, -0.01), (-0.01, -0.02)]),
     ],
 )
-def test_negative_scores_rank_largest_first_and_sequences_are_in_prompt_order(order, expected_sequences, expected_steps):
+def test_negative_scores_rank_largest_first_and_sequences_are_in_prompt_order(
+    order, expected_sequences, expected_steps
+):
     # additive model: adding ICD i changes P̄ by gains[i]; all gains negative, the least negative are best
     gains = {0: -0.01, 1: -0.2, 2: -0.05, 3: -0.3, 4: -0.02, 5: -0.15}
     scorer = TableScorer(lambda seq: 0.5 + sum(gains[i] for i in seq))
@@ -168,8 +170,10 @@ def test_config_and_ex_name():
     with pytest.raises(ValueError, match="beam_search.beam_width"):
         config_from_dict({"beam_width": 3})
     from_yaml = config_from_dict(
-        {"scorer": "infoscore", "beam_size": 4, "shards": 2, "threads": 1}, ignore=("shards", "threads"),
-        cand_num=32, sample_num=100,
+        {"scorer": "infoscore", "beam_size": 4, "shards": 2, "threads": 1},
+        ignore=("shards", "threads"),
+        cand_num=32,
+        sample_num=100,
     )
     assert ex_name(from_yaml) == "infoscore_left_beam4_shot2_cand32_sample100"
     with pytest.raises(ValueError, match="beam_search: beam search config: shot_num=-1"):
@@ -255,8 +259,10 @@ def test_sequence_scorer_builds_prompts_from_records():
     assert [tuple(adapter._id(d) for d in p.demos) for p in prompts] == [(), (3,), (2, 3)]
     assert prompts[2].demos[0].image_path == "/images/2.jpg" and prompts[2].demos[1].answer == "a3"
     assert prompts[0].query.image_path == "/images/1.jpg" and prompts[0].query.answer == "a5"
-    expected = [1 / (1 + np.exp(-logit)) for logit in (-0.5, -0.5 + adapter.affinity[5, 3],
-                                                          -0.5 + adapter.affinity[5, 3] + 0.6 * adapter.affinity[5, 2])]
+    expected = [
+        1 / (1 + np.exp(-logit))
+        for logit in (-0.5, -0.5 + adapter.affinity[5, 3], -0.5 + adapter.affinity[5, 3] + 0.6 * adapter.affinity[5, 2])
+    ]
     np.testing.assert_allclose(values, expected, rtol=1e-12)
     naive = make_sequence_scorer(adapter, records, anchor, fast=False)([(2, 3)])
     assert adapter.naive_calls == 1 and naive[0] == pytest.approx(expected[2], rel=1e-12)
@@ -304,9 +310,17 @@ def write_color_images(directory, count, size=56, seed=0):
 
 
 def tiny_adapter_records(tmp_path, n=9):
-    questions = ["what colour is the ball ?", "how many dogs are there", "what is the man holding",
-                 "is it raining", "what sport is this", "where is the cat", "what colour is the sky",
-                 "what is on the table", "who is driving the bus"]
+    questions = [
+        "what colour is the ball ?",
+        "how many dogs are there",
+        "what is the man holding",
+        "is it raining",
+        "what sport is this",
+        "where is the cat",
+        "what colour is the sky",
+        "what is on the table",
+        "who is driving the bus",
+    ]
     answers = ["red", "two", "an umbrella", "no", "tennis", "on the sofa", "blue", "a plate", "the driver"]
     paths = write_color_images(tmp_path, 6)  # some records share an image, as in VQA
     records = make_records(n)

@@ -43,8 +43,16 @@ def run_all_shards(tmp_path, records, n_shards, name, adapter_factory=MockAdapte
     for index in range(n_shards):
         final = tmp_path / name / f"shard{index}.jsonl"
         partial = partial_path(final)
-        run_beam_shard(shard_anchors(ANCHORS, n_shards, index), candidate_sets(), records, adapter_factory(),
-                       cfg, partial, RUN_PARAMS, progress_interval_s=0)
+        run_beam_shard(
+            shard_anchors(ANCHORS, n_shards, index),
+            candidate_sets(),
+            records,
+            adapter_factory(),
+            cfg,
+            partial,
+            RUN_PARAMS,
+            progress_interval_s=0,
+        )
         finalize_shard(partial, final)
         finals.append(final)
     return finals
@@ -108,7 +116,9 @@ def test_resume_after_crash_and_torn_line_equals_uninterrupted_run(tmp_path, rec
     finalize_shard(partial0, final0)
 
     final1 = tmp_path / "resumed" / "shard1.jsonl"
-    run_beam_shard(shard_anchors(ANCHORS, 2, 1), candidate_sets(), records, MockAdapter(), CFG, partial_path(final1), RUN_PARAMS)
+    run_beam_shard(
+        shard_anchors(ANCHORS, 2, 1), candidate_sets(), records, MockAdapter(), CFG, partial_path(final1), RUN_PARAMS
+    )
     finalize_shard(partial_path(final1), final1)
     merged = tmp_path / "resumed.json"
     gather_beam_shards([final1, final0], ANCHORS, merged)
@@ -129,10 +139,14 @@ def test_resume_with_different_params_names_file_and_keys(tmp_path, records):
     out = tmp_path / "s.jsonl.partial"
     run_beam_shard(ANCHORS[:2], candidate_sets(), records, MockAdapter(), CFG, out, RUN_PARAMS)
     other = BeamSearchConfig(beam_size=2, shot_num=2, cand_num=6, sample_num=len(ANCHORS))
-    with pytest.raises(ValueError, match=r"s\.jsonl\.partial: written with different params \(beam_size: 3 -> 2, ex_name"):
+    with pytest.raises(
+        ValueError, match=r"s\.jsonl\.partial: written with different params \(beam_size: 3 -> 2, ex_name"
+    ):
         run_beam_shard(ANCHORS, candidate_sets(), records, MockAdapter(), other, out, RUN_PARAMS)
     with pytest.raises(ValueError, match=r"different params \(sampler: 'rand_sampler' -> 'mix_sampler'\)"):
-        run_beam_shard(ANCHORS, candidate_sets(), records, MockAdapter(), CFG, out, {**RUN_PARAMS, "sampler": "mix_sampler"})
+        run_beam_shard(
+            ANCHORS, candidate_sets(), records, MockAdapter(), CFG, out, {**RUN_PARAMS, "sampler": "mix_sampler"}
+        )
     with pytest.raises(ValueError, match=r"anchors that are not in this shard: \[3\]"):
         run_beam_shard(ANCHORS[1:], candidate_sets(), records, MockAdapter(), CFG, out, RUN_PARAMS)
 
@@ -149,10 +163,16 @@ def test_fast_flag_does_not_change_params_and_naive_path_is_used(tmp_path, recor
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda c: c[3].__setitem__(0, 3), r"anchor 3 \(question_id 1003\): the candidate pool contains the anchor itself"),
+        (
+            lambda c: c[3].__setitem__(0, 3),
+            r"anchor 3 \(question_id 1003\): the candidate pool contains the anchor itself",
+        ),
         (lambda c: c.pop(17), r"anchors without a candidate set: \[17\]"),
         (lambda c: c[8].pop(), r"cand_num=6 but anchors \[8\] have \[5\] candidates"),
-        (lambda c: c[8].__setitem__(1, N_TRAIN + 5), r"anchor 8 \(question_id 1008\): candidate ids outside the train split \[45\]"),
+        (
+            lambda c: c[8].__setitem__(1, N_TRAIN + 5),
+            r"anchor 8 \(question_id 1008\): candidate ids outside the train split \[45\]",
+        ),
     ],
 )
 def test_bad_candidates_raise_before_anything_is_written(tmp_path, records, mutate, message):
@@ -187,7 +207,9 @@ def test_gather_errors(tmp_path, records):
 
     other_cfg = BeamSearchConfig(beam_size=2, shot_num=2, cand_num=6, sample_num=len(ANCHORS))
     (mismatched,) = [p for p in run_all_shards(tmp_path, records, 2, "other", cfg=other_cfg)[1:]]
-    with pytest.raises(ValueError, match=r"shard1.jsonl has params differing from .*shard0.jsonl in \['beam_size', 'ex_name'\]"):
+    with pytest.raises(
+        ValueError, match=r"shard1.jsonl has params differing from .*shard0.jsonl in \['beam_size', 'ex_name'\]"
+    ):
         gather_beam_shards([shard0, mismatched], ANCHORS, out)
     assert not out.exists()
 

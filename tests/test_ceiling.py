@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lever_lm import paths as P
+from lever_lm import paths
 from lever_lm.beam_search import BeamSearchConfig, ExampleTable, beam_search_anchor, search_anchor
 from lever_lm.beam_shards import partial_path, read_beam_shard, read_beams, run_beam_shard
 from lever_lm.ceiling import (
@@ -32,12 +32,33 @@ VAL_OFFSET = N_TRAIN  # val query i asks "q{40 + i}": MockAdapter's affinity tab
 BEAM_SEARCH = {"construct_order": "left", "beam_size": 3, "shot_num": 2}
 CFG = BeamSearchConfig(**BEAM_SEARCH, cand_num=CAND_NUM, sample_num=16)
 SAMPLER = "rand_sampler"
-IDENTITY = {"dataset": "toy", "beam_model": "mock", "sampler": SAMPLER,
-            "ex_name": "infoscore_left_beam3_shot2_cand6_sample16"}
+IDENTITY = {
+    "dataset": "toy",
+    "beam_model": "mock",
+    "sampler": SAMPLER,
+    "ex_name": "infoscore_left_beam3_shot2_cand6_sample16",
+}
 EVALUATED = {"max_queries": None, "query_seed": 0}
-METRIC_KEYS = {"kind", "dataset", "task", "beam_model", "metric", "version", "sampler", "baseline", "replicate",
-               "shots", "n_queries", "max_queries", "query_seed", "inference", "checkpoint", "config_digest",
-               "beams", "ceiling"}
+METRIC_KEYS = {
+    "kind",
+    "dataset",
+    "task",
+    "beam_model",
+    "metric",
+    "version",
+    "sampler",
+    "baseline",
+    "replicate",
+    "shots",
+    "n_queries",
+    "max_queries",
+    "query_seed",
+    "inference",
+    "checkpoint",
+    "config_digest",
+    "beams",
+    "ceiling",
+}
 
 
 def val_records(n: int = N_VAL, empty_label_rows=()) -> pd.DataFrame:
@@ -64,9 +85,11 @@ test_pools.__test__ = False  # a helper, not a test
 
 def p_bar_by_hand(adapter: MockAdapter, query_id: int):
     """P̄ of MockAdapter's answer for query ``query_id`` given a sequence, from its formula (not through prompts)."""
+
     def p_bar(sequence):
-        logit = -0.5 + sum(adapter.position_weight[d] * adapter.affinity[query_id, icd]
-                           for d, icd in enumerate(reversed(sequence)))
+        logit = -0.5 + sum(
+            adapter.position_weight[d] * adapter.affinity[query_id, icd] for d, icd in enumerate(reversed(sequence))
+        )
         return 1.0 / (1.0 + np.exp(-logit))
 
     return p_bar
@@ -150,14 +173,17 @@ def test_ceiling_queries_are_a_seeded_subset_of_the_evaluated_ones():
 
 
 def test_ceiling_cells_follow_the_beam_models_weights_across_replicates():
-    config = {"beam_models": {"tiny": {"variant": "tiny"}, "real": {"variant": "local"}},
-              "samplers": ["rand_sampler"], "replicates": {"seeds": [0, 1], "pretrain": True}}
-    assert P.ceiling_cells(config) == [
+    config = {
+        "beam_models": {"tiny": {"variant": "tiny"}, "real": {"variant": "local"}},
+        "samplers": ["rand_sampler"],
+        "replicates": {"seeds": [0, 1], "pretrain": True},
+    }
+    assert paths.ceiling_cells(config) == [
         {"beam_model": "tiny", "sampler": "rand_sampler", "replicate": ""},
         {"beam_model": "real", "sampler": "rand_sampler", "replicate": ""},
         {"beam_model": "tiny", "sampler": "rand_sampler", "replicate": "_rep1"},
     ]
-    assert P.ceiling_cells({**config, "ceiling": {"enabled": False}}) == []
+    assert paths.ceiling_cells({**config, "ceiling": {"enabled": False}}) == []
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -183,18 +209,34 @@ def files(tmp_path):
         root = tmp_path / "inputs"
         write_records(root / "train.parquet", make_records(N_TRAIN))
         write_records(root / "val.parquet", val_records() if val is None else val)
-        write_candidates(root / "pool.json", test_pools() if pools is None else pools,
-                         {"sampler": SAMPLER, "cand_num": CAND_NUM})
-        return {"train_records": str(root / "train.parquet"), "val_records": str(root / "val.parquet"),
-                "test_pool": str(root / "pool.json")}
+        write_candidates(
+            root / "pool.json", test_pools() if pools is None else pools, {"sampler": SAMPLER, "cand_num": CAND_NUM}
+        )
+        return {
+            "train_records": str(root / "train.parquet"),
+            "val_records": str(root / "val.parquet"),
+            "test_pool": str(root / "pool.json"),
+        }
 
     return write
 
 
 def shard_kwargs(inputs, out_path, ceiling, scatteritem="1-of-1", adapter=None):
-    return dict(scatteritem=scatteritem, **inputs, weights=[], beam_model="mock", sampler=SAMPLER,
-                entry={"variant": "mock"}, beam_search=BEAM_SEARCH, cand_num=CAND_NUM, sample_num=16,
-                ceiling=ceiling, inference=EVALUATED, out_path=str(out_path), adapter=adapter or MockAdapter())
+    return dict(
+        scatteritem=scatteritem,
+        **inputs,
+        weights=[],
+        beam_model="mock",
+        sampler=SAMPLER,
+        entry={"variant": "mock"},
+        beam_search=BEAM_SEARCH,
+        cand_num=CAND_NUM,
+        sample_num=16,
+        ceiling=ceiling,
+        inference=EVALUATED,
+        out_path=str(out_path),
+        adapter=adapter or MockAdapter(),
+    )
 
 
 def test_shards_gather_and_evaluation_on_files(tmp_path, files):
@@ -219,15 +261,29 @@ def test_shards_gather_and_evaluation_on_files(tmp_path, files):
 
     adapter = AnswerNearestIcd()
     metrics_path, predictions_path = tmp_path / "ceiling" / "metrics.json", tmp_path / "ceiling" / "predictions.parquet"
-    metrics = run_ceiling_cell(identity=IDENTITY, beams=str(beams_path), train_records=inputs["train_records"],
-                               val_records=inputs["val_records"], weights=[], entry={"variant": "mock"},
-                               inference={"shots": [1, 2, 3], "batch_size": 4}, ceiling=ceiling, task="vqa",
-                               metrics_path=str(metrics_path), predictions_path=str(predictions_path),
-                               adapter=adapter, replicate=0)
+    metrics = run_ceiling_cell(
+        identity=IDENTITY,
+        beams=str(beams_path),
+        train_records=inputs["train_records"],
+        val_records=inputs["val_records"],
+        weights=[],
+        entry={"variant": "mock"},
+        inference={"shots": [1, 2, 3], "batch_size": 4},
+        ceiling=ceiling,
+        task="vqa",
+        metrics_path=str(metrics_path),
+        predictions_path=str(predictions_path),
+        adapter=adapter,
+        replicate=0,
+    )
     assert json.loads(metrics_path.read_text()) == json.loads(json.dumps(metrics))
     assert set(metrics) == METRIC_KEYS
     assert (metrics["kind"], metrics["version"], metrics["sampler"], metrics["beam_model"]) == (
-        "ceiling", None, SAMPLER, "mock")
+        "ceiling",
+        None,
+        SAMPLER,
+        "mock",
+    )
     assert sorted(metrics["shots"]) == ["1", "2"] and metrics["n_queries"] == 8
     assert metrics["inference"]["shots"] == [1, 2, 3]  # the job's settings as configured; shot 3 is left out:
     assert metrics["ceiling"]["shots_not_evaluated"] == [3] and metrics["ceiling"]["shot_num"] == 2
@@ -246,8 +302,11 @@ def test_shards_gather_and_evaluation_on_files(tmp_path, files):
     "case, message",
     [
         ("empty label", r"val\.parquet: val queries with an empty label answer: \['4 \(question_id 5004\)'\]"),
-        ("pool id out of range", r"pool\.json: val query 2 \(question_id 5002\): candidate ids outside the train "
-                                 r"split \[45\]"),
+        (
+            "pool id out of range",
+            r"pool\.json: val query 2 \(question_id 5002\): candidate ids outside the train "
+            r"split \[45\]",
+        ),
         ("missing pool entry", r"pool\.json: val queries without a candidate set: \[7\]"),
         ("short pool", r"pool\.json: cand_num=6 but val queries \[0, 1, 2, 3, 4\] \(\+7 more\) have \[5, 5, 5, 5, 5\]"),
     ],
@@ -283,12 +342,23 @@ def test_bad_ceiling_beams_stop_before_the_lvlm_and_leave_no_metrics(tmp_path, f
     gather_ceiling([str(shard)], inputs["val_records"], ceiling, EVALUATED, str(beams))
     metrics_path = tmp_path / "metrics.json"
     metrics_path.write_text("{}")  # a stale file of an earlier run must go as well
-    common = dict(beams=str(beams), train_records=inputs["train_records"], val_records=inputs["val_records"],
-                  weights=[], entry={"variant": "mock"}, inference={"shots": [1, 2]}, task="vqa",
-                  metrics_path=str(metrics_path), predictions_path=str(tmp_path / "predictions.parquet"),
-                  adapter=AnswerNearestIcd())
-    with pytest.raises(InputError, match=rf"{beams}: made for sampler 'rand_sampler', this ceiling cell is "
-                                         r"'img_sim_sampler'"):
+    common = dict(
+        beams=str(beams),
+        train_records=inputs["train_records"],
+        val_records=inputs["val_records"],
+        weights=[],
+        entry={"variant": "mock"},
+        inference={"shots": [1, 2]},
+        task="vqa",
+        metrics_path=str(metrics_path),
+        predictions_path=str(tmp_path / "predictions.parquet"),
+        adapter=AnswerNearestIcd(),
+    )
+    with pytest.raises(
+        InputError,
+        match=rf"{beams}: made for sampler 'rand_sampler', this ceiling cell is "
+        r"'img_sim_sampler'",
+    ):
         run_ceiling_cell(identity={**IDENTITY, "sampler": "img_sim_sampler"}, ceiling=ceiling, **common)
     assert not metrics_path.exists()
     with pytest.raises(InputError, match=rf"{beams}: holds other val queries than the config's ceiling"):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lever_lm import paths as P
+from lever_lm import paths
 from lever_lm.config import ConfigError, external_paths, load_config, split_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,21 +15,26 @@ def test_default_and_real_configs_validate():
     real = load_config(REPO / "configs" / "okvqa_local.yaml")
     assert default["beam_search"]["scorer"] == "infoscore"  # filled default
     assert real["anchors"]["sample_num"] == 800 and real["candidates"]["cand_num"] == 64
-    assert P.ex_name(real) == "infoscore_left_beam5_shot2_cand64_sample800"
+    assert paths.ex_name(real) == "infoscore_left_beam5_shot2_cand64_sample800"
 
 
 def test_nested_command_line_values_are_read_as_the_schema_types():
     """`--config 'anchors={sample_num: 8, seed: 42}'` hands Snakemake's config nested strings."""
-    config = load_config(REPO / "config.yaml", {
-        "anchors": {"sample_num": "8", "seed": "42"},
-        "inference": {"shots": ["1", "2"], "max_queries": "null", "always_normalize": "true"},
-        "selector": {"lr": "3e-4", "v0": {"n_layer": "1"}},
-    })
+    config = load_config(
+        REPO / "config.yaml",
+        {
+            "anchors": {"sample_num": "8", "seed": "42"},
+            "inference": {"shots": ["1", "2"], "max_queries": "null", "always_normalize": "true"},
+            "selector": {"lr": "3e-4", "v0": {"n_layer": "1"}},
+        },
+    )
     assert config["anchors"] == {"sample_num": 8, "seed": 42}
     assert config["inference"]["shots"] == [1, 2] and config["inference"]["max_queries"] is None
     assert config["inference"]["always_normalize"] is True
     assert config["selector"]["lr"] == 3e-4 and config["selector"]["v0"]["n_layer"] == 1
-    assert load_config(REPO / "config.yaml", {"dataset": {**config["dataset"], "name": "123"}})["dataset"]["name"] == "123"
+    assert (
+        load_config(REPO / "config.yaml", {"dataset": {**config["dataset"], "name": "123"}})["dataset"]["name"] == "123"
+    )
 
 
 @pytest.mark.parametrize(
@@ -39,14 +44,24 @@ def test_nested_command_line_values_are_read_as_the_schema_types():
         ({"samplers": ["rand_sampler", "best_sampler"]}, "config key samplers.1"),
         ({"sampler_encoder": "nope"}, "config key sampler_encoder"),
         ({"anchors": {"sample_num": "many", "seed": 0}}, "config key anchors.sample_num"),
-        ({"candidates": {"cand_num": 64, "mix_ratios": {"random": 0.5, "text": 0.5, "image": 0.5}}},
-         "candidates.mix_ratios"),
+        (
+            {"candidates": {"cand_num": 64, "mix_ratios": {"random": 0.5, "text": 0.5, "image": 0.5}}},
+            "candidates.mix_ratios",
+        ),
         ({"candidates": {"cand_num": 3}}, "config key candidates.cand_num"),
-        ({"beam_models": {"q": {"family": "qwen2_5_vl", "variant": "tiny", "prompt_style": "chatty"}}},
-         "beam_models.q.prompt_style"),
+        (
+            {"beam_models": {"q": {"family": "qwen2_5_vl", "variant": "tiny", "prompt_style": "chatty"}}},
+            "beam_models.q.prompt_style",
+        ),
         ({"beam_models": {"f": {"family": "flamingo", "variant": "tiny", "colour": "red"}}}, "beam_models.f: unknown"),
-        ({"encoders": {"e": {"kind": "tiny", "tiny": {"depth": 3}}}, "sampler_encoder": "e", "selector_encoder": "e"},
-         "encoders.e.tiny: unknown keys"),
+        (
+            {
+                "encoders": {"e": {"kind": "tiny", "tiny": {"depth": 3}}},
+                "sampler_encoder": "e",
+                "selector_encoder": "e",
+            },
+            "encoders.e.tiny: unknown keys",
+        ),
     ],
 )
 def test_bad_config_names_the_key(overrides, message):
@@ -80,10 +95,15 @@ def test_dataset_files_override_standard_names_per_split():
 @pytest.mark.parametrize(
     "dataset, message",
     [
-        ({"files": {"train": {"image_dir": "/i"}}}, "dataset.files.train.questions is not set and there is no dataset.root"),
+        (
+            {"files": {"train": {"image_dir": "/i"}}},
+            "dataset.files.train.questions is not set and there is no dataset.root",
+        ),
         ({"root": "/d", "files": {"test": {"image_dir": "/i"}}}, "unknown config key dataset.files.test"),
-        ({"root": "/d", "format": "coco_caption", "files": {"val": {"questions": "/q.json"}}},
-         "dataset.files.val.questions: format 'coco_caption' has no such file"),
+        (
+            {"root": "/d", "format": "coco_caption", "files": {"val": {"questions": "/q.json"}}},
+            "dataset.files.val.questions: format 'coco_caption' has no such file",
+        ),
         ({"root": "/d", "files": {"val": {"images": "/i"}}}, "unknown config key dataset.files.val.images"),
     ],
 )
@@ -101,7 +121,7 @@ def test_toy_dataset_is_generated_under_root_only():
 
 def test_targets_cover_the_matrix():
     config = load_config(REPO / "config.yaml")
-    beams = [t for t in P.all_targets(config) if t.endswith("beams.json")]
+    beams = [t for t in paths.all_targets(config) if t.endswith("beams.json")]
     assert len(beams) == len(config["samplers"]) * len(config["beam_models"])
     assert all("/infoscore_left_beam5_shot2_cand64_sample64/" in t for t in beams)
 

@@ -129,7 +129,10 @@ def test_layout_paths_use_standard_names(tmp_path):
     assert vqav2["questions"].name == "v2_OpenEnded_mscoco_train2014_questions.json"
     assert vqav2["annotations"].name == "v2_mscoco_train2014_annotations.json"
     coco = layout_paths("coco_caption", tmp_path, "train", 2017)
-    assert coco == {"annotations": tmp_path / "annotations" / "captions_train2017.json", "image_dir": tmp_path / "train2017"}
+    assert coco == {
+        "annotations": tmp_path / "annotations" / "captions_train2017.json",
+        "image_dir": tmp_path / "train2017",
+    }
     with pytest.raises(DatasetError, match="format 'gqa'"):
         layout_paths("gqa", tmp_path, "train")
     with pytest.raises(DatasetError, match="year 2017"):

@@ -21,8 +21,18 @@ from lever_lm.embeddings import (
     tiny_model_name,
 )
 
-DIMS = TinyClipDims(embed_dim=24, image_size=32, patch_size=8, width=32, layers=1, heads=2,
-                    text_width=32, text_layers=1, text_heads=2, context_length=24)
+DIMS = TinyClipDims(
+    embed_dim=24,
+    image_size=32,
+    patch_size=8,
+    width=32,
+    layers=1,
+    heads=2,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+    context_length=24,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,8 +67,18 @@ def _records(tmp_path, image_of_row: list[int], questions: list[str] | None = No
         if not path.exists():
             _image(image_number).save(path)
         question = questions[idx] if questions else f"what is in picture {image_number} number {idx}?"
-        rows.append(dict(idx=idx, split="train", question_id=1000 + idx, image_id=image_number,
-                         image_path=str(path), question=question, answers=["a"] * 10, label=f"label {idx}"))
+        rows.append(
+            dict(
+                idx=idx,
+                split="train",
+                question_id=1000 + idx,
+                image_id=image_number,
+                image_path=str(path),
+                question=question,
+                answers=["a"] * 10,
+                label=f"label {idx}",
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -120,8 +140,14 @@ def test_record_embeddings_encode_each_distinct_image_once(tmp_path, tiny_cfg, t
     assert np.array_equal(result.image[1], result.image[2]) and np.array_equal(result.image[1], result.image[6])
     np.testing.assert_allclose(result.text, tiny_encoder.encode_texts(records["question"].tolist()), atol=1e-5)
     assert result.meta == {
-        "encoder_id": tiny_encoder.encoder_id, "encoder_name": "clip_tiny", "dim": DIMS.embed_dim, "n": 7,
-        "n_distinct_images": 4, "split": "train", "normalized": True, "dtype": "float32",
+        "encoder_id": tiny_encoder.encoder_id,
+        "encoder_name": "clip_tiny",
+        "dim": DIMS.embed_dim,
+        "n": 7,
+        "n_distinct_images": 4,
+        "split": "train",
+        "normalized": True,
+        "dtype": "float32",
     }
 
 
@@ -161,13 +187,19 @@ def test_open_clip_loads_a_local_checkpoint_and_names_a_missing_one(tmp_path, ti
     import torch
 
     with pytest.raises(FileNotFoundError, match="encoders.clip_vit_l14.checkpoint"):
-        build_clip_encoder(ClipEncoderConfig(name="clip_vit_l14", kind="open_clip", model_name="ViT-L-14",
-                                             checkpoint=str(tmp_path / "missing.pt")))
+        build_clip_encoder(
+            ClipEncoderConfig(
+                name="clip_vit_l14", kind="open_clip", model_name="ViT-L-14", checkpoint=str(tmp_path / "missing.pt")
+            )
+        )
     # The tiny architecture is registered with open_clip, so its weights can go through the file path.
     weights = tmp_path / "tiny.pt"
     torch.save(tiny_encoder.model.state_dict(), weights)
-    loaded = build_clip_encoder(ClipEncoderConfig(name="clip_file", kind="open_clip",
-                                                  model_name=tiny_model_name(DIMS, 3), checkpoint=str(weights)))
+    loaded = build_clip_encoder(
+        ClipEncoderConfig(
+            name="clip_file", kind="open_clip", model_name=tiny_model_name(DIMS, 3), checkpoint=str(weights)
+        )
+    )
     assert loaded.encoder_id.startswith(f"open_clip:{tiny_model_name(DIMS, 3)}:")
     images, texts = [_image(5)], ["where is the cat?"]
     np.testing.assert_allclose(loaded.encode_images(images), tiny_encoder.encode_images(images), atol=1e-6)
@@ -200,11 +232,24 @@ def _write_tiny_hf_clip(folder) -> None:
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=40,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=40,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lever_lm import paths as P
+from lever_lm import paths
 from lever_lm.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,13 +35,15 @@ def e2e_config(tmp_path: Path) -> Path:
 
 
 def check_beams(tmp_path: Path, config: dict) -> None:
-    anchors = json.loads((tmp_path / P.fill(P.ANCHORS, config)).read_text())["anchors"]
+    anchors = json.loads((tmp_path / paths.fill(paths.ANCHORS, config)).read_text())["anchors"]
     assert len(anchors) == config["anchors"]["sample_num"]
     beam_size, shots = config["beam_search"]["beam_size"], config["beam_search"]["shot_num"]
     for sampler in config["samplers"]:
-        candidates = json.loads((tmp_path / P.fill(P.CANDIDATES, config, sampler=sampler)).read_text())
+        candidates = json.loads((tmp_path / paths.fill(paths.CANDIDATES, config, sampler=sampler)).read_text())
         for beam_model in config["beam_models"]:
-            beams = json.loads((tmp_path / P.fill(P.BEAMS, config, sampler=sampler, beam_model=beam_model)).read_text())
+            beams = json.loads(
+                (tmp_path / paths.fill(paths.BEAMS, config, sampler=sampler, beam_model=beam_model)).read_text()
+            )
             assert beams["params"]["beam_model"] == beam_model and beams["params"]["sampler"] == sampler
             assert [record["anchor_id"] for record in beams["anchors"]] == anchors
             for record in beams["anchors"]:
@@ -55,41 +57,53 @@ def check_beams(tmp_path: Path, config: dict) -> None:
 def check_inference(tmp_path: Path, config: dict) -> None:
     shots = config["inference"]["shots"]
     n_queries = config["inference"]["max_queries"]
-    val = pd.read_parquet(tmp_path / P.fill(P.RECORDS, config, split="val"))
+    val = pd.read_parquet(tmp_path / paths.fill(paths.RECORDS, config, split="val"))
     val_row = dict(zip(val["question_id"], val["idx"]))
-    for cell in P.selector_cells(config):
-        assert (tmp_path / P.fill(P.SELECTOR_BEST, config, **cell)).is_file(), cell
-        metrics = json.loads((tmp_path / P.fill(P.INFERENCE_METRICS, config, **cell)).read_text())
+    for cell in paths.selector_cells(config):
+        assert (tmp_path / paths.fill(paths.SELECTOR_BEST, config, **cell)).is_file(), cell
+        metrics = json.loads((tmp_path / paths.fill(paths.INFERENCE_METRICS, config, **cell)).read_text())
         assert (metrics["version"], metrics["beam_model"], metrics["sampler"]) == (
-            cell["version"], cell["beam_model"], cell["sampler"])
+            cell["version"],
+            cell["beam_model"],
+            cell["sampler"],
+        )
         assert sorted(int(k) for k in metrics["shots"]) == shots
         assert metrics["n_queries"] == n_queries
-        predictions = pd.read_parquet(tmp_path / P.fill(P.INFERENCE_PREDICTIONS, config, **cell))
+        predictions = pd.read_parquet(tmp_path / paths.fill(paths.INFERENCE_PREDICTIONS, config, **cell))
         assert len(predictions) == n_queries * len(shots)
         assert all(len(ids) == shot for ids, shot in zip(predictions["icd_ids"], predictions["shot"]))
         if cell["version"] != "v0":  # v1-v4 choose inside the query's test pool
-            pools = json.loads((tmp_path / P.fill(P.TEST_POOL, config, sampler=cell["sampler"])).read_text())
+            pools = json.loads((tmp_path / paths.fill(paths.TEST_POOL, config, sampler=cell["sampler"])).read_text())
             for ids, qid in zip(predictions["icd_ids"], predictions["question_id"]):
                 assert set(ids) <= set(pools["candidates"][str(val_row[qid])]), (cell, qid)
-    for cell in P.baseline_cells(config):
-        metrics = json.loads((tmp_path / P.fill(P.BASELINE_METRICS, config, **cell)).read_text())
+    for cell in paths.baseline_cells(config):
+        metrics = json.loads((tmp_path / paths.fill(paths.BASELINE_METRICS, config, **cell)).read_text())
         assert metrics["baseline"] == cell["baseline"]
 
 
 @pytest.mark.slow
 def test_default_pipeline_runs_end_to_end(tmp_path):
     config_path = e2e_config(tmp_path)
-    command = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config_path),
-               "--directory", str(tmp_path), "--cores", "2"]
+    command = [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(config_path),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     assert run.returncode == 0, run.stderr[-5000:]
 
     config = load_config(config_path)
-    for target in P.all_targets(config):
+    for target in paths.all_targets(config):
         assert (tmp_path / target).is_file(), target
     check_beams(tmp_path, config)
     check_inference(tmp_path, config)
-    tables = (tmp_path / P.fill(P.REPORT_TABLES, config)).read_text()
+    tables = (tmp_path / paths.fill(paths.REPORT_TABLES, config)).read_text()
     for version in config["versions"]:
         for beam_model in config["beam_models"]:
             assert f"{version} · {beam_model}" in tables
@@ -107,8 +121,9 @@ def check_html_report(command: list[str], tmp_path: Path, config: dict) -> None:
     """`snakemake --report` gives one page where the tables and every plot render without console errors."""
     from tests.browser import browser_missing, render_snakemake_report
 
-    report = subprocess.run(command + ["--report", str(tmp_path / "report.html")], capture_output=True, text=True,
-                            timeout=600)
+    report = subprocess.run(
+        command + ["--report", str(tmp_path / "report.html")], capture_output=True, text=True, timeout=600
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     if reason := browser_missing():
         pytest.skip(f"the HTML report was built but not opened in a browser: {reason}")
@@ -116,7 +131,7 @@ def check_html_report(command: list[str], tmp_path: Path, config: dict) -> None:
     assert page.console_errors == []
     assert page.broken_images() == []
     views = {view.label: view for view in page.views}
-    plots = {Path(P.fill(P.REPORT_PLOT, config, **cell)).name for cell in P.plot_cells(config)}
+    plots = {Path(paths.fill(paths.REPORT_PLOT, config, **cell)).name for cell in paths.plot_cells(config)}
     assert {"tables.html", *plots} <= set(views), sorted(views)
     assert "Random-ICD baseline" in views["tables.html"].text
     for name in plots:

@@ -26,7 +26,10 @@ def start_job(lock_dir: Path, n_gpus: int, hold_s: float = 120.0) -> subprocess.
     env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
     return subprocess.Popen(
         [sys.executable, "-c", JOB, str(lock_dir), str(n_gpus), str(hold_s)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 

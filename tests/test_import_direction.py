@@ -30,10 +30,16 @@ def imports(path: Path, root: Path) -> list[tuple[int, str, list[str]]]:
             target = node.module or ""
             if node.level:
                 base = package.split(".")
-                target = ".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                target = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
             found.append((node.lineno, target, [alias.name for alias in node.names]))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.append((node.lineno, node.args[0].value, []))
     return sorted(found)
 

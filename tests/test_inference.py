@@ -25,8 +25,24 @@ from lever_lm.retrievers import RandomRetriever, SelectorRetriever, SimilarityRe
 LABELS = ["red", "blue", "two", "yes", "zebra", "street"]
 QUESTIONS = ["what color is it ?", "how many are there ?", "is it raining ?", "what animal is shown ?"]
 N_TRAIN, N_VAL, DIM = 60, 12, 8
-METRIC_KEYS = {"kind", "dataset", "task", "beam_model", "metric", "version", "sampler", "baseline", "replicate", "shots",
-               "n_queries", "max_queries", "query_seed", "inference", "checkpoint", "config_digest"}
+METRIC_KEYS = {
+    "kind",
+    "dataset",
+    "task",
+    "beam_model",
+    "metric",
+    "version",
+    "sampler",
+    "baseline",
+    "replicate",
+    "shots",
+    "n_queries",
+    "max_queries",
+    "query_seed",
+    "inference",
+    "checkpoint",
+    "config_digest",
+}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -54,9 +70,18 @@ def _records(split, n, images, rng, qid_base):
     for i in range(n):
         label = LABELS[i % len(LABELS)]
         answers = [label] * 7 + [LABELS[(i + 1) % len(LABELS)]] * 3
-        rows.append(dict(idx=i, split=split, question_id=qid_base + i, image_id=i % len(images),
-                         image_path=images[i % len(images)], question=QUESTIONS[i % len(QUESTIONS)],
-                         answers=answers, label=label))
+        rows.append(
+            dict(
+                idx=i,
+                split=split,
+                question_id=qid_base + i,
+                image_id=i % len(images),
+                image_path=images[i % len(images)],
+                question=QUESTIONS[i % len(QUESTIONS)],
+                answers=answers,
+                label=label,
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -64,8 +89,15 @@ def _save_embeddings(directory, split, image, text, encoder_id="synthetic"):
     from lever_lm.embeddings import EmbeddingResult, embedding_paths, save_embeddings
 
     paths = embedding_paths(directory, split)
-    meta = {"encoder_id": encoder_id, "encoder_name": "synthetic_clip", "dim": int(image.shape[1]),
-            "n": int(len(image)), "split": split, "normalized": True, "dtype": "float32"}
+    meta = {
+        "encoder_id": encoder_id,
+        "encoder_name": "synthetic_clip",
+        "dim": int(image.shape[1]),
+        "n": int(len(image)),
+        "split": split,
+        "normalized": True,
+        "dtype": "float32",
+    }
     save_embeddings(paths, EmbeddingResult(image, text, meta))
     return paths
 
@@ -107,17 +139,26 @@ def toy(tmp_path_factory, images):
     write_candidates(pool_path, pools, {"sampler": "rand_sampler", "cand_num": 16})
     checkpoints = {}
     for version in ("v0", "v1"):
-        train(SelectorConfig.from_config({**LEARNING_CONFIG, "epochs": 2}), task.identity(version),
-              task.paths(root / "model_cpk" / version))
+        train(
+            SelectorConfig.from_config({**LEARNING_CONFIG, "epochs": 2}),
+            task.identity(version),
+            task.paths(root / "model_cpk" / version),
+        )
         checkpoints[version] = root / "model_cpk" / version / "best.ckpt"
     image, text, meta = task.embeddings
     inputs = InferenceInputs(
-        train_records=str(root / "records" / "train.parquet"), val_records=str(root / "records" / "val.parquet"),
-        train_image=str(image), train_text=str(text), val_image=str(val.image), val_text=str(val.text),
-        train_meta=str(meta), val_meta=str(val.meta),
+        train_records=str(root / "records" / "train.parquet"),
+        val_records=str(root / "records" / "val.parquet"),
+        train_image=str(image),
+        train_text=str(text),
+        val_image=str(val.image),
+        val_text=str(val.text),
+        train_meta=str(meta),
+        val_meta=str(val.meta),
     )
-    return types.SimpleNamespace(root=root, task=task, inputs=inputs, pools=pools, pool_path=str(pool_path),
-                                 checkpoints=checkpoints)
+    return types.SimpleNamespace(
+        root=root, task=task, inputs=inputs, pools=pools, pool_path=str(pool_path), checkpoints=checkpoints
+    )
 
 
 def _identity(toy, version, changes=None):
@@ -126,22 +167,38 @@ def _identity(toy, version, changes=None):
 
 def _cell(toy, tmp_path, version="v1", inference=None, identity=None, adapter=None, **kwargs):
     out = tmp_path / version
-    args = dict(identity=identity or _identity(toy, version), checkpoint=str(toy.checkpoints[version]),
-                test_pool=toy.pool_path, inputs=toy.inputs, weights=[], entry={"family": "fake"},
-                inference={"shots": [1, 2]} if inference is None else inference, task="vqa",
-                metrics_path=str(out / "metrics.json"), predictions_path=str(out / "predictions.parquet"),
-                adapter=adapter or FakeAdapter())
+    args = dict(
+        identity=identity or _identity(toy, version),
+        checkpoint=str(toy.checkpoints[version]),
+        test_pool=toy.pool_path,
+        inputs=toy.inputs,
+        weights=[],
+        entry={"family": "fake"},
+        inference={"shots": [1, 2]} if inference is None else inference,
+        task="vqa",
+        metrics_path=str(out / "metrics.json"),
+        predictions_path=str(out / "predictions.parquet"),
+        adapter=adapter or FakeAdapter(),
+    )
     args.update(kwargs)
     return run_selector_cell(**args), out
 
 
 def _baseline(toy, tmp_path, baseline, inference=None, adapter=None, inputs=None):
     out = tmp_path / baseline
-    return run_baseline(dataset="synthetic", beam_model="fake_lvlm", baseline=baseline, inputs=inputs or toy.inputs,
-                        weights=[], entry={"family": "fake"},
-                        inference={"shots": [1, 3]} if inference is None else inference, task="vqa",
-                        metrics_path=str(out / "metrics.json"), predictions_path=str(out / "predictions.parquet"),
-                        adapter=adapter or FakeAdapter()), out
+    return run_baseline(
+        dataset="synthetic",
+        beam_model="fake_lvlm",
+        baseline=baseline,
+        inputs=inputs or toy.inputs,
+        weights=[],
+        entry={"family": "fake"},
+        inference={"shots": [1, 3]} if inference is None else inference,
+        task="vqa",
+        metrics_path=str(out / "metrics.json"),
+        predictions_path=str(out / "predictions.parquet"),
+        adapter=adapter or FakeAdapter(),
+    ), out
 
 
 def _check_outputs(out, metrics):
@@ -219,12 +276,17 @@ def test_inference_config_defaults_and_errors_name_the_key():
     assert (cfg.max_new_tokens, cfg.batch_size, cfg.always_normalize) == (5, 16, False)
     assert InferenceConfig.from_config({"max_new_tokens": None}, "caption").max_new_tokens == 20
     assert InferenceConfig.from_config({"baselines": ["ZeroShot"], "shots": [2]}, "vqa").shots == (2,)
-    for section, key in [({"shots": []}, "inference.shots"), ({"shots": [1, 1]}, "inference.shots"),
-                         ({"shots": [-1]}, "inference.shots"), ({"shots": [0, 1]}, "inference.shots.0"),
-                         ({"batch_size": 0}, "inference.batch_size"), ({"max_queries": 0}, "inference.max_queries"),
-                         ({"num_beams": True}, "inference.num_beams"),
-                         ({"always_normalize": "yes"}, "inference.always_normalize"),
-                         ({"beams": 3}, "unknown config key inference.beams")]:
+    for section, key in [
+        ({"shots": []}, "inference.shots"),
+        ({"shots": [1, 1]}, "inference.shots"),
+        ({"shots": [-1]}, "inference.shots"),
+        ({"shots": [0, 1]}, "inference.shots.0"),
+        ({"batch_size": 0}, "inference.batch_size"),
+        ({"max_queries": 0}, "inference.max_queries"),
+        ({"num_beams": True}, "inference.num_beams"),
+        ({"always_normalize": "yes"}, "inference.always_normalize"),
+        ({"beams": 3}, "unknown config key inference.beams"),
+    ]:
         with pytest.raises(ValueError, match=key):
             InferenceConfig.from_config(section, "vqa")
     with pytest.raises(ValueError, match="task"):
@@ -240,8 +302,10 @@ def test_select_queries_is_a_seeded_sorted_subset():
 
 def test_generate_answers_batches_by_size_and_restores_order():
     adapter = FakeAdapter()
-    prompts = [Prompt(tuple(Example("x.png", "q ?", f"a{i}{j}") for j in range(i % 3)), Example("y.png", f"q{i} ?"))
-               for i in range(10)]
+    prompts = [
+        Prompt(tuple(Example("x.png", "q ?", f"a{i}{j}") for j in range(i % 3)), Example("y.png", f"q{i} ?"))
+        for i in range(10)
+    ]
     out = generate_answers(adapter, prompts, 5, 3, batch_size=4)
     assert out == FakeAdapter().generate(prompts, 5, 3)  # the order given
     assert [len(b) for b in adapter.batches] == [4, 4, 2]
@@ -264,18 +328,24 @@ class TokenFakeAdapter(FakeAdapter):
 
 
 def _mixed_prompts(n=23):
-    return [Prompt(tuple(Example(f"d{j}.png", "q " * (1 + (i * j) % 4), f"a{i}{j}") for j in range(i % 5)),
-                   Example(f"y{i}.png", "why " * (1 + (7 * i) % 6) + "?")) for i in range(n)]
+    return [
+        Prompt(
+            tuple(Example(f"d{j}.png", "q " * (1 + (i * j) % 4), f"a{i}{j}") for j in range(i % 5)),
+            Example(f"y{i}.png", "why " * (1 + (7 * i) % 6) + "?"),
+        )
+        for i in range(n)
+    ]
 
 
 def _todays_batches(prompts, batch_size):
     """The batches before token budgets existed: sorted by (image count, text length), then fixed chunks."""
+
     def size(i):
         examples = (*prompts[i].demos, prompts[i].query)
         return len(examples), sum(len(e.question) + len(e.answer or "") for e in examples)
 
     order = sorted(range(len(prompts)), key=size)
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def test_null_token_budget_keeps_todays_batches_config_and_digest():
@@ -304,8 +374,10 @@ def test_token_budget_config_errors_name_the_key():
         generate_answers(TokenFakeAdapter(), _mixed_prompts(3), 5, 3, 4, token_budget=0)
 
 
-@pytest.mark.parametrize("budget, batch_size, max_new, beams", [(200, 16, 5, 1), (300, 4, 5, 3), (90, 16, 2, 2),
-                                                                 (10_000, 6, 5, 3), (1, 8, 5, 1)])
+@pytest.mark.parametrize(
+    "budget, batch_size, max_new, beams",
+    [(200, 16, 5, 1), (300, 4, 5, 3), (90, 16, 2, 2), (10_000, 6, 5, 3), (1, 8, 5, 1)],
+)
 def test_token_budget_batches_stay_within_the_budget_sorted_by_length(budget, batch_size, max_new, beams):
     from lever_lm.inference.generation import plan_generation_batches
 
@@ -341,8 +413,15 @@ def test_token_budget_resume_reuses_only_batches_of_the_same_plan():
     assert plan != other
     texts = FakeAdapter().generate(prompts, 5, 1)
     journal = {}
-    generate_answers(adapter, prompts, 5, 1, 8, token_budget=60,
-                     on_batch=lambda index, positions, raw: journal.__setitem__(index, (positions, raw)))
+    generate_answers(
+        adapter,
+        prompts,
+        5,
+        1,
+        8,
+        token_budget=60,
+        on_batch=lambda index, positions, raw: journal.__setitem__(index, (positions, raw)),
+    )
     # batches of the budget-60 plan handed to a budget-120 run: only those holding the same prompts are reused
     adapter = TokenFakeAdapter()
     assert generate_answers(adapter, prompts, 5, 1, 8, done=journal, token_budget=120) == texts
@@ -374,8 +453,9 @@ def test_killed_job_with_a_token_budget_resumes_and_another_budget_starts_over(t
     assert len(adapter.batches) == n_batches - 3 and _bytes(tmp_path / "killed" / "RandomRetriever") == full
 
     with pytest.raises(KeyboardInterrupt):
-        _baseline(toy, tmp_path / "other", "RandomRetriever", {**RESUME_BUDGET, "token_budget": 40},
-                  adapter=Crashing(3))
+        _baseline(
+            toy, tmp_path / "other", "RandomRetriever", {**RESUME_BUDGET, "token_budget": 40}, adapter=Crashing(3)
+        )
     adapter = TokenFakeAdapter()
     _baseline(toy, tmp_path / "other", "RandomRetriever", RESUME_BUDGET, adapter=adapter)
     assert len(adapter.batches) == n_batches and _bytes(tmp_path / "other" / "RandomRetriever") == full
@@ -403,8 +483,9 @@ def test_null_token_budget_keeps_the_resume_fingerprint(toy, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _baseline(toy, tmp_path, "RandomRetriever", RESUME_INFERENCE, adapter=CrashingAdapter(2))
     adapter = FakeAdapter()
-    metrics, _ = _baseline(toy, tmp_path, "RandomRetriever", {**RESUME_INFERENCE, "token_budget": None},
-                           adapter=adapter)
+    metrics, _ = _baseline(
+        toy, tmp_path, "RandomRetriever", {**RESUME_INFERENCE, "token_budget": None}, adapter=adapter
+    )
     assert len(adapter.batches) == 4 and "token_budget" not in metrics["inference"]
 
 
@@ -431,8 +512,9 @@ def test_run_baseline_end_to_end(toy, tmp_path, baseline):
         from lever_lm.embeddings import EmbeddingPaths, load_embeddings
 
         q = np.load(toy.inputs.val_image)
-        t = load_embeddings(EmbeddingPaths(Path(toy.inputs.train_image), Path(toy.inputs.train_text),
-                                           Path(toy.inputs.train_meta))).image
+        t = load_embeddings(
+            EmbeddingPaths(Path(toy.inputs.train_image), Path(toy.inputs.train_text), Path(toy.inputs.train_meta))
+        ).image
         nearest = np.argmax(q @ t.T, axis=1)
         shot1 = predictions[predictions["shot"] == 1]
         assert [ids[-1] for ids in shot1["icd_ids"]] == nearest.tolist()
@@ -459,7 +541,11 @@ def test_run_selector_cell_end_to_end(toy, tmp_path, version):
     metrics, out = _cell(toy, tmp_path, version, adapter=adapter)
     on_disk, predictions = _check_outputs(out, metrics)
     assert (on_disk["kind"], on_disk["version"], on_disk["sampler"], on_disk["baseline"]) == (
-        "selector", version, "rand_sampler", None)
+        "selector",
+        version,
+        "rand_sampler",
+        None,
+    )
     checkpoint = on_disk["checkpoint"]
     assert checkpoint["path"] == str(toy.checkpoints[version])
     assert checkpoint["sha256"] == file_sha256(toy.checkpoints[version])
@@ -588,8 +674,10 @@ def test_val_question_without_answers_is_named(toy, tmp_path):
     from lever_lm.data import write_records
 
     val = pd.read_parquet(toy.inputs.val_records)
-    for bad, message in [([], "question_id 5003 has no reference answers"),
-                         (["red"] * 9, "question_id 5003 has 9 answers, expected 10")]:
+    for bad, message in [
+        ([], "question_id 5003 has no reference answers"),
+        (["red"] * 9, "question_id 5003 has 9 answers, expected 10"),
+    ]:
         broken = val.copy()
         broken.at[3, "answers"] = bad
         path = tmp_path / "val.parquet"
@@ -605,10 +693,13 @@ def test_val_question_without_answers_is_named(toy, tmp_path):
         assert not (tmp_path / "ZeroShot" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("shots, message", [
-    ([0, 1], r"config key inference\.shots\.0: 0 is less than the minimum of 1"),
-    ([1, 17], r"shot 17 is larger than the test pool of val query idx 0 \(16 ICDs in .*pool.json\)"),
-])
+@pytest.mark.parametrize(
+    "shots, message",
+    [
+        ([0, 1], r"config key inference\.shots\.0: 0 is less than the minimum of 1"),
+        ([1, 17], r"shot 17 is larger than the test pool of val query idx 0 \(16 ICDs in .*pool.json\)"),
+    ],
+)
 def test_bad_shot_numbers_are_refused(toy, tmp_path, shots, message):
     _stale(tmp_path / "v1")
     with pytest.raises(ValueError, match=message):
@@ -635,16 +726,28 @@ def test_embeddings_of_another_encoder_are_refused(toy, tmp_path):
     val_emb = np.load(toy.inputs.val_image), np.load(toy.inputs.val_text)
     # val from another encoder than train
     other_val = _save_embeddings(tmp_path / "other", "val", *val_emb, encoder_id="clip_other")
-    inputs = InferenceInputs(**{**vars(toy.inputs), "val_image": str(other_val.image),
-                                "val_text": str(other_val.text), "val_meta": str(other_val.meta)})
+    inputs = InferenceInputs(
+        **{
+            **vars(toy.inputs),
+            "val_image": str(other_val.image),
+            "val_text": str(other_val.text),
+            "val_meta": str(other_val.meta),
+        }
+    )
     _stale(tmp_path / "v1")
     with pytest.raises(ValueError, match="val embeddings come from encoder 'clip_other'.*'synthetic'"):
         _cell(toy, tmp_path, "v1", inputs=inputs)
     assert not (tmp_path / "v1" / "metrics.json").exists()
     # both splits from another encoder than the selector's features
     other_train = _save_embeddings(tmp_path / "other", "train", *train_emb, encoder_id="clip_other")
-    inputs = InferenceInputs(**{**vars(inputs), "train_image": str(other_train.image),
-                                "train_text": str(other_train.text), "train_meta": str(other_train.meta)})
+    inputs = InferenceInputs(
+        **{
+            **vars(inputs),
+            "train_image": str(other_train.image),
+            "train_text": str(other_train.text),
+            "train_meta": str(other_train.meta),
+        }
+    )
     with pytest.raises(ValueError, match="best.ckpt: selector trained on encoder 'synthetic'.*'clip_other'"):
         _cell(toy, tmp_path, "v1", inputs=inputs)
     assert not (tmp_path / "v1" / "metrics.json").exists()
@@ -684,11 +787,15 @@ def test_baseline_script_with_a_tiny_flamingo(toy, tmp_path):
     snakemake = types.SimpleNamespace(
         input=types.SimpleNamespace(**vars(toy.inputs), weights=[_tiny_model(tmp_path, toy, "flamingo_tiny", entry)]),
         output=types.SimpleNamespace(metrics=str(out / "m.json"), predictions=str(out / "p.parquet")),
-        params=types.SimpleNamespace(entry=entry, inference={"shots": [1, 2], "max_queries": 6, "batch_size": 4},
-                                     task="vqa", replicate=2),
-        wildcards=types.SimpleNamespace(dataset="synthetic", beam_model="flamingo_tiny", baseline="RandomRetriever",
-                                        replicate="_rep2"),
-        log=[str(tmp_path / "log.txt")], threads=1, rule="baseline_inference",
+        params=types.SimpleNamespace(
+            entry=entry, inference={"shots": [1, 2], "max_queries": 6, "batch_size": 4}, task="vqa", replicate=2
+        ),
+        wildcards=types.SimpleNamespace(
+            dataset="synthetic", beam_model="flamingo_tiny", baseline="RandomRetriever", replicate="_rep2"
+        ),
+        log=[str(tmp_path / "log.txt")],
+        threads=1,
+        rule="baseline_inference",
     )
     _run_script("baseline_inference", snakemake)
     metrics = json.loads((out / "m.json").read_text())
@@ -705,14 +812,20 @@ def test_icl_inference_script_with_a_tiny_qwen_and_a_v1_selector(toy, tmp_path):
     out = tmp_path / "cell"
     identity = _identity(toy, "v1")
     snakemake = types.SimpleNamespace(
-        input=types.SimpleNamespace(**vars(toy.inputs), checkpoint=str(toy.checkpoints["v1"]),
-                                    test_pool=toy.pool_path,
-                                    weights=[_tiny_model(tmp_path, toy, identity["beam_model"], entry)]),
+        input=types.SimpleNamespace(
+            **vars(toy.inputs),
+            checkpoint=str(toy.checkpoints["v1"]),
+            test_pool=toy.pool_path,
+            weights=[_tiny_model(tmp_path, toy, identity["beam_model"], entry)],
+        ),
         output=types.SimpleNamespace(metrics=str(out / "metrics.json"), predictions=str(out / "predictions.parquet")),
-        params=types.SimpleNamespace(entry=entry, inference={"shots": [1, 3], "max_queries": 5, "num_beams": 2},
-                                     task="vqa", replicate=0),
+        params=types.SimpleNamespace(
+            entry=entry, inference={"shots": [1, 3], "max_queries": 5, "num_beams": 2}, task="vqa", replicate=0
+        ),
         wildcards=types.SimpleNamespace(**identity, replicate=""),
-        log=[str(tmp_path / "log.txt")], threads=1, rule="icl_inference",
+        log=[str(tmp_path / "log.txt")],
+        threads=1,
+        rule="icl_inference",
     )
     _run_script("icl_inference", snakemake)
     metrics = json.loads((out / "metrics.json").read_text())

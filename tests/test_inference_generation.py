@@ -13,9 +13,16 @@ from lever_lm.lvlm.base import Example, Prompt
 from lever_lm.lvlm.reference import flamingo_reference, qwen_reference
 from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary
 
-QA = [("what color is the cat ?", "red"), ("how many dogs are there ?", "2"), ("is it raining ?", "no"),
-      ("what is the man holding ?", "tennis racket"), ("where is the bus ?", "street"), ("what sport is this ?", "ski"),
-      ("what animal is shown ?", "zebra"), ("what color is the sky ?", "blue")]
+QA = [
+    ("what color is the cat ?", "red"),
+    ("how many dogs are there ?", "2"),
+    ("is it raining ?", "no"),
+    ("what is the man holding ?", "tennis racket"),
+    ("where is the bus ?", "street"),
+    ("what sport is this ?", "ski"),
+    ("what animal is shown ?", "zebra"),
+    ("what color is the sky ?", "blue"),
+]
 WORDS = collect_vocabulary([t for pair in QA for t in pair])
 
 
@@ -32,8 +39,13 @@ def prompts(tmp_path_factory):
         paths.append(str(path))
     demos = [Example(paths[i], q, a) for i, (q, a) in enumerate(QA)]
     # 0..4 ICDs, interleaved so that every batch mixes image counts and prompt lengths
-    return [Prompt(tuple(demos[(i + j + 1) % len(demos)] for j in range(i % 5)),
-                   Example(paths[i % len(paths)], QA[(3 * i) % len(QA)][0])) for i in range(12)]
+    return [
+        Prompt(
+            tuple(demos[(i + j + 1) % len(demos)] for j in range(i % 5)),
+            Example(paths[i % len(paths)], QA[(3 * i) % len(QA)][0]),
+        )
+        for i in range(12)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +53,9 @@ def flamingo():
     from lever_lm.lvlm.tiny import make_tiny_adapter
 
     torch.set_num_threads(1)
-    return make_tiny_adapter("flamingo", WORDS, seed=0, score_batch_size=16, precision="fp32")  # exact equality: no bf16
+    return make_tiny_adapter(
+        "flamingo", WORDS, seed=0, score_batch_size=16, precision="fp32"
+    )  # exact equality: no bf16
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +89,11 @@ def test_flamingo_generate_restores_the_model(flamingo, prompts, monkeypatch):
     attns = [layer.attn for layer in lang.gated_cross_attn_layers if layer is not None]
 
     def restored() -> bool:
-        return (all("forward" not in vars(attn) for attn in attns) and not lang._use_cached_vision_x
-                and not any(layer.is_conditioned() for layer in lang._get_decoder_layers()))
+        return (
+            all("forward" not in vars(attn) for attn in attns)
+            and not lang._use_cached_vision_x
+            and not any(layer.is_conditioned() for layer in lang._get_decoder_layers())
+        )
 
     flamingo.generate(prompts[:3], max_new_tokens=2, num_beams=2)
     assert restored()
@@ -145,17 +162,25 @@ def _image_of_size(folder, width, height):
     from PIL import Image
 
     path = folder / f"{width}x{height}.png"
-    Image.fromarray(np.random.default_rng(width * 1000 + height).integers(0, 255, (height, width, 3),
-                                                                           dtype=np.uint8)).save(path)
+    Image.fromarray(
+        np.random.default_rng(width * 1000 + height).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    ).save(path)
     return str(path)
 
 
 SIZES = [(56, 56), (30, 200), (640, 480), (13, 17), (100, 37), (224, 224), (301, 97), (8, 8)]
 
 
-@pytest.mark.parametrize("pixels", [{}, {"max_pixels": 3000}, {"min_pixels": 20000},
-                                    {"min_pixels": 1000, "max_pixels": 5000},
-                                    {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280}])  # the last: Qwen's own
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        {},
+        {"max_pixels": 3000},
+        {"min_pixels": 20000},
+        {"min_pixels": 1000, "max_pixels": 5000},
+        {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280},
+    ],
+)  # the last: Qwen's own
 def test_qwen_image_token_count_from_the_header_equals_the_processor(qwen, tmp_path, pixels):
     """Header size + smart_resize == what preprocess_images_host makes (grid prod // merge_size**2), for the
     adapter's min_pixels / max_pixels overrides; and prompt_token_lengths == the assembled generation prompts."""
@@ -167,11 +192,17 @@ def test_qwen_image_token_count_from_the_header_equals_the_processor(qwen, tmp_p
         expected = (grid.prod(-1) // qwen.merge_size**2).tolist()
         assert [qwen.image_token_count(p) for p in paths] == expected
         assert len(set(expected)) >= 3, expected  # the sizes give different counts
-        prompts = [Prompt(tuple(Example(paths[(i + j) % len(paths)], QA[j][0], QA[j][1]) for j in range(i % 4)),
-                          Example(paths[i], QA[i][0])) for i in range(len(paths))]
+        prompts = [
+            Prompt(
+                tuple(Example(paths[(i + j) % len(paths)], QA[j][0], QA[j][1]) for j in range(i % 4)),
+                Example(paths[i], QA[i][0]),
+            )
+            for i in range(len(paths))
+        ]
         counts = dict(zip(paths, expected))
-        assert qwen.prompt_token_lengths(prompts) == [len(qwen.assemble(p, counts, for_generation=True).input_ids)
-                                                      for p in prompts]
+        assert qwen.prompt_token_lengths(prompts) == [
+            len(qwen.assemble(p, counts, for_generation=True).input_ids) for p in prompts
+        ]
     finally:
         qwen._image_kwargs = saved
 
@@ -189,13 +220,15 @@ def test_qwen_image_token_count_with_configured_pixels(tmp_path):
 def test_prompt_token_lengths_are_the_generation_inputs(flamingo, qwen, prompts):
     """Both adapters count the prompt their ``generate`` runs: Flamingo one <image> token per image, Qwen each
     image's merged patches (from the vision features generate computes)."""
-    assert flamingo.prompt_token_lengths(prompts) == [len(flamingo.assemble(p, with_answer=False).input_ids)
-                                                      for p in prompts]
+    assert flamingo.prompt_token_lengths(prompts) == [
+        len(flamingo.assemble(p, with_answer=False).input_ids) for p in prompts
+    ]
     ids = [flamingo.assemble(p, with_answer=False).input_ids for p in prompts]
     assert [row.count(flamingo.media_token_id) for row in ids] == [len(p.demos) + 1 for p in prompts]
     paths = list(dict.fromkeys(e.image_path for p in prompts for e in (*p.demos, p.query)))
     _, grid = qwen.preprocess_images_host(paths)
     counts = dict(zip(paths, (grid.prod(-1) // qwen.merge_size**2).tolist()))
-    assert qwen.prompt_token_lengths(prompts) == [len(qwen.assemble(p, counts, for_generation=True).input_ids)
-                                                  for p in prompts]
+    assert qwen.prompt_token_lengths(prompts) == [
+        len(qwen.assemble(p, counts, for_generation=True).input_ids) for p in prompts
+    ]
     assert qwen.prompt_token_lengths([]) == [] == flamingo.prompt_token_lengths([])

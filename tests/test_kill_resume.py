@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline_runs import (
-    complete_lines,
     compared_artifacts,
+    complete_lines,
     hashes,
     kill_when,
     reduced_config,
@@ -48,19 +48,43 @@ def test_partial_shard_from_other_inputs_is_discarded_not_resumed(tmp_path, capl
 
     records = make_records(N_TRAIN)
     partial = tmp_path / "s.jsonl.partial"
-    run_beam_shard(ANCHORS, candidate_sets(), records, MockAdapter(), CFG, partial, RUN_PARAMS,
-                   input_fingerprint={"weights": "old model"})
+    run_beam_shard(
+        ANCHORS,
+        candidate_sets(),
+        records,
+        MockAdapter(),
+        CFG,
+        partial,
+        RUN_PARAMS,
+        input_fingerprint={"weights": "old model"},
+    )
     assert fingerprint_path(partial).is_file()
     lines = partial.read_text().splitlines()
     partial.write_text("\n".join(lines[:2]) + "\n")  # as if killed after the first anchor
     caplog.set_level(logging.INFO, logger="lever_lm.beam_shards")
-    run_beam_shard(ANCHORS, candidate_sets(), records, MockAdapter(), CFG, partial, RUN_PARAMS,
-                   input_fingerprint={"weights": "old model"})  # same inputs: resumed
+    run_beam_shard(
+        ANCHORS,
+        candidate_sets(),
+        records,
+        MockAdapter(),
+        CFG,
+        partial,
+        RUN_PARAMS,
+        input_fingerprint={"weights": "old model"},
+    )  # same inputs: resumed
     assert f"1 done before, {len(ANCHORS) - 1} to go" in caplog.text
     partial.write_text("\n".join(lines[:2]) + "\n")
     caplog.clear()
-    run_beam_shard(ANCHORS, candidate_sets(), records, MockAdapter(), CFG, partial, RUN_PARAMS,
-                   input_fingerprint={"weights": "rebuilt model"})
+    run_beam_shard(
+        ANCHORS,
+        candidate_sets(),
+        records,
+        MockAdapter(),
+        CFG,
+        partial,
+        RUN_PARAMS,
+        input_fingerprint={"weights": "rebuilt model"},
+    )
     assert "made from other inputs or config: starting over" in caplog.text
     assert f"0 done before, {len(ANCHORS)} to go" in caplog.text
     assert len(read_beam_shard(partial)[1]) == len(ANCHORS)  # all anchors searched again, none kept
@@ -81,8 +105,7 @@ def _first(paths, condition):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(reduced_reference_run,
-                                                                               tmp_path_factory):
+def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(reduced_reference_run, tmp_path_factory):
     config = reduced_config(beam_models=(BEAM_MODEL,))
     work = tmp_path_factory.mktemp("killed_run")
     write_config(work, config)
@@ -95,8 +118,9 @@ def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(r
         anchors = complete_lines(path) - 1  # the header line
         return (path, anchors) if 3 <= anchors < anchors_per_shard else None
 
-    shard, anchors_done = kill_when(work, lambda: _first(results.glob("beam/*/*/*/shards/*.jsonl.partial"),
-                                                         shard_in_progress))
+    shard, anchors_done = kill_when(
+        work, lambda: _first(results.glob("beam/*/*/*/shards/*.jsonl.partial"), shard_in_progress)
+    )
     assert not shard.with_name(shard.name.removesuffix(".partial")).exists()
     timeline.append(f"beam shard {shard.name}: killed after {anchors_done}/{anchors_per_shard} anchors")
 
@@ -109,12 +133,17 @@ def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(r
         return (out_dir, epochs) if (out_dir / "resume" / "state.ckpt").exists() else None
 
     run_snakemake(work, "--unlock")
-    selector_dir, epochs_logged = kill_when(work, lambda: _first((work / "logs" / "train_selector").glob("*.log"),
-                                                                 training_in_progress), "--rerun-incomplete")
+    selector_dir, epochs_logged = kill_when(
+        work,
+        lambda: _first((work / "logs" / "train_selector").glob("*.log"), training_in_progress),
+        "--rerun-incomplete",
+    )
     assert not (selector_dir / "best.ckpt").exists()
     total_epochs = config["selector"]["epochs"]
-    timeline.append(f"selector {selector_dir.relative_to(results / 'model_cpk').parts[0]}: killed with "
-                    f"{epochs_logged} of {total_epochs} epochs logged")
+    timeline.append(
+        f"selector {selector_dir.relative_to(results / 'model_cpk').parts[0]}: killed with "
+        f"{epochs_logged} of {total_epochs} epochs logged"
+    )
 
     def inference_in_progress(path: Path):
         batches = complete_lines(path) - 1
@@ -122,14 +151,17 @@ def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(r
 
     run_snakemake(work, "--unlock")  # a selector cell (rule icl_inference), not a baseline
     cells = "icl_inference/v*/*/*/*/*/predictions.parquet.partial.jsonl"
-    journal, batches_done = kill_when(work, lambda: _first(results.glob(cells), inference_in_progress),
-                                      "--rerun-incomplete")
+    journal, batches_done = kill_when(
+        work, lambda: _first(results.glob(cells), inference_in_progress), "--rerun-incomplete"
+    )
     toy = config["dataset"]["toy"]
     n_val = toy["val_images"] * toy["questions_per_image"]  # max_queries is null: the full val split
     total_batches = len(config["inference"]["shots"]) * -(-n_val // config["inference"]["batch_size"])
     assert batches_done < total_batches
-    timeline.append(f"inference {journal.relative_to(results / 'icl_inference')}: killed after "
-                    f"{batches_done}/{total_batches} batches")
+    timeline.append(
+        f"inference {journal.relative_to(results / 'icl_inference')}: killed after "
+        f"{batches_done}/{total_batches} batches"
+    )
 
     run_snakemake(work, "--unlock")
     run_snakemake(work, "--rerun-incomplete")
@@ -143,24 +175,34 @@ def test_sigkill_mid_shard_training_and_inference_resumes_to_identical_outputs(r
     assert epochs_logged - 1 <= resumed_after < total_epochs
     inference_log = _one(logs, None, "icl_inference", contains=f"{batches_done} batch(es) done")
     assert "resuming from" in inference_log
-    timeline.append(f"reruns resumed: shard at anchor {anchors_done}, selector after epoch {resumed_after}, "
-                    f"inference with {batches_done} batch(es) from its journal")
+    timeline.append(
+        f"reruns resumed: shard at anchor {anchors_done}, selector after epoch {resumed_after}, "
+        f"inference with {batches_done} batch(es) from its journal"
+    )
 
     names = compared_artifacts(config)
     ours, reference = hashes(work, names), hashes(reduced_reference_run, names)
     differing = [name for name in names if ours[name] != reference[name]]
-    print("\n".join(timeline) + f"\n{len(names)} artifacts compared with the clean run, {len(differing)} differ; "
-          f"killed run took {elapsed:.0f} s")
+    print(
+        "\n".join(timeline) + f"\n{len(names)} artifacts compared with the clean run, {len(differing)} differ; "
+        f"killed run took {elapsed:.0f} s"
+    )
     assert not differing
-    leftovers = [str(p) for p in results.rglob("*") if p.name.endswith((".partial", ".partial.jsonl", ".fingerprint"))
-                 or p.name == "resume" or ".tmp" in p.name]
+    leftovers = [
+        str(p)
+        for p in results.rglob("*")
+        if p.name.endswith((".partial", ".partial.jsonl", ".fingerprint")) or p.name == "resume" or ".tmp" in p.name
+    ]
     assert not leftovers, leftovers
 
 
 def _one(logs: dict, name_suffix: str | None, rule: str | None, contains: str | None = None) -> str:
-    found = [text for path, text in logs.items()
-             if (name_suffix is None or path.name.endswith(name_suffix))
-             and (rule is None or path.parent.name == rule)
-             and (contains is None or contains in text)]
+    found = [
+        text
+        for path, text in logs.items()
+        if (name_suffix is None or path.name.endswith(name_suffix))
+        and (rule is None or path.parent.name == rule)
+        and (contains is None or contains in text)
+    ]
     assert len(found) >= 1, (name_suffix, rule, contains)
     return found[0]

@@ -31,8 +31,9 @@ def test_stored_prefixes_come_back_left_padded_in_one_gather():
     past = _past(pool, ["c", "a", "b"], past_max=9)
     assert counters.since(before)["kv_copy_ops"] == 2  # whatever the rows and layers
     for row, (source_row, first, length) in enumerate(((2, 5, 3), (0, 0, 9), (1, 2, 4))):
-        torch.testing.assert_close(past[:, :, row, :, 9 - length:], source[:, :, source_row, :, first:first + length],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            past[:, :, row, :, 9 - length :], source[:, :, source_row, :, first : first + length], rtol=0, atol=0
+        )
     assert torch.isfinite(past).all()  # positions in front of an entry are masked later, never NaN or inf
 
 

@@ -14,7 +14,6 @@ from lever_lm.lvlm import tiny as tiny_lvlm
 from lever_lm.lvlm.base import Example, LVLMConfigError, Prompt
 from lever_lm.lvlm.flamingo import (
     END_OF_CHUNK_TOKEN,
-    FlamingoConfig,
     assemble_prompt,
     config_from_dict,
     load_flamingo_adapter,
@@ -30,6 +29,7 @@ def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
 
 def make_tiny_adapter(words, dims=None, seed=0, **config_fields):
     return tiny_lvlm.make_tiny_adapter("flamingo", words, dims, seed, **config_fields)
+
 
 QUESTIONS = [
     ("what color is the cat ?", "red"),
@@ -77,7 +77,9 @@ def _left_order_steps(examples):
     query, candidates = examples[-1], examples[:-1]
     step1 = [Prompt((), query)] + [Prompt((c,), query) for c in candidates]
     beams = [(candidates[0],), (candidates[2],)]
-    step2 = [Prompt(s, query) for s in beams] + [Prompt((c, *s), query) for s in beams for c in candidates if c not in s]
+    step2 = [Prompt(s, query) for s in beams] + [
+        Prompt((c, *s), query) for s in beams for c in candidates if c not in s
+    ]
     beams2 = [(candidates[1], candidates[0]), (candidates[3], candidates[2])]
     step3 = [Prompt((c, *s), query) for s in beams2 for c in candidates if c not in s]
     return [step1, step2, step3]
@@ -87,7 +89,9 @@ def _right_order_steps(examples):
     query, candidates = examples[-1], examples[:-1]
     step1 = [Prompt((), query)] + [Prompt((c,), query) for c in candidates]
     beams = [(candidates[0],), (candidates[2],)]
-    step2 = [Prompt(s, query) for s in beams] + [Prompt((*s, c), query) for s in beams for c in candidates if c not in s]
+    step2 = [Prompt(s, query) for s in beams] + [
+        Prompt((*s, c), query) for s in beams for c in candidates if c not in s
+    ]
     beams2 = [(candidates[0], candidates[1]), (candidates[2], candidates[3])]
     step3 = [Prompt((*s, c), query) for s in beams2 for c in candidates if c not in s]
     return [step1, step2, step3]
@@ -210,7 +214,10 @@ def test_span_with_merging_subword_tokenizer():
     assert pieces[-1] == END_OF_CHUNK_TOKEN
     covered = "".join(pieces[:-1])
     assert covered.endswith("red") and len(covered) > len("red")  # the merged ':red'-style token is in the span
-    assert "".join(tokenizer.convert_ids_to_tokens(item.input_ids[:start])) + covered == item.text[: -len(END_OF_CHUNK_TOKEN)]
+    assert (
+        "".join(tokenizer.convert_ids_to_tokens(item.input_ids[:start])) + covered
+        == item.text[: -len(END_OF_CHUNK_TOKEN)]
+    )
 
 
 def test_bad_queries_raise(adapter, examples):
@@ -292,10 +299,16 @@ def tiny_dir(tmp_path_factory, words):
 
 def test_tiny_dir_round_trips_through_local_loader(tiny_dir, adapter, examples):
     assert sorted(p.name for p in tiny_dir.iterdir()) == [
-        "checkpoint.pt", "flamingo_tiny.json", "lang_encoder", "open_clip_config", "tokenizer", "vision_encoder.pt"
+        "checkpoint.pt",
+        "flamingo_tiny.json",
+        "lang_encoder",
+        "open_clip_config",
+        "tokenizer",
+        "vision_encoder.pt",
     ]
-    loaded = load_flamingo_adapter(config_from_dict("flamingo_tiny", {"variant": "tiny", "model_dir": str(tiny_dir),
-                                                                      "score_batch_size": 4}))
+    loaded = load_flamingo_adapter(
+        config_from_dict("flamingo_tiny", {"variant": "tiny", "model_dir": str(tiny_dir), "score_batch_size": 4})
+    )
     prompts = _left_order_steps(examples)[1][:5]
     adapter.clear_cache()
     for a, b in zip(loaded.score(prompts), adapter.score(prompts)):
@@ -307,10 +320,16 @@ def test_tiny_dir_round_trips_through_local_loader(tiny_dir, adapter, examples):
     import open_clip
 
     open_clip.add_model_config(tiny_dir / "open_clip_config")
-    local = load_flamingo_adapter(config_from_dict("as_local", {
-        "variant": "local", "vision_encoder_name": info["vision_encoder_name"],
-        **{k: str(tiny_dir / v) for k, v in info["files"].items()},
-    }))
+    local = load_flamingo_adapter(
+        config_from_dict(
+            "as_local",
+            {
+                "variant": "local",
+                "vision_encoder_name": info["vision_encoder_name"],
+                **{k: str(tiny_dir / v) for k, v in info["files"].items()},
+            },
+        )
+    )
     local_state = local.model.state_dict()
     assert all(torch.equal(local_state[k], own[k]) for k in own)
     for a, b in zip(local.score(prompts[:2]), adapter.score(prompts[:2])):
@@ -337,25 +356,37 @@ def test_tokenizer_without_special_tokens(tiny_dir, tmp_path, words):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)
     shutil.rmtree(broken / "tokenizer")
-    plain = PreTrainedTokenizerFast(tokenizer_object=build_word_tokenizer(words, special_tokens=[]),
-                                    pad_token="<pad>", unk_token="<unk>")
+    plain = PreTrainedTokenizerFast(
+        tokenizer_object=build_word_tokenizer(words, special_tokens=[]), pad_token="<pad>", unk_token="<unk>"
+    )
     plain.save_pretrained(broken / "tokenizer")
-    with pytest.raises(LVLMConfigError, match=r"beam_models\.b\.model_dir \(tokenizer_path\): tokenizer at .*broken/"
-                                              r"tokenizer lacks the special token\(s\) <image>, <\|endofchunk\|>"):
+    with pytest.raises(
+        LVLMConfigError,
+        match=r"beam_models\.b\.model_dir \(tokenizer_path\): tokenizer at .*broken/"
+        r"tokenizer lacks the special token\(s\) <image>, <\|endofchunk\|>",
+    ):
         load_flamingo_adapter(config_from_dict("b", {"variant": "tiny", "model_dir": str(broken)}))
     # variant local: open_flamingo appends the tokens itself (as for MPT-1B); the checkpoint must have been trained
     # with them, so an embedding table of another size is reported as the missing tokens
-    smaller = PreTrainedTokenizerFast(tokenizer_object=build_word_tokenizer(words[:-3], special_tokens=[]),
-                                      pad_token="<pad>", unk_token="<unk>")
+    smaller = PreTrainedTokenizerFast(
+        tokenizer_object=build_word_tokenizer(words[:-3], special_tokens=[]), pad_token="<pad>", unk_token="<unk>"
+    )
     smaller.save_pretrained(tmp_path / "smaller_tokenizer")
     info = json.loads((broken / "flamingo_tiny.json").read_text())
     import open_clip
 
     open_clip.add_model_config(broken / "open_clip_config")
-    entry = {"variant": "local", "vision_encoder_name": info["vision_encoder_name"],
-             **{k: str(broken / v) for k, v in info["files"].items()}, "tokenizer_path": str(tmp_path / "smaller_tokenizer")}
-    with pytest.raises(LVLMConfigError, match=r"beam_models\.l\.tokenizer_path: tokenizer at .*smaller_tokenizer "
-                                              r"lacks the special token\(s\) <image>, <\|endofchunk\|>; .*embedding"):
+    entry = {
+        "variant": "local",
+        "vision_encoder_name": info["vision_encoder_name"],
+        **{k: str(broken / v) for k, v in info["files"].items()},
+        "tokenizer_path": str(tmp_path / "smaller_tokenizer"),
+    }
+    with pytest.raises(
+        LVLMConfigError,
+        match=r"beam_models\.l\.tokenizer_path: tokenizer at .*smaller_tokenizer "
+        r"lacks the special token\(s\) <image>, <\|endofchunk\|>; .*embedding",
+    ):
         load_flamingo_adapter(config_from_dict("l", entry))
 
 
@@ -409,8 +440,11 @@ def test_checkpoint_carrying_code_is_refused_without_a_pickle_fallback(tmp_path)
     marker = tmp_path / "code_ran"
     path = tmp_path / "checkpoint.pt"
     torch.save({"model_state_dict": {"w": torch.zeros(2)}, "extra": _TouchOnLoad(str(marker))}, path)
-    with pytest.raises(LVLMConfigError, match=r"beam_models.x.checkpoint_path: .*checkpoint.pt refused by "
-                                              r"torch.load\(weights_only=True\): it holds more than plain tensors"):
+    with pytest.raises(
+        LVLMConfigError,
+        match=r"beam_models.x.checkpoint_path: .*checkpoint.pt refused by "
+        r"torch.load\(weights_only=True\): it holds more than plain tensors",
+    ):
         _read_checkpoint(str(path), "beam_models.x.checkpoint_path")
     assert not marker.exists()
     torch.save({"model_state_dict": {"module.w": torch.ones(2)}}, path)

@@ -29,6 +29,7 @@ def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
 def make_tiny_adapter(words, dims=None, seed=0, **options):
     return tiny_lvlm.make_tiny_adapter("qwen2_5_vl", words, dims, seed, **options)
 
+
 QUESTIONS = ["What color is the background?", "How many objects are there?", "What shape is it?"]
 ANSWERS = ["red", "# a", "two", "blue", "# b", "three"]
 WORDS = collect_vocabulary(QUESTIONS + ANSWERS)
@@ -65,10 +66,17 @@ def _sharpened(adapter):
 @pytest.fixture(scope="module", params=["single_user_message", "multi_turn"])
 def adapter(request, tiny_dir):
     torch.set_num_threads(1)
-    config = config_from_dict("qwen_test", {
-        "family": "qwen2_5_vl", "variant": "tiny", "model_path": str(tiny_dir),
-        "prompt_style": request.param, "precision": "fp32", "score_batch_size": 8,
-    })
+    config = config_from_dict(
+        "qwen_test",
+        {
+            "family": "qwen2_5_vl",
+            "variant": "tiny",
+            "model_path": str(tiny_dir),
+            "prompt_style": request.param,
+            "precision": "fp32",
+            "score_batch_size": 8,
+        },
+    )
     return _sharpened(load_qwen_adapter(config))
 
 
@@ -178,22 +186,27 @@ def _byte_level_bpe(merges):
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    qwen_split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(qwen_split), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    qwen_split = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen_split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(QWEN_SPECIAL_TOKENS))
-    return Qwen2TokenizerFast(tokenizer_object=backend, unk_token=None, eos_token="<|im_end|>",
-                              pad_token="<|endoftext|>", bos_token=None)
+    return Qwen2TokenizerFast(
+        tokenizer_object=backend, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
 
 
 def test_span_from_offsets_with_a_bpe_that_merges_the_colon_into_the_answer():
-    """docs/stages.md stage 4: the prompt is tokenised as one string; with a BPE that merges ':red' into one token the query's
-    span is that merged token plus <|im_end|> (the token belongs to y), and an answer without such a merge ('blue')
-    spans exactly its own tokens plus <|im_end|>. Demo spans follow the same rule."""
+    """docs/stages.md stage 4: the prompt is tokenised as one string; with a BPE that merges ':red' into one token the
+    query's span is that merged token plus <|im_end|> (the token belongs to y), and an answer without such a merge
+    ('blue') spans exactly its own tokens plus <|im_end|>. Demo spans follow the same rule."""
     merges = [("r", "e"), ("re", "d"), (":", "red"), ("b", "l"), ("bl", "u"), ("blu", "e"), ("#", "e")]
     tokenizer = _byte_level_bpe(merges)
     convert = tokenizer.convert_ids_to_tokens
@@ -203,16 +216,21 @@ def test_span_from_offsets_with_a_bpe_that_merges_the_colon_into_the_answer():
         demo = Example("d.png", "What color is it?", "red")
         for answer, expected in (("red", [":red"]), ("blue", ["blue"]), ("# e", ["#", "Ġ", "e"])):
             prompt = Prompt((demo,), Example("q.png", "What color is it?", answer))
-            assembled = assemble_prompt(prompt, tokenizer, QWEN2_5_VL_CHAT_TEMPLATE, style, None,
-                                        {"d.png": 2, "q.png": 3}, for_generation=False)
+            assembled = assemble_prompt(
+                prompt, tokenizer, QWEN2_5_VL_CHAT_TEMPLATE, style, None, {"d.png": 2, "q.png": 3}, for_generation=False
+            )
             start, end = assembled.query_span
             if style == "multi_turn":  # the answer is alone in the assistant turn: nothing to merge with
                 expected = convert(tokenizer(answer)["input_ids"])
             assert convert(list(assembled.input_ids[start:end])) == [*expected, "<|im_end|>"], (style, answer)
             # the whole prompt is the tokenizer's own tokenisation of the rendered text (image pads expanded)
             text = tokenizer.decode(list(assembled.input_ids))
-            ids = [t for t in tokenizer(text.replace("<|image_pad|>" * 3, "<|image_pad|>").replace(
-                "<|image_pad|>" * 2, "<|image_pad|>"))["input_ids"]]
+            ids = [
+                t
+                for t in tokenizer(
+                    text.replace("<|image_pad|>" * 3, "<|image_pad|>").replace("<|image_pad|>" * 2, "<|image_pad|>")
+                )["input_ids"]
+            ]
             expanded = []
             counts = iter([2, 3])
             for token in ids:
@@ -250,7 +268,10 @@ def test_score_rejects_queries_without_answer(adapter, images):
 
 def test_generate_returns_deterministic_strings(adapter, images):
     demos = _examples(images)
-    prompts = [Prompt((), Example(images[6], QUESTIONS[0])), Prompt((demos[0], demos[1]), Example(images[6], QUESTIONS[2]))]
+    prompts = [
+        Prompt((), Example(images[6], QUESTIONS[0])),
+        Prompt((demos[0], demos[1]), Example(images[6], QUESTIONS[2])),
+    ]
     first = adapter.generate(prompts, max_new_tokens=4, num_beams=1)
     assert first == adapter.generate(prompts, max_new_tokens=4, num_beams=1)
     assert all(isinstance(text, str) and text == text.strip() and "<|" not in text for text in first)
@@ -261,8 +282,9 @@ def test_generate_returns_deterministic_strings(adapter, images):
 def test_tiny_dir_round_trips_through_the_local_loader(tmp_path, images):
     dims = QwenTinyDims(text_layers=2)
     build_tiny_model_dir(tmp_path / "tiny", WORDS, dims, seed=3)
-    loaded = load_qwen_adapter(config_from_dict("qwen_rt", {
-        "variant": "local", "model_path": str(tmp_path / "tiny"), "precision": "fp32"}))
+    loaded = load_qwen_adapter(
+        config_from_dict("qwen_rt", {"variant": "local", "model_path": str(tmp_path / "tiny"), "precision": "fp32"})
+    )
     made = make_tiny_adapter(WORDS, dims, seed=3, precision="fp32")
     prompts = _left_and_right_prompts(images)[1][:4]
     for got, expected in zip(loaded.score(prompts), made.score(prompts)):
@@ -293,8 +315,13 @@ def test_tokenizer_without_image_token_is_rejected(tmp_path, tiny_dir):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)
     specials = [t for t in QWEN_SPECIAL_TOKENS if t != "<|image_pad|>"]
-    tokenizer = Qwen2TokenizerFast(tokenizer_object=build_word_tokenizer(WORDS, specials), unk_token="<unk>",
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=build_word_tokenizer(WORDS, specials),
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+    )
     tokenizer.save_pretrained(broken)
     with pytest.raises(LVLMConfigError, match=rf"<\|image_pad\|>.*{broken}|{broken}.*<\|image_pad\|>"):
         load_qwen_adapter(config_from_dict("qwen_x", {"variant": "local", "model_path": str(broken)}))
@@ -336,8 +363,14 @@ def test_non_square_images_positions_and_fast_path(tmp_path, tiny_dir, images):
         path = tmp_path / f"shaped{index}.png"
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
         shaped.append(str(path))
-    adapter = _sharpened(load_qwen_adapter(config_from_dict("qwen_shapes", {
-        "variant": "tiny", "model_path": str(tiny_dir), "precision": "fp32", "max_pixels": 112 * 112})))
+    adapter = _sharpened(
+        load_qwen_adapter(
+            config_from_dict(
+                "qwen_shapes",
+                {"variant": "tiny", "model_path": str(tiny_dir), "precision": "fp32", "max_pixels": 112 * 112},
+            )
+        )
+    )
     demos = [Example(p, QUESTIONS[i % 3], ANSWERS[i]) for i, p in enumerate(shaped)]
     query = Example(images[0], QUESTIONS[0], "red")
     prompts = [Prompt(tuple(demos[:k]), query) for k in range(4)] + [Prompt((demos[3], demos[1]), query)]
@@ -348,8 +381,9 @@ def test_non_square_images_positions_and_fast_path(tmp_path, tiny_dir, images):
         sequence = adapter._fast._sequence(prompt, {p: f[0].shape[0] for p, f in adapter._fast.features.items()})
         grids = torch.stack([adapter._fast.features[p][1] for p in sequence.assembled.image_paths])
         expected, _ = adapter.model.model.get_rope_index(torch.as_tensor(sequence.assembled.input_ids)[None], grids)
-        ours = mrope_positions(sequence.assembled.input_ids, adapter.model.config.image_token_id,
-                               grids.tolist(), adapter.merge_size)
+        ours = mrope_positions(
+            sequence.assembled.input_ids, adapter.model.config.image_token_id, grids.tolist(), adapter.merge_size
+        )
         np.testing.assert_array_equal(ours, expected[:, 0].numpy())
 
 
@@ -362,7 +396,8 @@ def test_fast_template_rendering_equals_apply_chat_template(adapter, images):
         for for_generation in (False, True):
             messages = build_messages(prompt, adapter.config.prompt_style, system_prompt, not for_generation)
             expected = adapter.tokenizer.apply_chat_template(
-                messages, chat_template=adapter.chat_template, tokenize=False, add_generation_prompt=for_generation)
+                messages, chat_template=adapter.chat_template, tokenize=False, add_generation_prompt=for_generation
+            )
             assert render_chat(adapter.tokenizer, adapter.chat_template, messages, for_generation) == expected
 
 

@@ -40,8 +40,13 @@ def _pixels(sizes, seed=0):
     from transformers import Qwen2VLImageProcessor
 
     dims = QwenTinyDims()
-    processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=512 * 512, patch_size=dims.patch_size,
-                                      temporal_patch_size=dims.temporal_patch_size, merge_size=dims.spatial_merge_size)
+    processor = Qwen2VLImageProcessor(
+        min_pixels=28 * 28,
+        max_pixels=512 * 512,
+        patch_size=dims.patch_size,
+        temporal_patch_size=dims.temporal_patch_size,
+        merge_size=dims.spatial_merge_size,
+    )
     rng = np.random.default_rng(seed)
     images = [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for width, height in sizes]
     inputs = processor(images=images, return_tensors="pt")
@@ -157,8 +162,12 @@ def test_counters_match_the_attention_calls_really_made(visual, counting_attenti
 
 def test_one_context_over_several_forwards_stays_exact(visual):
     """Each forward makes new ``cu_seqlens`` tensors: cached chunk plans must never serve another forward's."""
-    batches = [_pixels(SAME_SIZES), _pixels(MIXED_SIZES, seed=1), _pixels(SAME_SIZES[:2], seed=2),
-               _pixels(MIXED_SIZES[::-1], seed=3)]
+    batches = [
+        _pixels(SAME_SIZES),
+        _pixels(MIXED_SIZES, seed=1),
+        _pixels(SAME_SIZES[:2], seed=2),
+        _pixels(MIXED_SIZES[::-1], seed=3),
+    ]
     with torch.no_grad():
         stocks = [visual(pixels, grid_thw=grid) for pixels, grid in batches]
         counters = WorkCounters()

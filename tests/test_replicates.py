@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lever_lm import paths as P
-from lever_lm import replicates
+from lever_lm import paths, replicates
 from lever_lm.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,32 +52,32 @@ def test_pretrain_replicates_offset_the_tiny_models_seeds():
 
 
 def test_one_seed_keeps_todays_artifact_names():
-    targets = P.all_targets(_config())
+    targets = paths.all_targets(_config())
     assert not any("_rep" in target for target in targets)
     assert "results/toy_okvqa/report/tables.md" in targets
-    assert P.fill(P.ANCHORS, _config()) == "results/toy_okvqa/anchors/sample64_seed42.json"
+    assert paths.fill(paths.ANCHORS, _config()) == "results/toy_okvqa/anchors/sample64_seed42.json"
 
 
 def test_replicated_targets_add_a_seed_dimension():
     config = _config(seeds=(0, 1, 2))
-    cells = P.selector_cells(config)
+    cells = paths.selector_cells(config)
     assert len(cells) == 3 * 5 * 2 * 4
     assert {cell["replicate"] for cell in cells} == {"", "_rep1", "_rep2"}
-    beams = [t for t in P.all_targets(config) if t.endswith("/beams.json")]
+    beams = [t for t in paths.all_targets(config) if t.endswith("/beams.json")]
     assert len(beams) == 3 * 4 * 2 and sum("sample64_rep2/" in t for t in beams) == 8
     # without replicated pretraining only the random baseline depends on the replicate
-    baselines = P.baseline_cells(config)
+    baselines = paths.baseline_cells(config)
     assert len(baselines) == 2 * 5 + 2 * 2
     assert {c["baseline"] for c in baselines if c["replicate"]} == {"RandomRetriever"}
 
 
 def test_replicated_pretraining_replicates_every_baseline_and_model():
     config = _config(seeds=(0, 1), pretrain=True)
-    assert len(P.baseline_cells(config)) == 2 * 2 * 5
+    assert len(paths.baseline_cells(config)) == 2 * 2 * 5
     assert replicates.model_suffix(config, "qwen2.5_vl_tiny", 1) == "_rep1"
     assert replicates.model_suffix(_config(seeds=(0, 1)), "qwen2.5_vl_tiny", 1) == ""
 
 
 def test_report_name_keeps_reports_of_configs_sharing_a_dataset_apart():
     config = load_config(REPO / "config.yaml", {"report": {"name": "report_replicates"}})
-    assert P.fill(P.REPORT_TABLES, config) == "results/toy_okvqa/report_replicates/tables.md"
+    assert paths.fill(paths.REPORT_TABLES, config) == "results/toy_okvqa/report_replicates/tables.md"

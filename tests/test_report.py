@@ -49,8 +49,10 @@ TWINS = (("m_a", "v0", "rand_sampler"), ("m_a", "v1", "rand_sampler"))
 WINNER = ("m_a", "v0", "text_sim_sampler")
 TIED = ("m_b", "v1")
 # a score cell: score (bold or not), interval, optional replicate spread, optional marks
-CELL = re.compile(r"^(\*\*)?(?P<score>\d+\.\d\d)(\*\*)? \[(?P<low>\d+\.\d\d), (?P<high>\d+\.\d\d)\]"
-                  r"(?P<spread> \(±\d+\.\d\d sd, \d+ reps\))?(?P<marks>( [▲▼][rsi])*)$")
+CELL = re.compile(
+    r"^(\*\*)?(?P<score>\d+\.\d\d)(\*\*)? \[(?P<low>\d+\.\d\d), (?P<high>\d+\.\d\d)\]"
+    r"(?P<spread> \(±\d+\.\d\d sd, \d+ reps\))?(?P<marks>( [▲▼][rsi])*)$"
+)
 
 
 def _scores(seed: int, shot: int) -> np.ndarray:
@@ -72,27 +74,58 @@ def _selections(seed: int, shot: int) -> list[list[int]]:
     return [[int(i) for i in rng.choice(1000, size=shot, replace=False)] for _ in QUESTIONS]
 
 
-def _write_run(metrics_path: Path, predictions_path: Path, identity: dict, seed: int, shots=SHOTS,
-               selection_seed: int | None = None, zero_shot: bool = False, replicate: int | None = None,
-               score_of=None, caption: bool = False, questions: int = len(QUESTIONS)) -> dict:
+def _write_run(
+    metrics_path: Path,
+    predictions_path: Path,
+    identity: dict,
+    seed: int,
+    shots=SHOTS,
+    selection_seed: int | None = None,
+    zero_shot: bool = False,
+    replicate: int | None = None,
+    score_of=None,
+    caption: bool = False,
+    questions: int = len(QUESTIONS),
+) -> dict:
     """``questions``: answer only the first ones (a ceiling run on a subset)."""
     rows, shot_metrics = [], {}
     for shot in shots:
         scores = (_scores(seed, shot) if score_of is None else score_of(shot))[:questions]
-        picks = [[] for _ in QUESTIONS] if zero_shot else _selections(
-            seed if selection_seed is None else selection_seed, shot)
+        picks = (
+            [[] for _ in QUESTIONS]
+            if zero_shot
+            else _selections(seed if selection_seed is None else selection_seed, shot)
+        )
         for qid, score, ids in zip(QUESTIONS[:questions], scores, picks):
-            rows.append({"question_id": qid, "shot": shot, "icd_ids": ids, "raw_output": "x", "answer": "x",
-                         "score": float(score)})
+            rows.append(
+                {
+                    "question_id": qid,
+                    "shot": shot,
+                    "icd_ids": ids,
+                    "raw_output": "x",
+                    "answer": "x",
+                    "score": float(score),
+                }
+            )
         shot_metrics[str(shot)] = {"score": float(scores.mean() * 100), "n": questions}
     frame = pd.DataFrame(rows).astype({"question_id": "int64", "shot": "int64"})
     if caption:  # corpus CIDEr: no per-question score
         frame["score"] = math.nan
     metrics = {
-        "dataset": "toy", "task": "caption" if caption else "vqa", "metric": "cider" if caption else "vqa_accuracy",
-        "version": None, "sampler": None, "baseline": None, **identity, "shots": shot_metrics,
-        "n_queries": questions, "max_queries": None, "query_seed": 0, "inference": dict(INFERENCE),
-        "checkpoint": None, "config_digest": "0" * 64,
+        "dataset": "toy",
+        "task": "caption" if caption else "vqa",
+        "metric": "cider" if caption else "vqa_accuracy",
+        "version": None,
+        "sampler": None,
+        "baseline": None,
+        **identity,
+        "shots": shot_metrics,
+        "n_queries": questions,
+        "max_queries": None,
+        "query_seed": 0,
+        "inference": dict(INFERENCE),
+        "checkpoint": None,
+        "config_digest": "0" * 64,
     }
     if replicate is not None:
         metrics["replicate"] = replicate
@@ -112,10 +145,15 @@ def make_inputs(root: Path, caption: bool = False) -> dict:
             for sampler in SAMPLERS:
                 folder = root / "icl_inference" / version / model / sampler
                 selection_seed = 999 if (model, version, sampler) in TWINS else None
-                metrics = _write_run(folder / "metrics.json", folder / "predictions.parquet",
-                                     {"kind": "selector", "beam_model": model, "version": version,
-                                      "sampler": sampler}, seed, selection_seed=selection_seed, caption=caption,
-                                     score_of=lambda shot, c=(model, version, sampler), s=seed: _cell_scores(c, s, shot))
+                metrics = _write_run(
+                    folder / "metrics.json",
+                    folder / "predictions.parquet",
+                    {"kind": "selector", "beam_model": model, "version": version, "sampler": sampler},
+                    seed,
+                    selection_seed=selection_seed,
+                    caption=caption,
+                    score_of=lambda shot, c=(model, version, sampler), s=seed: _cell_scores(c, s, shot),
+                )
                 cells[(model, version, sampler)] = metrics
                 inputs["cell_metrics"].append(str(folder / "metrics.json"))
                 inputs["cell_predictions"].append(str(folder / "predictions.parquet"))
@@ -124,10 +162,15 @@ def make_inputs(root: Path, caption: bool = False) -> dict:
     for model in MODELS:
         for name in R.BASELINES:
             prefix = root / "icl_inference" / "baseline" / f"{model}_{name}_baseline"
-            metrics = _write_run(Path(f"{prefix}_metrics.json"), Path(f"{prefix}_predictions.parquet"),
-                                 {"kind": "baseline", "beam_model": model, "baseline": name}, seed,
-                                 shots=(0,) if name == "ZeroShot" else SHOTS, zero_shot=name == "ZeroShot",
-                                 caption=caption)
+            metrics = _write_run(
+                Path(f"{prefix}_metrics.json"),
+                Path(f"{prefix}_predictions.parquet"),
+                {"kind": "baseline", "beam_model": model, "baseline": name},
+                seed,
+                shots=(0,) if name == "ZeroShot" else SHOTS,
+                zero_shot=name == "ZeroShot",
+                caption=caption,
+            )
             baselines[(model, name)] = metrics
             inputs["baseline_metrics"].append(f"{prefix}_metrics.json")
             inputs["baseline_predictions"].append(f"{prefix}_predictions.parquet")
@@ -154,13 +197,20 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     made = make_inputs(root / "in")
     outs = outputs(root)
-    warnings = R.build_report(**made["inputs"], expected_inference=INFERENCE, **outs,
-                              beam_models=list(MODELS), samplers=list(SAMPLERS))
+    warnings = R.build_report(
+        **made["inputs"], expected_inference=INFERENCE, **outs, beam_models=list(MODELS), samplers=list(SAMPLERS)
+    )
     report = outs["out_tables"].parent
-    return {"root": root, "made": made, "outs": outs, "warnings": warnings,
-            "md": outs["out_tables"].read_text(encoding="utf-8"),
-            "html": (report / "tables.html").read_text(encoding="utf-8"),
-            "scores": _csv(report / "scores.csv"), "comparisons": _csv(report / "comparisons.csv")}
+    return {
+        "root": root,
+        "made": made,
+        "outs": outs,
+        "warnings": warnings,
+        "md": outs["out_tables"].read_text(encoding="utf-8"),
+        "html": (report / "tables.html").read_text(encoding="utf-8"),
+        "scores": _csv(report / "scores.csv"),
+        "comparisons": _csv(report / "comparisons.csv"),
+    }
 
 
 def _section(md: str, heading: str) -> str:
@@ -168,8 +218,14 @@ def _section(md: str, heading: str) -> str:
     lines = md.splitlines()
     start = lines.index(heading)
     level = len(heading) - len(heading.lstrip("#"))
-    end = next((i for i in range(start + 1, len(lines))
-                if lines[i].startswith("#") and len(lines[i]) - len(lines[i].lstrip("#")) <= level), len(lines))
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i].startswith("#") and len(lines[i]) - len(lines[i].lstrip("#")) <= level
+        ),
+        len(lines),
+    )
     return "\n".join(lines[start:end])
 
 
@@ -209,22 +265,29 @@ def test_selector_tables_show_intervals_marks_and_bold_only_a_significant_best(b
             table = _table(section)
             assert table[0] == ["Shots", *SAMPLERS]
             assert [row[0] for row in table[1:]] == [str(s) for s in SHOTS]
-            values = {(shot, sampler): cells[(model, version, sampler)]["shots"][str(shot)]["score"]
-                      for shot in SHOTS for sampler in SAMPLERS}
+            values = {
+                (shot, sampler): cells[(model, version, sampler)]["shots"][str(shot)]["score"]
+                for shot in SHOTS
+                for sampler in SAMPLERS
+            }
             ranked = sorted(values.items(), key=lambda kv: -kv[1])
             (best_shot, best_sampler), best = ranked[0]
             (second_shot, second_sampler), second = ranked[1]
-            bold = [(int(row[0]), SAMPLERS[j]) for row in table[1:] for j, c in enumerate(row[1:])
-                    if c.startswith("**")]
+            bold = [
+                (int(row[0]), SAMPLERS[j]) for row in table[1:] for j, c in enumerate(row[1:]) if c.startswith("**")
+            ]
             for row in table[1:]:
                 for sampler, text in zip(SAMPLERS, row[1:]):
                     shot = int(row[0])
                     match = _cell(text)
                     assert match["score"] == f"{values[(shot, sampler)]:.2f}"
-                    csv_row = _score_row(built, beam_model=model, kind="selector", version=version, sampler=sampler,
-                                         shot=shot)
-                    assert (match["low"], match["high"]) == (f"{float(csv_row['ci_low']):.2f}",
-                                                             f"{float(csv_row['ci_high']):.2f}")
+                    csv_row = _score_row(
+                        built, beam_model=model, kind="selector", version=version, sampler=sampler, shot=shot
+                    )
+                    assert (match["low"], match["high"]) == (
+                        f"{float(csv_row['ci_low']):.2f}",
+                        f"{float(csv_row['ci_high']):.2f}",
+                    )
                     assert float(match["low"]) <= float(match["score"]) <= float(match["high"])
                     assert match["spread"] is None  # one replicate: nothing extra
                     assert set(match["marks"].split()) == _marks(built, model, version, sampler, shot)
@@ -238,14 +301,18 @@ def test_selector_tables_show_intervals_marks_and_bold_only_a_significant_best(b
                 second_word = "shot" if second_shot == 1 else "shots"
                 assert len(tied) == 1 and tied[0].startswith(
                     f"top cells tied: {best:.2f} ({best_sampler}, {best_shot} {word}) vs "
-                    f"{second:.2f} ({second_sampler}, {second_shot} {second_word}), paired difference +")
+                    f"{second:.2f} ({second_sampler}, {second_shot} {second_word}), paired difference +"
+                )
     winner = _table(_section(md, "### v0 · m_a"))
     assert winner[2][2].startswith("**") and "▲r" in winner[2][2]  # the planned clear winner
     tied = _section(md, "### v1 · m_b")
     assert not any(c.startswith("**") for row in _table(tied)[1:] for c in row)
     # they differ by 0.01 on one of 16 questions: +0.0625 points, an interval from 0 up
-    assert re.search(r"top cells tied: \d+\.\d\d \(text_sim_sampler, 2 shots\) vs \d+\.\d\d \(rand_sampler, 2 shots\), "
-                     r"paired difference \+0\.06 \[0\.00, 0\.\d\d\]", tied), tied
+    assert re.search(
+        r"top cells tied: \d+\.\d\d \(text_sim_sampler, 2 shots\) vs \d+\.\d\d \(rand_sampler, 2 shots\), "
+        r"paired difference \+0\.06 \[0\.00, 0\.\d\d\]",
+        tied,
+    ), tied
 
 
 def test_marks_and_intervals_in_html(built):
@@ -308,8 +375,9 @@ def test_scores_and_comparisons_csv(built):
         assert (row["n"], row["replicates"], row["replicate_sd"]) == (str(len(QUESTIONS)), "1", "")
         assert float(row["replicate_mean"]) == pytest.approx(float(row["score"]), abs=1e-6)
     cell = built["made"]["cells"][WINNER]
-    assert float(_score_row(built, beam_model="m_a", kind="selector", version="v0", sampler=WINNER[2],
-                            shot=2)["score"]) == pytest.approx(cell["shots"]["2"]["score"], abs=1e-6)
+    assert float(
+        _score_row(built, beam_model="m_a", kind="selector", version="v0", sampler=WINNER[2], shot=2)["score"]
+    ) == pytest.approx(cell["shots"]["2"]["score"], abs=1e-6)
     # each selector cell and shot against random and the best similarity baseline at that shot
     assert len(comparisons) == 2 * len(MODELS) * len(VERSIONS) * len(SAMPLERS) * len(SHOTS)
     baselines = built["made"]["baselines"]
@@ -337,8 +405,13 @@ def test_counts_section_matches_comparisons(built):
             versions = VERSIONS if row[0] == "all versions" else (row[0],)
             expected = []
             for random in (True, False):
-                rows = [r for r in built["comparisons"] if r["beam_model"] == model and r["version"] in versions
-                        and (r["reference"] == "RandomRetriever") == random]
+                rows = [
+                    r
+                    for r in built["comparisons"]
+                    if r["beam_model"] == model
+                    and r["version"] in versions
+                    and (r["reference"] == "RandomRetriever") == random
+                ]
                 for sign in ("1", "-1"):
                     expected.append(f"{sum(r['significant'] == sign for r in rows)} / {len(rows)}")
             assert row[1:] == expected
@@ -350,10 +423,14 @@ def test_selection_overlap_flags_the_identical_pair_only(built):
     assert list(rows[0]) == list(R.OVERLAP_COLUMNS)
     pairs_per_model = len(VERSIONS) * len(SAMPLERS) * (len(VERSIONS) * len(SAMPLERS) - 1) // 2
     assert len(rows) == len(MODELS) * pairs_per_model * (len(SHOTS) + 1)
-    twin = [r for r in rows if (r["beam_model"], r["cell_a"], r["cell_b"]) == ("m_a", "v0/rand_sampler",
-                                                                                 "v1/rand_sampler")]
+    twin = [
+        r for r in rows if (r["beam_model"], r["cell_a"], r["cell_b"]) == ("m_a", "v0/rand_sampler", "v1/rand_sampler")
+    ]
     assert {r["shot"]: (int(r["n"]), float(r["identical_share"])) for r in twin} == {
-        "1": (16, 1.0), "2": (16, 1.0), "all": (32, 1.0)}
+        "1": (16, 1.0),
+        "2": (16, 1.0),
+        "all": (32, 1.0),
+    }
     others = [float(r["identical_share"]) for r in rows if r not in twin]
     assert max(others) < 0.5
     assert len(built["warnings"]) == 1 and "v0/rand_sampler and v1/rand_sampler" in built["warnings"][0]
@@ -377,8 +454,13 @@ def test_plots_are_deterministic_pngs(built, tmp_path):
     for path in built["outs"]["out_plots"].values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = outputs(tmp_path)
-    R.build_report(**built["made"]["inputs"], expected_inference=INFERENCE, **again,
-                   beam_models=list(MODELS), samplers=list(SAMPLERS))
+    R.build_report(
+        **built["made"]["inputs"],
+        expected_inference=INFERENCE,
+        **again,
+        beam_models=list(MODELS),
+        samplers=list(SAMPLERS),
+    )
     for key, path in built["outs"]["out_plots"].items():
         assert path.read_bytes() == again["out_plots"][key].read_bytes(), key
         from PIL import Image
@@ -388,8 +470,9 @@ def test_plots_are_deterministic_pngs(built, tmp_path):
             assert image.size[0] > 300 and image.size[1] > 200
     assert again["out_tables"].read_text(encoding="utf-8") == built["md"]
     for name in ("tables.html", "scores.csv", "comparisons.csv", "selection_overlap.csv"):  # byte-identical
-        assert (again["out_tables"].parent / name).read_bytes() == (built["outs"]["out_tables"].parent / name
-                                                                     ).read_bytes(), name
+        assert (again["out_tables"].parent / name).read_bytes() == (
+            built["outs"]["out_tables"].parent / name
+        ).read_bytes(), name
     html = again["out_tables"].with_suffix(".html").read_text(encoding="utf-8")
     assert "<table>" in html and "http" not in html and "<script" not in html
     assert not list(again["out_tables"].parent.rglob(".*.tmp*"))  # no leftover temp files
@@ -400,7 +483,8 @@ def test_plot_folder_form(built, tmp_path):
     outs["out_plots"] = tmp_path / "plots"
     R.build_report(**built["made"]["inputs"], expected_inference=INFERENCE, **outs)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
-        f"{m}_{v}.png" for m in MODELS for v in VERSIONS)
+        f"{m}_{v}.png" for m in MODELS for v in VERSIONS
+    )
 
 
 def _assert_nothing_written(outs: dict) -> None:
@@ -486,8 +570,16 @@ def test_missing_cells_show_a_dash(built, tmp_path):
     assert [row[2] for row in table[1:]] == ["–", "–"]
 
 
-def _add_run(inputs: dict, root: Path, identity: dict, seed: int, replicate: int | None = None,
-             retriever_seed: int | None = None, score_of=None, **options) -> str:
+def _add_run(
+    inputs: dict,
+    root: Path,
+    identity: dict,
+    seed: int,
+    replicate: int | None = None,
+    retriever_seed: int | None = None,
+    score_of=None,
+    **options,
+) -> str:
     """Write one more run (a replicate, a ceiling) and list it in ``inputs``; returns its metrics path."""
     kind = identity["kind"]
     name = "_".join(str(v) for v in identity.values() if v) + f"_rep{replicate}_{seed}"
@@ -513,8 +605,13 @@ def test_replicates_are_pooled_with_mean_and_sd(tmp_path):
     extra = {("m_a", "v0", "rand_sampler"): 501, ("m_a", "v0", "text_sim_sampler"): 502}
     for cell, seed in extra.items():
         _add_run(inputs, tmp_path / "in", _selector(*cell), seed, replicate=1)
-    _add_run(inputs, tmp_path / "in", {"kind": "baseline", "beam_model": "m_a", "baseline": "RandomRetriever"}, 503,
-             replicate=1)
+    _add_run(
+        inputs,
+        tmp_path / "in",
+        {"kind": "baseline", "beam_model": "m_a", "baseline": "RandomRetriever"},
+        503,
+        replicate=1,
+    )
     # a baseline listed once per replicate (the same files) counts once
     inputs["baseline_metrics"].append(inputs["baseline_metrics"][0])
     inputs["baseline_predictions"].append(inputs["baseline_predictions"][0])
@@ -530,21 +627,33 @@ def test_replicates_are_pooled_with_mean_and_sd(tmp_path):
         match = _cell(row[1])
         assert match["score"] == f"{(first + second) / 2:.2f}"
         assert match["spread"] == f" (±{statistics.stdev([first, second]):.2f} sd, 2 reps)"
-        csv_row = next(r for r in scores if (r["kind"], r["version"], r["sampler"], r["shot"]) ==
-                       ("selector", "v0", "rand_sampler", str(shot)) and r["beam_model"] == "m_a")
+        csv_row = next(
+            r
+            for r in scores
+            if (r["kind"], r["version"], r["sampler"], r["shot"]) == ("selector", "v0", "rand_sampler", str(shot))
+            and r["beam_model"] == "m_a"
+        )
         assert csv_row["replicates"] == "2"
         assert float(csv_row["replicate_sd"]) == pytest.approx(statistics.stdev([first, second]), abs=1e-5)
         assert float(csv_row["score"]) == pytest.approx((first + second) / 2, abs=1e-5)
     assert _cell(_table(_section(md, "### v0 · m_b"))[1][1])["spread"] is None
-    assert ("Replicates pooled per cell: 1–2 for selector cells, RandomRetriever; 1 for ZeroShot, "
-            "SimRetriever-i2i, SimRetriever-t2t, SimRetriever-i2t.") in md
+    assert (
+        "Replicates pooled per cell: 1–2 for selector cells, RandomRetriever; 1 for ZeroShot, "
+        "SimRetriever-i2i, SimRetriever-t2t, SimRetriever-i2t."
+    ) in md
     # the diagnostic pairs cells within a replicate: v0/rand vs v0/text_sim of m_a meet in both replicates
     overlap = _csv(outs["out_overlap"])
-    pair = {r["shot"]: int(r["n"]) for r in overlap
-            if (r["beam_model"], r["cell_a"], r["cell_b"]) == ("m_a", "v0/rand_sampler", "v0/text_sim_sampler")}
+    pair = {
+        r["shot"]: int(r["n"])
+        for r in overlap
+        if (r["beam_model"], r["cell_a"], r["cell_b"]) == ("m_a", "v0/rand_sampler", "v0/text_sim_sampler")
+    }
     assert pair == {"1": 32, "2": 32, "all": 64}
-    twin = {r["shot"]: int(r["n"]) for r in overlap
-            if (r["beam_model"], r["cell_a"], r["cell_b"]) == ("m_a", "v0/rand_sampler", "v1/rand_sampler")}
+    twin = {
+        r["shot"]: int(r["n"])
+        for r in overlap
+        if (r["beam_model"], r["cell_a"], r["cell_b"]) == ("m_a", "v0/rand_sampler", "v1/rand_sampler")
+    }
     assert twin == {"1": 16, "2": 16, "all": 32}
 
 
@@ -552,11 +661,19 @@ def test_replicate_seeds_are_checked(tmp_path):
     made = make_inputs(tmp_path / "in")
     outs = outputs(tmp_path)
     # replicate 1 must record retriever_seed 0 + 1; 0 (the unshifted seed) and 5 are refused
-    for replicate, seed_recorded, shown in ((1, 0, "file 0, config 1 (retriever_seed 0 + replicate 1)"),
-                                            (2, 5, "file 5, config 2 (retriever_seed 0 + replicate 2)")):
+    for replicate, seed_recorded, shown in (
+        (1, 0, "file 0, config 1 (retriever_seed 0 + replicate 1)"),
+        (2, 5, "file 5, config 2 (retriever_seed 0 + replicate 2)"),
+    ):
         inputs = json.loads(json.dumps(made["inputs"]))
-        path = _add_run(inputs, tmp_path / "in", _selector("m_a", "v1", "rand_sampler"), 600 + replicate,
-                        replicate=replicate, retriever_seed=seed_recorded)
+        path = _add_run(
+            inputs,
+            tmp_path / "in",
+            _selector("m_a", "v1", "rand_sampler"),
+            600 + replicate,
+            replicate=replicate,
+            retriever_seed=seed_recorded,
+        )
         with pytest.raises(R.ReportInputError) as err:
             R.build_report(**inputs, expected_inference=INFERENCE, **outs)
         assert str(err.value).startswith(f"{path} was produced by an older config: inference.retriever_seed differs")
@@ -584,9 +701,13 @@ def test_imitation_ceiling_runs_are_optional_inputs(built, tmp_path):
     for seed, (model, sampler) in enumerate(((m, s) for m in MODELS for s in SAMPLERS), start=800):
         # m_a's ceiling lies far below every baseline; m_b's far above
         lift = 0.0 if model == "m_a" else 0.5
-        _add_run(inputs, tmp_path / "ceiling", {"kind": "ceiling", "beam_model": model, "version": None,
-                                                 "sampler": sampler}, seed,
-                 score_of=lambda shot, s=seed, lift=lift: _scores(s, shot) * 0.1 + lift)
+        _add_run(
+            inputs,
+            tmp_path / "ceiling",
+            {"kind": "ceiling", "beam_model": model, "version": None, "sampler": sampler},
+            seed,
+            score_of=lambda shot, s=seed, lift=lift: _scores(s, shot) * 0.1 + lift,
+        )
     outs = outputs(tmp_path / "out")
     R.build_report(**inputs, expected_inference=INFERENCE, **outs, samplers=list(SAMPLERS))
     md = outs["out_tables"].read_text(encoding="utf-8")
@@ -598,10 +719,16 @@ def test_imitation_ceiling_runs_are_optional_inputs(built, tmp_path):
         for row in table[1:]:
             for text in row[1:]:
                 assert set(_cell(text)["marks"].split()) == ({"▼r", "▼i"} if model == "m_a" else {"▲r", "▲i"})
-    assert re.search(r"m_a: the best ceiling cell, .* is significantly below RandomRetriever \(-\d+\.\d\d \[.*\]\) and "
-                     r"SimRetriever-i2i \(.*\): InfoScore is the bottleneck on this data\.", section)
-    assert re.search(r"m_b: the best ceiling cell, \d+\.\d\d \((rand|text_sim)_sampler, \d shots?\), is not "
-                     r"significantly below RandomRetriever or SimRetriever-i2i\.", section)
+    assert re.search(
+        r"m_a: the best ceiling cell, .* is significantly below RandomRetriever \(-\d+\.\d\d \[.*\]\) and "
+        r"SimRetriever-i2i \(.*\): InfoScore is the bottleneck on this data\.",
+        section,
+    )
+    assert re.search(
+        r"m_b: the best ceiling cell, \d+\.\d\d \((rand|text_sim)_sampler, \d shots?\), is not "
+        r"significantly below RandomRetriever or SimRetriever-i2i\.",
+        section,
+    )
     comparisons = _csv(outs["out_tables"].parent / "comparisons.csv")
     ceiling_rows = [r for r in comparisons if r["version"] == "ceiling"]
     assert len(ceiling_rows) == len(MODELS) * len(SAMPLERS) * len(SHOTS) * 2
@@ -665,8 +792,9 @@ def test_corpus_metric_without_per_question_scores(tmp_path):
     assert all(r["ci_low"] == r["ci_high"] == "" and r["score"] for r in scores)
     comparisons = _csv(outs["out_tables"].parent / "comparisons.csv")
     assert comparisons and all(r["significant"] == "0" and r["ci_low"] == "" and r["diff"] for r in comparisons)
-    counts = _table(_section(_section(md, "## 6. Paired comparisons: how many selector cells beat the baselines"),
-                             "### m_a"))
+    counts = _table(
+        _section(_section(md, "## 6. Paired comparisons: how many selector cells beat the baselines"), "### m_a")
+    )
     assert counts[1][1:] == ["–"] * 4
 
 
@@ -675,20 +803,51 @@ def _fake_result(sampler: str, per_shot: dict[int, np.ndarray]) -> R.Result:
     from lever_lm.stats import bootstrap_mean
 
     scores = {shot: float(v.mean() * 100) for shot, v in per_shot.items()}
-    run = R.Run(sampler, sampler, "selector", "d", "vqa", "vqa_accuracy", "m", "v0", sampler, None, scores,
-                {shot: len(v) for shot, v in per_shot.items()}, 8)
-    shots = {shot: R.ShotResult(shot, len(v), scores[shot],
-                                bootstrap_mean(v, R.UncertaintyConfig.from_config(None), (sampler, shot), scale=100.0),
-                                (scores[shot],), v)
-             for shot, v in per_shot.items()}
+    run = R.Run(
+        sampler,
+        sampler,
+        "selector",
+        "d",
+        "vqa",
+        "vqa_accuracy",
+        "m",
+        "v0",
+        sampler,
+        None,
+        scores,
+        {shot: len(v) for shot, v in per_shot.items()},
+        8,
+    )
+    shots = {
+        shot: R.ShotResult(
+            shot,
+            len(v),
+            scores[shot],
+            bootstrap_mean(v, R.UncertaintyConfig.from_config(None), (sampler, shot), scale=100.0),
+            (scores[shot],),
+            v,
+        )
+        for shot, v in per_shot.items()
+    }
     return R.Result((run,), shots)
 
 
 def _fake_data(results: list) -> R.ReportData:
-    return R.ReportData(dataset="d", task="vqa", metric="vqa_accuracy", shots=[1, 2], beam_models=["m"],
-                        versions=["v0"], samplers=[r.sampler for r in results], results=results, overlap=[],
-                        warnings=[], settings={}, uncertainty=R.UncertaintyConfig.from_config(None),
-                        identical_warn=0.95)
+    return R.ReportData(
+        dataset="d",
+        task="vqa",
+        metric="vqa_accuracy",
+        shots=[1, 2],
+        beam_models=["m"],
+        versions=["v0"],
+        samplers=[r.sampler for r in results],
+        results=results,
+        overlap=[],
+        warnings=[],
+        settings={},
+        uncertainty=R.UncertaintyConfig.from_config(None),
+        identical_warn=0.95,
+    )
 
 
 def _grid_of(data: R.ReportData) -> list[list[R.Entry]]:
@@ -715,11 +874,21 @@ def test_bold_needs_a_significant_paired_difference_to_the_runner_up():
     assert not any(c.bold for row in table.rows for c in row)
     top = f"{nudged.mean() * 100:.2f}"
     # the runner-up is b at 1 shot (equal to a at 2 shots, and first in the table); one question differs by 0.01
-    assert re.fullmatch(rf"top cells tied: {top} \(a, 1\) vs {base.mean() * 100:.2f} \(b, 1\), "
-                        r"paired difference \+0\.0\d \[0\.00, 0\.\d\d\]", tie), tie
+    assert re.fullmatch(
+        rf"top cells tied: {top} \(a, 1\) vs {base.mean() * 100:.2f} \(b, 1\), "
+        r"paired difference \+0\.0\d \[0\.00, 0\.\d\d\]",
+        tie,
+    ), tie
     # a column-wise table names each tied column
-    table, tie = R.score_grid(close, ["a", "b"], ["1", "2"], [list(col) for col in zip(*_grid_of(close))], "Cell",
-                              "column", column_names=["at 1 shot", "at 2 shots"])
+    table, tie = R.score_grid(
+        close,
+        ["a", "b"],
+        ["1", "2"],
+        [list(col) for col in zip(*_grid_of(close))],
+        "Cell",
+        "column",
+        column_names=["at 1 shot", "at 2 shots"],
+    )
     assert tie.startswith("top cells tied at 1 shot: ") and "at 2 shots" not in tie
     assert [[c.bold for c in row[1:]] for row in table.rows] == [[False, True], [False, False]]
 
@@ -777,8 +946,7 @@ def test_snakemake_report_renders_in_chromium(tmp_path):
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for args in (["--cores", "1"], ["--report", "report.html"]):
-        done = subprocess.run([snakemake, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run([snakemake, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
 
     page = render_snakemake_report(tmp_path / "report.html")
@@ -787,8 +955,12 @@ def test_snakemake_report_renders_in_chromium(tmp_path):
     assert set(views) == {"loaded", "tables.html", *(Path(p).name for _, _, p in plots)}, sorted(views)
     tables = views["tables.html"]
     text = tables.text
-    for heading in ("1. Random-ICD baseline (RandomRetriever)", "2. Selector results (shots × sampler)",
-                    "5. Selection diagnostic", "v1 · m_b"):
+    for heading in (
+        "1. Random-ICD baseline (RandomRetriever)",
+        "2. Selector results (shots × sampler)",
+        "5. Selection diagnostic",
+        "v1 · m_b",
+    ):
         assert heading in text
     assert "WARNING: m_a: v0/rand_sampler and v1/rand_sampler" in text
     best = max(made["cells"][("m_a", "v0", s)]["shots"][str(k)]["score"] for s in SAMPLERS for k in SHOTS)

@@ -24,25 +24,32 @@ def _job(tmp_path, body: str) -> tuple[subprocess.CompletedProcess, str]:
 
 
 def test_input_error_is_one_line_and_the_traceback_stays_in_the_log(tmp_path):
-    result, log = _job(tmp_path, """
+    result, log = _job(
+        tmp_path,
+        """
         from lever_lm.data import DatasetError
         try:
             raise KeyError("inner")
         except KeyError:
             raise DatasetError("q.json: 2 duplicate question_id(s): question_id 5,\\n  question_id 7")
-    """)
+    """,
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
-        "DatasetError in records: q.json: 2 duplicate question_id(s): question_id 5,; question_id 7")
+        "DatasetError in records: q.json: 2 duplicate question_id(s): question_id 5,; question_id 7"
+    )
     assert "Traceback" not in result.stderr and "failed after" not in result.stderr
     assert "working" in result.stderr and "AVX512" not in result.stderr + log  # faiss's loader chatter is silenced
     assert "Traceback" in log and "KeyError: 'inner'" in log and "question_id 7" in log
 
 
 def test_a_bug_keeps_its_traceback_once(tmp_path):
-    result, log = _job(tmp_path, """
+    result, log = _job(
+        tmp_path,
+        """
         raise ZeroDivisionError("a bug")
-    """)
+    """,
+    )
     assert result.returncode == 1
     assert result.stderr.count("Traceback") == 1 and "ZeroDivisionError: a bug" in result.stderr
     assert "Traceback" in log and "ZeroDivisionError: a bug" in log

@@ -66,6 +66,7 @@ def _brute_force_ranking(query_vector, database, allowed):
 
 # ---------------------------------------------------------------- anchors
 
+
 def test_draw_anchors_is_seeded_distinct_and_sorted():
     first = draw_anchors(1000, 100, seed=42)
     assert first == draw_anchors(1000, 100, seed=42)
@@ -77,6 +78,7 @@ def test_draw_anchors_is_seeded_distinct_and_sorted():
 
 
 # ---------------------------------------------------------------- invariants of all samplers
+
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("exclude_same_image", [True, False])
@@ -95,9 +97,7 @@ def test_same_image_questions_are_allowed_when_the_option_is_off(train, anchors,
     with_siblings = [a for a in anchors if (train.image_ids == train.image_ids[a]).sum() >= 3]
     cfg = SamplerConfig(cand_num=150, exclude_same_image=False, seed=0)
     result = anchor_candidates(sampler, with_siblings, train, cfg)
-    siblings_seen = sum(
-        int((train.image_ids[result[a]] == train.image_ids[a]).sum()) for a in with_siblings
-    )
+    siblings_seen = sum(int((train.image_ids[result[a]] == train.image_ids[a]).sum()) for a in with_siblings)
     assert siblings_seen > 0
     if sampler == "img_sim_sampler":
         # Identical image embeddings score highest, so the siblings come first.
@@ -135,8 +135,9 @@ def test_similarity_samplers_equal_brute_force(train, anchors, sampler, modality
     result = anchor_candidates(sampler, anchors, train, cfg)
     embeddings = getattr(train, modality)
     for anchor in anchors:
-        ranking, scores = _brute_force_ranking(embeddings[anchor], embeddings,
-                                               _allowed_mask(train, anchor, exclude_same_image))
+        ranking, scores = _brute_force_ranking(
+            embeddings[anchor], embeddings, _allowed_mask(train, anchor, exclude_same_image)
+        )
         got = np.array(result[anchor])
         np.testing.assert_allclose(scores[got], scores[ranking[:50]], atol=1e-6)
         # Ids agree exactly up to ties (same-image questions share an image embedding).
@@ -148,6 +149,7 @@ def test_similarity_samplers_equal_brute_force(train, anchors, sampler, modality
 
 
 # ---------------------------------------------------------------- mix sampler
+
 
 def test_mix_counts_put_the_rounding_remainder_on_random():
     assert SamplerConfig(cand_num=64).mix_counts() == (32, 16, 16)
@@ -186,6 +188,7 @@ def test_mix_sampler_tops_up_when_text_and_image_rankings_coincide(train, anchor
 
 # ---------------------------------------------------------------- test-time pools and errors
 
+
 def test_test_pool_searches_train_and_excludes_only_shared_images(train):
     rng = np.random.default_rng(9)
     val_image_ids = np.array([100000, 100001, train.image_ids[0], 100003])  # one val image collides with train
@@ -220,7 +223,12 @@ def test_errors_name_the_offending_setting(train):
 
 def test_config_from_the_candidates_section():
     cfg = SamplerConfig.from_config(
-        {"cand_num": 64, "exclude_same_image": True, "seed": 0, "mix_ratios": {"random": 0.5, "text": 0.25, "image": 0.25}}
+        {
+            "cand_num": 64,
+            "exclude_same_image": True,
+            "seed": 0,
+            "mix_ratios": {"random": 0.5, "text": 0.25, "image": 0.25},
+        }
     )
     assert cfg == SamplerConfig()
     with pytest.raises(ValueError, match="unknown config key candidates.k"):
@@ -228,6 +236,7 @@ def test_config_from_the_candidates_section():
 
 
 # ---------------------------------------------------------------- files
+
 
 def test_anchor_and_candidate_files_roundtrip(tmp_path, train, anchors):
     write_anchors(tmp_path / "anchors.json", anchors, {"sample_num": len(anchors), "seed": 3})
@@ -267,9 +276,13 @@ def test_prebuilt_indexes_from_files_give_the_same_candidates(tmp_path, train, a
 
     write_index(tmp_path / "image.faiss", build_flat_ip_index(train.image))
     write_index(tmp_path / "text.faiss", build_flat_ip_index(train.text))
-    with_indexes = EmbeddedSplit(train.image_ids, train.image, train.text,
-                                 image_index=read_index(tmp_path / "image.faiss"),
-                                 text_index=read_index(tmp_path / "text.faiss"))
+    with_indexes = EmbeddedSplit(
+        train.image_ids,
+        train.image,
+        train.text,
+        image_index=read_index(tmp_path / "image.faiss"),
+        text_index=read_index(tmp_path / "text.faiss"),
+    )
     cfg = SamplerConfig(cand_num=30)
     for sampler in SAMPLERS:
         assert anchor_candidates(sampler, anchors, with_indexes, cfg) == anchor_candidates(sampler, anchors, train, cfg)
@@ -283,23 +296,34 @@ def test_load_embedded_split_from_stored_artifacts(tmp_path, train):
     from lever_lm.embeddings import EmbeddingResult, embedding_paths, save_embeddings
     from lever_lm.index import build_flat_ip_index, write_index
 
-    records = pd.DataFrame(dict(
-        idx=np.arange(N_TRAIN), split="train", question_id=np.arange(N_TRAIN) * 7,
-        image_id=train.image_ids, image_path=[f"img{i}.jpg" for i in train.image_ids],
-        question="what?", answers=[["a"] * 10] * N_TRAIN, label="a",
-    ))
+    records = pd.DataFrame(
+        dict(
+            idx=np.arange(N_TRAIN),
+            split="train",
+            question_id=np.arange(N_TRAIN) * 7,
+            image_id=train.image_ids,
+            image_path=[f"img{i}.jpg" for i in train.image_ids],
+            question="what?",
+            answers=[["a"] * 10] * N_TRAIN,
+            label="a",
+        )
+    )
     records.to_parquet(tmp_path / "train.parquet", index=False)
-    meta = dict(encoder_id="tiny:abc", encoder_name="clip", dim=DIM, n=N_TRAIN, split="train",
-                normalized=True, dtype="float32")
+    meta = dict(
+        encoder_id="tiny:abc", encoder_name="clip", dim=DIM, n=N_TRAIN, split="train", normalized=True, dtype="float32"
+    )
     paths = embedding_paths(tmp_path, "train")
     save_embeddings(paths, EmbeddingResult(image=train.image, text=train.text, meta=meta))
     write_index(tmp_path / "text.faiss", build_flat_ip_index(train.text))
-    loaded = load_embedded_split(tmp_path / "train.parquet", paths.image, paths.text,
-                                 text_index_path=tmp_path / "text.faiss")
+    loaded = load_embedded_split(
+        tmp_path / "train.parquet", paths.image, paths.text, text_index_path=tmp_path / "text.faiss"
+    )
     assert loaded.encoder_id == "tiny:abc" and np.array_equal(loaded.image_ids, train.image_ids)
     assert loaded.text_index.ntotal == N_TRAIN and loaded.image_index is None
     cfg = SamplerConfig(cand_num=20)
-    assert anchor_candidates("mix_sampler", [0, 5, 9], loaded, cfg) == anchor_candidates("mix_sampler", [0, 5, 9], train, cfg)
+    assert anchor_candidates("mix_sampler", [0, 5, 9], loaded, cfg) == anchor_candidates(
+        "mix_sampler", [0, 5, 9], train, cfg
+    )
 
     records.iloc[:-1].to_parquet(tmp_path / "short.parquet", index=False)
     with pytest.raises(ValueError, match="short.parquet: 299 records but .*train.meta.json says n = 300"):
@@ -316,7 +340,11 @@ def test_cand_num_errors_name_question_ids():
     # 6 train questions on 3 images (2 each): an anchor may use at most 6 - 2 = 4 ids
     image_ids, question_ids = [1, 1, 2, 2, 3, 3], [10, 11, 20, 21, 30, 31]
     check_cand_num_fits(image_ids, question_ids, 4, True, "train.parquet")
-    with pytest.raises(InputError, match=r"cand_num: 5 exceeds .* train.parquet .*at most 4 fits.* 6 question_id\(s\) 10, 11, 20, 21, 30, \.\.\. \(1 more\)"):
+    with pytest.raises(
+        InputError,
+        match=r"cand_num: 5 exceeds .* train.parquet .*at most 4 fits.* "
+        r"6 question_id\(s\) 10, 11, 20, 21, 30, \.\.\. \(1 more\)",
+    ):
         check_cand_num_fits(image_ids, question_ids, 5, True, "train.parquet")
     check_cand_num_fits(image_ids, question_ids, 5, False, "train.parquet")
     train = EmbeddedSplit(image_ids=image_ids, question_ids=question_ids)

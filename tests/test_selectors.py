@@ -34,7 +34,10 @@ OUTPUTS = ("best.ckpt", "last.ckpt", "metrics.json")
 
 # tiny networks for the functional tests (the learning test uses LEARNING_CONFIG)
 TINY = {
-    "seed": 0, "epochs": 2, "batch_size": 16, "lr": 3e-3,
+    "seed": 0,
+    "epochs": 2,
+    "batch_size": 16,
+    "lr": 3e-3,
     "v0": {"n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.1},
     "pointer": {"hidden_dim": 16, "temperature": 0.1, "dropout": 0.1},
     "cross_attention": {"heads": 2},
@@ -49,8 +52,17 @@ def tiny_cfg(**changes) -> SelectorConfig:
 
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
-    return make_task(tmp_path_factory.mktemp("tiny_inputs"), n_train=60, dim=8, n_anchors=24, pool_size=12,
-                     beam_size=3, shots=2, n_heldout=6, seed=1)
+    return make_task(
+        tmp_path_factory.mktemp("tiny_inputs"),
+        n_train=60,
+        dim=8,
+        n_anchors=24,
+        pool_size=12,
+        beam_size=3,
+        shots=2,
+        n_heldout=6,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +83,13 @@ def assert_no_outputs(out_dir: Path) -> None:
 
 # ---------------------------------------------------------------- import, features, config
 
+
 def test_import_does_not_load_torch():
-    code = ("import sys, lever_lm.selectors as s; s.SelectorConfig.from_config({});"
-            "s.parse_feature_choice(s.FEATURE_CHOICES[0]);"
-            "print([m for m in ('torch', 'pytorch_lightning', 'transformers') if m in sys.modules])")
+    code = (
+        "import sys, lever_lm.selectors as s; s.SelectorConfig.from_config({});"
+        "s.parse_feature_choice(s.FEATURE_CHOICES[0]);"
+        "print([m for m in ('torch', 'pytorch_lightning', 'transformers') if m in sys.modules])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -108,8 +123,9 @@ def test_config_defaults_and_errors():
 
 
 def test_schema_fills_the_selector_defaults():
-    from lever_lm.config import validate_schema
     import yaml
+
+    from lever_lm.config import validate_schema
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config.pop("selector", None)
@@ -127,6 +143,7 @@ def test_identity_rejects_unknown_version_and_feature_string(tiny_task):
 
 
 # ---------------------------------------------------------------- small pure pieces
+
 
 def test_prompt_order_round_trip():
     assert to_choice_order([5, 9], "left") == [9, 5] and to_choice_order([5, 9], "right") == [5, 9]
@@ -168,8 +185,9 @@ def test_evaluation_metrics():
     assert constant["beam_top1"] == 0.0 and constant["beam_mrr"] == 0.25
     import itertools
 
-    brute = np.mean([beam_ranking(-np.argsort(p).astype(float), truth)["beam_ndcg"]
-                     for p in itertools.permutations(range(4))])
+    brute = np.mean(
+        [beam_ranking(-np.argsort(p).astype(float), truth)["beam_ndcg"] for p in itertools.permutations(range(4))]
+    )
     assert random_beam_ndcg(4) == pytest.approx(brute)
 
 
@@ -185,8 +203,11 @@ def test_ranking_and_grpo_losses_push_the_right_way():
     ref.load_state_dict(model.state_dict())
     ref.set_icd_features(model.icd_features)
     batch = {
-        "query": torch.randn(1, 4), "pool": torch.arange(6)[None], "pool_mask": torch.ones(1, 6, dtype=torch.bool),
-        "positions": torch.tensor([[[0, 1], [2, 3], [4, 5]]]), "beam_mask": torch.ones(1, 3, dtype=torch.bool),
+        "query": torch.randn(1, 4),
+        "pool": torch.arange(6)[None],
+        "pool_mask": torch.ones(1, 6, dtype=torch.bool),
+        "positions": torch.tensor([[[0, 1], [2, 3], [4, 5]]]),
+        "beam_mask": torch.ones(1, 3, dtype=torch.bool),
         "scores": torch.tensor([[0.3, 0.2, -0.1]]),
     }
     batch["choices"] = batch["positions"]
@@ -208,6 +229,7 @@ def test_ranking_and_grpo_losses_push_the_right_way():
 
 
 # ---------------------------------------------------------------- learning
+
 
 @pytest.fixture(scope="module")
 def learning_rows(tmp_path_factory):
@@ -231,6 +253,7 @@ def test_ranking_versions_rank_no_worse_than_their_base(learning_rows):
 
 # ---------------------------------------------------------------- outputs, checkpoints
 
+
 def test_outputs_metrics_and_checkpoint_meta(trained, tiny_task):
     import torch
 
@@ -250,7 +273,11 @@ def test_outputs_metrics_and_checkpoint_meta(trained, tiny_task):
             meta = data["meta"]
             assert all(isinstance(t, torch.Tensor) for t in data["state_dict"].values())
             assert (meta["version"], meta["beam_model"], meta["sampler"], meta["construct_order"]) == (
-                version, "synthetic_lvlm", "rand_sampler", "left")
+                version,
+                "synthetic_lvlm",
+                "rand_sampler",
+                "left",
+            )
             assert meta["n_train"] == 60 and meta["feature_dims"] == {"image": 8, "text": 8}
             assert meta["beams_params"]["ex_name"] == tiny_task.ex_name and meta["checkpoint"] == name[:-5]
     assert read_json(trained["v4"] / "metrics.json")["epochs"][-1]["phase"] == "grpo"
@@ -302,6 +329,7 @@ def test_corrupt_and_code_carrying_checkpoints_are_refused(trained, tiny_task, t
 
 
 # ---------------------------------------------------------------- decoding
+
 
 def test_select_masks_per_row_and_decodes_beyond_trained_shots(trained, tiny_task):
     queries = tiny_task.heldout_features
@@ -361,6 +389,7 @@ def test_select_errors(trained, tiny_task):
 
 # ---------------------------------------------------------------- resume
 
+
 class KillAtEpoch:
     """A Lightning callback that raises when epoch ``n`` (0-based) starts: a job killed between epochs."""
 
@@ -414,6 +443,7 @@ def test_resume_state_from_other_inputs_is_discarded(tiny_task, tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
+
 def _rewrite_beams(task, path: Path, change) -> Path:
     data = json.loads(task.beams.read_text())
     change(data)
@@ -461,13 +491,16 @@ def _other_candidates(data, task):
     data["params"]["candidates"]["seed"] = 12345
 
 
-@pytest.mark.parametrize("change, message", [
-    (_bad_anchor_id, r"anchor 999: anchor id outside the train set \(0\.\.59\)"),
-    (_no_anchors, r": no anchors"),
-    (_beam_outside_pool, r"anchor \d+: beam 0 has ids \[\d+\] not in the anchor's candidate pool"),
-    (_all_negative, r"no beams left after dropping negative-score beams"),
-    (_other_candidates, r"params\.candidates differ from the params of"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_bad_anchor_id, r"anchor 999: anchor id outside the train set \(0\.\.59\)"),
+        (_no_anchors, r": no anchors"),
+        (_beam_outside_pool, r"anchor \d+: beam 0 has ids \[\d+\] not in the anchor's candidate pool"),
+        (_all_negative, r"no beams left after dropping negative-score beams"),
+        (_other_candidates, r"params\.candidates differ from the params of"),
+    ],
+)
 def test_bad_beams_files(tiny_task, tmp_path, change, message):
     beams = _rewrite_beams(tiny_task, tmp_path / "beams.json", lambda data: change(data, tiny_task))
     cfg = tiny_cfg(drop_negative_beams=change is _all_negative)
@@ -483,8 +516,11 @@ def test_drop_negative_beams_counts_and_keeps_the_rest(tiny_task, tmp_path):
         data["anchors"][1]["scores"] = [-0.1, -0.2, -0.3]
 
     beams = _rewrite_beams(tiny_task, tmp_path / "beams.json", change)
-    metrics = train(tiny_cfg(epochs=1, drop_negative_beams=True), tiny_task.identity("v1"),
-                    tiny_task.paths(tmp_path / "out", beams=str(beams)))
+    metrics = train(
+        tiny_cfg(epochs=1, drop_negative_beams=True),
+        tiny_task.identity("v1"),
+        tiny_task.paths(tmp_path / "out", beams=str(beams)),
+    )
     assert metrics["dropped_negative_beams"] == 4
     assert metrics["n_anchors"]["train"] + metrics["n_anchors"]["val"] == 23
     kept = train(tiny_cfg(epochs=1), tiny_task.identity("v1"), tiny_task.paths(tmp_path / "out2", beams=str(beams)))
@@ -520,6 +556,7 @@ def test_v4_needs_a_matching_v3_checkpoint(trained, tiny_task, tmp_path):
 
 # ---------------------------------------------------------------- feature choices
 
+
 @pytest.mark.parametrize("lever_lm", FEATURE_CHOICES)
 def test_every_feature_choice_trains_and_selects(tiny_task, tmp_path, lever_lm):
     cfg = tiny_cfg(epochs=1)
@@ -547,7 +584,11 @@ def _prior_model(version: str, prior: bool = True):
     torch.manual_seed(0)
     model = build_model(version, cfg.model_params(version), 50, choice, dims, max_len=4).eval()
     rng = np.random.default_rng(3)
-    unit = lambda n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(rng.normal(size=(n, 8)))
+
+    def unit(n):
+        x = rng.normal(size=(n, 8))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
     train = np.concatenate([unit(50), unit(50)], axis=1).astype(np.float32)
     queries = np.concatenate([unit(6), unit(6)], axis=1).astype(np.float32)
     model.set_icd_features(torch.from_numpy(train))

@@ -12,8 +12,8 @@ grouped, the two gathers and the report run locally).
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lever_lm import paths as P
+from lever_lm import paths
 from lever_lm.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,12 @@ def reduced_config(directory: Path) -> Path:
     config["beam_models"] = {model: entry}
     config["versions"] = ["v0"]
     config["selector"]["epochs"] = 2
-    config["inference"] = {**config["inference"], "shots": [1, 2], "max_queries": 8,
-                           "baselines": ["ZeroShot", "RandomRetriever"]}
+    config["inference"] = {
+        **config["inference"],
+        "shots": [1, 2],
+        "max_queries": 8,
+        "baselines": ["ZeroShot", "RandomRetriever"],
+    }
     config["ceiling"] = {"max_queries": 8, "shards": 2}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "slurm_config.yaml"
@@ -72,12 +76,22 @@ def reduced_config(directory: Path) -> Path:
 
 
 def snakemake_command(workdir: Path, config_path: Path, *args: str) -> list[str]:
-    return [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config_path),
-            "--directory", str(workdir), *args]
+    return [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(config_path),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
 
 
 def beam_files(workdir: Path, config: dict) -> dict[str, bytes]:
-    beam_dir = workdir / P.fill(P.BEAM_DIR, config, sampler="rand_sampler", beam_model=next(iter(config["beam_models"])))
+    beam_dir = workdir / paths.fill(
+        paths.BEAM_DIR, config, sampler="rand_sampler", beam_model=next(iter(config["beam_models"]))
+    )
     files = sorted(beam_dir.glob("shards/*.jsonl")) + [beam_dir / "beams.json"]
     return {str(path.relative_to(beam_dir)): path.read_bytes() for path in files}
 
@@ -88,8 +102,9 @@ def slurm_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm_run")
     config_path = reduced_config(workdir)
     start = time.monotonic()
-    run = subprocess.run(snakemake_command(workdir, config_path, *SLURM_ARGS), capture_output=True, text=True,
-                         timeout=900)
+    run = subprocess.run(
+        snakemake_command(workdir, config_path, *SLURM_ARGS), capture_output=True, text=True, timeout=900
+    )
     return workdir, config_path, run, time.monotonic() - start
 
 
@@ -100,14 +115,18 @@ def test_reduced_dag_runs_through_slurm(slurm_run):
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     config = load_config(config_path)
-    for target in P.all_targets(config):
+    for target in paths.all_targets(config):
         assert (workdir / target).is_file(), target
     # 14 SLURM jobs: the small CPU rules in two group jobs, 2 beam and 2 ceiling shards, tiny_lvlm, train_selector,
     # 4 inference jobs and ceiling_inference; beam_gather, ceiling_gather and report run by the submitting Snakemake
     assert output.count("has been submitted with SLURM jobid") == 14, output[-6000:]
     assert "Group job prep" in output and "Group job sampling" in output
-    beams = json.loads((workdir / P.fill(P.BEAMS, config, sampler="rand_sampler",
-                                         beam_model=next(iter(config["beam_models"])))).read_text())
+    beams = json.loads(
+        (
+            workdir
+            / paths.fill(paths.BEAMS, config, sampler="rand_sampler", beam_model=next(iter(config["beam_models"])))
+        ).read_text()
+    )
     assert len(beams["anchors"]) == 8
     plan = subprocess.run(snakemake_command(workdir, config_path, "-n"), capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0 and "Nothing to be done" in plan.stdout + plan.stderr
@@ -118,8 +137,9 @@ def running_beam_shard(timeout_s: float, shard_dir: Path) -> tuple[str, Path]:
     """Wait for a running beam_shard SLURM job whose .partial file holds at least one finished anchor."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        jobs = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"], capture_output=True, text=True,
-                              timeout=20).stdout
+        jobs = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"], capture_output=True, text=True, timeout=20
+        ).stdout
         # the plugin's job comment is rule_<rule>_wildcards_<wildcards joined by _>, the scatter item last
         running = dict(reversed(line.split("|", 1)) for line in jobs.splitlines() if "rule_beam_shard" in line)
         for partial in shard_dir.glob("*.jsonl.partial"):
@@ -138,16 +158,19 @@ def test_scancel_of_a_beam_shard_resumes_to_identical_files(slurm_run, tmp_path)
     assert reference.returncode == 0, (reference.stdout + reference.stderr)[-3000:]
     config = load_config(config_path)
     model = next(iter(config["beam_models"]))
-    beam_dir = P.fill(P.BEAM_DIR, config, sampler="rand_sampler", beam_model=model)
+    beam_dir = paths.fill(paths.BEAM_DIR, config, sampler="rand_sampler", beam_model=model)
     # everything upstream of the beam search, copied with its timestamps, so only the shards and the gather run
-    shutil.copytree(reference_dir / P.fill(P.RESULTS, config), tmp_path / P.fill(P.RESULTS, config),
-                    ignore=lambda directory, names: ["beam"] if Path(directory).name == config["dataset"]["name"]
-                    else [])
-    beams_target = P.fill(P.BEAMS, config, sampler="rand_sampler", beam_model=model)
+    shutil.copytree(
+        reference_dir / paths.fill(paths.RESULTS, config),
+        tmp_path / paths.fill(paths.RESULTS, config),
+        ignore=lambda directory, names: ["beam"] if Path(directory).name == config["dataset"]["name"] else [],
+    )
+    beams_target = paths.fill(paths.BEAMS, config, sampler="rand_sampler", beam_model=model)
     command = snakemake_command(tmp_path, config_path, *SLURM_ARGS, beams_target)
 
-    interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
+    interrupted = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         job_id, partial = running_beam_shard(300, tmp_path / beam_dir / "shards")
         subprocess.run(["scancel", job_id], check=True, timeout=30)
@@ -175,9 +198,22 @@ def test_cluster_generic_profile_plans_the_toy_matrix(tmp_path):
     """Other schedulers go through the cluster-generic executor; its profile loads and plans every job."""
     profile = REPO / "profiles" / "cluster-generic"
     result = subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config.yaml"),
-         "--directory", str(tmp_path), "--profile", str(profile), "-n"],
-        capture_output=True, text=True, timeout=300)
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            str(REPO / "config.yaml"),
+            "--directory",
+            str(tmp_path),
+            "--profile",
+            str(profile),
+            "-n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "cluster-generic" in yaml.safe_load((profile / "config.yaml").read_text())["executor"]
@@ -193,18 +229,26 @@ def test_every_rule_has_its_own_resources_and_cpu_only_covers_every_gpu_rule():
         for block in re.split(r"\n\s*rule ", "\n" + smk.read_text())[1:]:
             name = block.split(":")[0].strip()
             rules.add(name)
-            assert f'RES.mem_mb("{name}")' in block and f'RES.runtime("{name}")' in block, name
+            assert f'RULE_RESOURCES.mem_mb("{name}")' in block and f'RULE_RESOURCES.runtime("{name}")' in block, name
             if re.search(r"^\s+gpu=1,", block, flags=re.M):
                 gpu_rules.add(name)
     assert rules == set(R.RULES)
-    assert gpu_rules == {"embeddings", "beam_shard", "train_selector", "icl_inference", "baseline_inference",
-                         "ceiling_shard", "ceiling_inference"}
+    assert gpu_rules == {
+        "embeddings",
+        "beam_shard",
+        "train_selector",
+        "icl_inference",
+        "baseline_inference",
+        "ceiling_shard",
+        "ceiling_inference",
+    }
     cpu_only = yaml.safe_load((REPO / "profiles" / "cpu-only" / "config.yaml").read_text())["set-resources"]
     assert cpu_only == {rule: {"gpu": 0} for rule in gpu_rules}
     # a 24 GB node takes every toy job, and a group job runs at most `cores` (2) members side by side
     assert 2 * max(need.mem_mb for need in R.TOY.values()) <= 24000
-    assert R.need(load_config(REPO / "config.yaml"), "beam_shard", {"beam_model": "flamingo_tiny"}) == R.TOY[
-        "beam_shard"]
+    assert (
+        R.need(load_config(REPO / "config.yaml"), "beam_shard", {"beam_model": "flamingo_tiny"}) == R.TOY["beam_shard"]
+    )
     real = yaml.safe_load((REPO / "configs" / "okvqa_local.yaml").read_text())
     assert R.need(real, "beam_shard", {"beam_model": "flamingo_3B"}) == R.REAL["beam_shard"]
     assert R.need(real, "embeddings", {"encoder": "clip_vit_l14"}) == R.REAL["embeddings"]

@@ -16,8 +16,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # the deep-learning stack: torch alone is seconds per job, Lightning (through torchmetrics) several more
-DL = ("torch", "transformers", "pytorch_lightning", "lightning_fabric", "torchmetrics", "open_clip", "open_flamingo",
-      "torchvision", "timm")
+DL = (
+    "torch",
+    "transformers",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "torchmetrics",
+    "open_clip",
+    "open_flamingo",
+    "torchvision",
+    "timm",
+)
 REPORTING = ("matplotlib", "scipy")
 
 
@@ -30,8 +39,9 @@ def script_imports(script: str) -> list[str]:
 
 def loaded_after(statements: list[str]) -> set[str]:
     """Top-level packages in ``sys.modules`` after running ``statements`` in a fresh interpreter."""
-    code = "\n".join([*statements, "import json, sys",
-                      "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"])
+    code = "\n".join(
+        [*statements, "import json, sys", "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"]
+    )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return set(json.loads(run.stdout.strip().splitlines()[-1]))
@@ -44,8 +54,11 @@ LIGHT_JOBS = {
     "anchors": (["anchors"], [], DL + REPORTING + ("faiss",)),
     # stored embeddings only: no pandas either (lever_lm.embeddings imports it where records are embedded)
     "faiss_index": (["faiss_index"], [], DL + REPORTING + ("pandas",)),
-    "candidates, test_pool": (["sample_candidates"], ["lever_lm.data", "lever_lm.embeddings", "lever_lm.index"],
-                              DL + REPORTING),
+    "candidates, test_pool": (
+        ["sample_candidates"],
+        ["lever_lm.data", "lever_lm.embeddings", "lever_lm.index"],
+        DL + REPORTING,
+    ),
     "beam_gather": (["beam_gather"], [], DL + REPORTING + ("pandas", "faiss")),
     "ceiling_gather": (["ceiling_gather"], ["lever_lm.beam_shards", "lever_lm.data"], DL + REPORTING + ("faiss",)),
     # matplotlib and scipy are the report's own, imported where a plot or an interval is made
@@ -53,23 +66,43 @@ LIGHT_JOBS = {
     # the modules of selector training (torch and Lightning come when train() runs, see below): no pandas
     "train_selector (modules)": (
         ["train_selector"],
-        ["lever_lm.selectors.training", "lever_lm.selectors.checkpoint", "lever_lm.selectors.evaluation",
-         "lever_lm.selectors.data", "lever_lm.embeddings",
-         "lever_lm.beam_shards", "lever_lm.sampling", "lever_lm.determinism"],
-        DL + REPORTING + ("pandas", "faiss")),
+        [
+            "lever_lm.selectors.training",
+            "lever_lm.selectors.checkpoint",
+            "lever_lm.selectors.evaluation",
+            "lever_lm.selectors.data",
+            "lever_lm.embeddings",
+            "lever_lm.beam_shards",
+            "lever_lm.sampling",
+            "lever_lm.determinism",
+        ],
+        DL + REPORTING + ("pandas", "faiss"),
+    ),
     # the modules of rule tiny_lvlm (the tiny builders, also imported at plan time to check the config, and the toy's
     # pretraining): the model stack comes when a model is built
     "tiny_lvlm (modules)": (
         ["tiny_lvlm"],
         ["lever_lm.lvlm.tiny", "lever_lm.lvlm.tiny_tokenizer", "lever_lm.tiny_clip", "lever_lm.toy.data"],
-        DL + REPORTING + ("faiss",)),
+        DL + REPORTING + ("faiss",),
+    ),
     # the modules of the LVLM jobs: the model stack is imported when a model is loaded, never at import
     "inference, beam search (modules)": (
         ["icl_inference", "baseline_inference", "ceiling_inference", "ceiling_shard", "beam_shard"],
-        ["lever_lm.inference", "lever_lm.retrievers", "lever_lm.selectors.checkpoint", "lever_lm.lvlm.factory",
-         "lever_lm.lvlm.qwen", "lever_lm.lvlm.flamingo", "lever_lm.lvlm.qwen_fast", "lever_lm.lvlm.flamingo_fast",
-         "lever_lm.metrics", "lever_lm.beam_search", "lever_lm.ceiling"],
-        DL + REPORTING),
+        [
+            "lever_lm.inference",
+            "lever_lm.retrievers",
+            "lever_lm.selectors.checkpoint",
+            "lever_lm.lvlm.factory",
+            "lever_lm.lvlm.qwen",
+            "lever_lm.lvlm.flamingo",
+            "lever_lm.lvlm.qwen_fast",
+            "lever_lm.lvlm.flamingo_fast",
+            "lever_lm.metrics",
+            "lever_lm.beam_search",
+            "lever_lm.ceiling",
+        ],
+        DL + REPORTING,
+    ),
 }
 
 
@@ -123,14 +156,23 @@ def test_selectors_v1_to_v4_need_neither_transformers_nor_lightning(tmp_path):
     """Building, saving, loading and decoding with v1-v4 (what inference does, and training's networks) imports
     neither transformers (only v0's GPT-2 needs it) nor Lightning (training's trainer only); v0 does import
     transformers, which shows the check works."""
-    run = subprocess.run([sys.executable, "-c", SELECTOR_NETWORKS, str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", SELECTOR_NETWORKS, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     seen = {version: set(packages) for version, packages in json.loads(run.stdout.strip().splitlines()[-1]).items()}
     for version in ("v1", "v2", "v3", "v4"):
         assert "torch" in seen[version]
-        unexpected = seen[version] & {"transformers", "pytorch_lightning", "lightning_fabric", "torchmetrics",
-                                      "open_clip", "pandas", "matplotlib", "scipy"}
+        unexpected = seen[version] & {
+            "transformers",
+            "pytorch_lightning",
+            "lightning_fabric",
+            "torchmetrics",
+            "open_clip",
+            "pandas",
+            "matplotlib",
+            "scipy",
+        }
         assert not unexpected, f"{version} selector imports {sorted(unexpected)}"
     assert "transformers" in seen["v0"]
     assert "pytorch_lightning" not in seen["v0"]

@@ -16,8 +16,9 @@ CONFIG = UncertaintyConfig.from_config(None)
 def test_config_defaults_and_validation():
     assert UncertaintyConfig.from_config({}) == UncertaintyConfig(2000, 0, 0.95)
     assert UncertaintyConfig.from_config(None) == CONFIG
-    assert UncertaintyConfig.from_config({"name": "report", "bootstrap_resamples": 500, "bootstrap_seed": 3,
-                                          "confidence": 0.9}) == UncertaintyConfig(500, 3, 0.9)
+    assert UncertaintyConfig.from_config(
+        {"name": "report", "bootstrap_resamples": 500, "bootstrap_seed": 3, "confidence": 0.9}
+    ) == UncertaintyConfig(500, 3, 0.9)
     for bad in ({"confidence": 1.0}, {"bootstrap_resamples": 0}, {"bootstrap_seed": -1}, {"resamples": 10}):
         with pytest.raises(ValueError):
             UncertaintyConfig.from_config(bad)

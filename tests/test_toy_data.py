@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lever_lm.toy import data as toy_data
 from lever_lm.data import build_records
+from lever_lm.toy import data as toy_data
 from lever_lm.toy.data import (
     BACKGROUND_COLORS,
     CODE_LETTERS,
@@ -82,7 +82,9 @@ def test_json_follows_okvqa_v11_layout(default_toy):
         assert all(set(a) == {"answer_id", "raw_answer", "answer_confidence", "answer"} for a in annotation["answers"])
     raw_differs = [a for ann in annotations["annotations"] for a in ann["answers"] if a["raw_answer"] != a["answer"]]
     assert raw_differs, "raw_answer should sometimes differ from answer in case or punctuation"
-    assert all(a["raw_answer"].lower().rstrip(".").replace(" ", "") == a["answer"].replace(" ", "") for a in raw_differs)
+    assert all(
+        a["raw_answer"].lower().rstrip(".").replace(" ", "") == a["answer"].replace(" ", "") for a in raw_differs
+    )
 
 
 # ------------------------------------------------------------------------------------- determinism
@@ -175,7 +177,9 @@ def _scene_from_pixels(path: str) -> dict:
 def test_labels_are_canonical_and_convention_follows_the_visible_cue(default_records):
     cue_seen = collections.Counter()
     for split, records in default_records.items():
-        scenes = {image_id: _scene_from_pixels(path) for image_id, path in zip(records["image_id"], records["image_path"])}
+        scenes = {
+            image_id: _scene_from_pixels(path) for image_id, path in zip(records["image_id"], records["image_path"])
+        }
         for row in records.itertuples():
             scene = scenes[row.image_id]
             question_type, convention = family_of(row.question, row.label)
@@ -208,7 +212,9 @@ def test_image_similarity_finds_the_convention_but_question_text_cannot(default_
     """Nearest train image (raw pixels, cosine) of each val image shares its convention; same text does not tell."""
 
     def unit_pixels(records):
-        x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).ravel() for p in records["image_path"]])
+        x = np.stack(
+            [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).ravel() for p in records["image_path"]]
+        )
         x -= x.mean(axis=1, keepdims=True)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
@@ -228,7 +234,9 @@ def test_annotators_disagree_but_labels_stay_canonical(default_records):
     assert 0.4 < non_unanimous < 0.9
     canonical_share = [answers.count(label) / 10 for answers, label in zip(train["answers"], train["label"])]
     assert min(canonical_share) >= 0.6
-    deviating = collections.Counter(a for answers, label in zip(train["answers"], train["label"]) for a in answers if a != label)
+    deviating = collections.Counter(
+        a for answers, label in zip(train["answers"], train["label"]) for a in answers if a != label
+    )
     assert {"grey", "three", "violet"} & set(deviating), "synonyms and number words should appear"
     assert any(not a.startswith(CODE_MARKER) for answers, label in zip(train["answers"], train["label"])
                if label.startswith(CODE_MARKER) for a in answers), "code questions get some word answers"  # fmt: skip

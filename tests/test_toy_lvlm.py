@@ -27,9 +27,18 @@ from lever_lm.toy.pretrain import (  # noqa: E402
     toy_items,
 )
 
-SMALL_QWEN = QwenTinyDims(text_hidden=32, text_intermediate=64, text_layers=1, text_heads=2, text_kv_heads=1,
-                          mrope_section=(2, 3, 3), vision_depth=1, vision_hidden=32, vision_intermediate=64,
-                          vision_heads=2)
+SMALL_QWEN = QwenTinyDims(
+    text_hidden=32,
+    text_intermediate=64,
+    text_layers=1,
+    text_heads=2,
+    text_kv_heads=1,
+    mrope_section=(2, 3, 3),
+    vision_depth=1,
+    vision_hidden=32,
+    vision_intermediate=64,
+    vision_heads=2,
+)
 SMALL_FLAMINGO = FlamingoTinyDims(lang_width=32, lang_layers=1, lang_heads=2, init_std=0.02)
 QUICK = PretrainConfig(steps=3, batch_size=4, warmup_steps=1, log_every=1, max_demos=2)
 
@@ -47,8 +56,9 @@ def _convention(example) -> str:
 
 def test_pretraining_sequences_keep_one_convention_and_never_repeat_the_query_image(toy_records):
     items = toy_items(toy_records["train"])
-    shared = pretraining_prompts(items, PretrainConfig(shared_convention_p=1.0, max_demos=4),
-                                 np.random.default_rng(0), count=200)
+    shared = pretraining_prompts(
+        items, PretrainConfig(shared_convention_p=1.0, max_demos=4), np.random.default_rng(0), count=200
+    )
     assert {len(p.demos) for p in shared} == {0, 1, 2, 3, 4}
     for prompt in shared:
         assert len({_convention(e) for e in (*prompt.demos, prompt.query)}) == 1
@@ -56,8 +66,9 @@ def test_pretraining_sequences_keep_one_convention_and_never_repeat_the_query_im
         assert len(set(prompt.demos)) == len(prompt.demos)
     conventions = [_convention(p.query) for p in shared]
     assert 0.3 < conventions.count("code") / len(conventions) < 0.7  # drawn per sequence, not from the cue
-    per_type = pretraining_prompts(items, PretrainConfig(shared_convention_p=0.0, max_demos=4),
-                                   np.random.default_rng(0), count=200)
+    per_type = pretraining_prompts(
+        items, PretrainConfig(shared_convention_p=0.0, max_demos=4), np.random.default_rng(0), count=200
+    )
     mixed = 0
     for prompt in per_type:
         by_type: dict[str, set] = {}
@@ -66,8 +77,9 @@ def test_pretraining_sequences_keep_one_convention_and_never_repeat_the_query_im
         assert all(len(c) == 1 for c in by_type.values())  # consistent per question type inside a sequence
         mixed += len(set().union(*by_type.values())) > 1
     assert mixed > 20  # ... but question types of one sequence may differ
-    again = pretraining_prompts(items, PretrainConfig(shared_convention_p=1.0, max_demos=4),
-                                np.random.default_rng(0), count=200)
+    again = pretraining_prompts(
+        items, PretrainConfig(shared_convention_p=1.0, max_demos=4), np.random.default_rng(0), count=200
+    )
     assert again == shared
 
 
@@ -89,8 +101,13 @@ def test_pretrain_config_errors_name_the_key():
 
 
 def test_factory_strips_and_checks_the_tiny_only_fields():
-    entry = {"family": "flamingo", "variant": "tiny", "seed": 2, "tiny": {"lang_width": 64},
-             "pretrain": {"steps": 5, "warmup_steps": 1}}
+    entry = {
+        "family": "flamingo",
+        "variant": "tiny",
+        "seed": 2,
+        "tiny": {"lang_width": 64},
+        "pretrain": {"steps": 5, "warmup_steps": 1},
+    }
     family, dims, pretrain, seed = tiny_spec("f", entry)
     assert (family, dims.lang_width, pretrain.steps, seed) == ("flamingo", 64, 5, 2)
     assert parse_config("f", entry).seed == 2 and is_pretrained(entry)
@@ -137,8 +154,13 @@ def test_pretrained_dir_loads_through_the_local_loader_and_is_deterministic(toy_
     summary = pretrain_tiny_lvlm(family, dims, QUICK, train, str(out), seed=0)
     assert len(summary["loss_curve"]) == 3 and np.isfinite(summary["final_loss"])
     assert json.loads((out / "pretraining.json").read_text())["pretrain"]["steps"] == 3
-    entry = {"family": family, "variant": "tiny", "seed": 0, "precision": "fp32",
-             "pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1}}
+    entry = {
+        "family": family,
+        "variant": "tiny",
+        "seed": 0,
+        "precision": "fp32",
+        "pretrain": {"steps": 3, "batch_size": 4, "warmup_steps": 1},
+    }
     adapter = load_adapter("m", entry, str(out))  # the rule's path: the same local loader as a real model
     again = tmp_path / "again"
     pretrain_tiny_lvlm(family, dims, QUICK, train, str(again), seed=0)
@@ -147,7 +169,9 @@ def test_pretrained_dir_loads_through_the_local_loader_and_is_deterministic(toy_
     assert state.keys() == other_state.keys() and all(torch.equal(state[k], other_state[k]) for k in state)
     untrained = _TRAINERS[family](list(train["question"]) + toy_vocabulary(), dims, 0, list(train["image_path"]))
     fresh = untrained.model.state_dict()
-    changed = [k for k in state if k in fresh and fresh[k].shape == state[k].shape and not torch.equal(fresh[k], state[k])]
+    changed = [
+        k for k in state if k in fresh and fresh[k].shape == state[k].shape and not torch.equal(fresh[k], state[k])
+    ]
     assert changed  # training moved the weights, and the saved dir holds the moved ones
     prompts = pretraining_prompts(toy_items(train), QUICK, np.random.default_rng(5), count=6)
     _answer_spans_decode(untrained, prompts, family)
@@ -163,8 +187,7 @@ def test_pretrained_flamingo_dir_holds_exactly_the_trained_model(toy_records, tm
 
     torch.set_num_threads(1)
     train = toy_records["train"]
-    trainer = _FlamingoTrainer(list(train["question"]) + toy_vocabulary(), SMALL_FLAMINGO, 0,
-                               list(train["image_path"]))
+    trainer = _FlamingoTrainer(list(train["question"]) + toy_vocabulary(), SMALL_FLAMINGO, 0, list(train["image_path"]))
     with torch.no_grad():
         for parameter in trainer.model.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))  # every tensor differs from its init

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lever_lm import paths as P
+from lever_lm import paths
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -47,8 +47,14 @@ def write_okvqa_fixture(root: Path) -> None:
                 for k in range(10)
             ]
             annotations.append(
-                {"image_id": image_id, "question_id": question_id, "question_type": "other",
-                 "answer_type": "other", "confidence": 3, "answers": answers}
+                {
+                    "image_id": image_id,
+                    "question_id": question_id,
+                    "question_type": "other",
+                    "answer_type": "other",
+                    "confidence": 3,
+                    "answers": answers,
+                }
             )
         (root / f"OpenEnded_mscoco_{split}2014_questions.json").write_text(json.dumps({"questions": questions}))
         (root / f"mscoco_{split}2014_annotations.json").write_text(json.dumps({"annotations": annotations}))
@@ -95,7 +101,7 @@ def test_real_okvqa_config_plans_the_full_matrix(tmp_path):
     shards = config["beam_search"]["shards"]
     ceiling_shards = config["ceiling"]["shards"]
     versions = len(config["versions"])
-    baselines = len(config["inference"].get("baselines", P.BASELINES))
+    baselines = len(config["inference"].get("baselines", paths.BASELINES))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(config_path), cwd=tmp_path))
     assert jobs == {
         "records": 2,
@@ -114,8 +120,17 @@ def test_real_okvqa_config_plans_the_full_matrix(tmp_path):
         "ceiling_inference": models * samplers,
         "report": 1,
         "all": 1,
-        "total": 2 + 4 + 1 + 1 + 2 * samplers + models * samplers * (shards + 1)
-        + 2 * versions * models * samplers + models * baselines + models * samplers * (ceiling_shards + 2) + 1 + 1,
+        "total": 2
+        + 4
+        + 1
+        + 1
+        + 2 * samplers
+        + models * samplers * (shards + 1)
+        + 2 * versions * models * samplers
+        + models * baselines
+        + models * samplers * (ceiling_shards + 2)
+        + 1
+        + 1,
     }
     assert (samplers, models, shards, versions, baselines, ceiling_shards) == (4, 2, 8, 5, 5, 8)
 
@@ -127,8 +142,12 @@ def test_real_config_with_missing_paths_names_them_without_traceback(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in output and 'File "' not in output
     assert "configured input path(s) do not exist" in output
-    for key in ("dataset.root (train questions)", "encoders.clip_vit_l14.checkpoint",
-                "beam_models.flamingo_3B.checkpoint_path", "beam_models.qwen2.5_vl_3B.model_path"):
+    for key in (
+        "dataset.root (train questions)",
+        "encoders.clip_vit_l14.checkpoint",
+        "beam_models.flamingo_3B.checkpoint_path",
+        "beam_models.qwen2.5_vl_3B.model_path",
+    ):
         assert key in output
     assert str(tmp_path / "okvqa" / "mscoco_val2014_annotations.json") in output
 
@@ -159,8 +178,15 @@ def test_imitation_ceiling_is_planned_by_default_and_not_when_disabled(tmp_path)
 
 def test_replicate_config_plans_a_seed_dimension(tmp_path):
     """configs/toy_replicates.yaml over the default: 3 replicates, pretraining included, of a reduced matrix."""
-    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                       str(REPO / "configs" / "toy_reduced.yaml"), str(REPO / "configs" / "toy_replicates.yaml"))
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(REPO / "configs" / "toy_reduced.yaml"),
+        str(REPO / "configs" / "toy_replicates.yaml"),
+    )
     jobs = planned_jobs(result)
     assert jobs["anchors"] == 3 and jobs["tiny_lvlm"] == 3 * 2
     assert jobs["beam_gather"] == 3 * 2 * 2
@@ -174,8 +200,15 @@ def test_replicate_config_plans_a_seed_dimension(tmp_path):
 @pytest.mark.parametrize("seed", [1, 2])
 def test_dataset_seed_overlays_plan_their_own_toy(tmp_path, seed):
     """configs/toy_seed{1,2}.yaml: the reduced matrix on another draw of the toy dataset, under its own name."""
-    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                       str(REPO / "configs" / "toy_reduced.yaml"), str(REPO / "configs" / f"toy_seed{seed}.yaml"))
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        str(REPO / "configs" / "toy_reduced.yaml"),
+        str(REPO / "configs" / f"toy_seed{seed}.yaml"),
+    )
     jobs = planned_jobs(result)
     assert jobs["toy_dataset"] == 1 and jobs["tiny_lvlm"] == 2
     assert jobs["train_selector"] == jobs["icl_inference"] == 2 * 2 * 2
@@ -185,8 +218,16 @@ def test_dataset_seed_overlays_plan_their_own_toy(tmp_path, seed):
 
 
 def test_v4_selector_depends_on_v3_even_when_v3_is_not_listed(tmp_path):
-    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                       "--config", "versions=[v4]", "samplers=[rand_sampler]")
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--config",
+        "versions=[v4]",
+        "samplers=[rand_sampler]",
+    )
     jobs = planned_jobs(result)
     assert jobs["train_selector"] == 2 * 2  # v3 and v4, for each beam model
     assert jobs["icl_inference"] == 2  # only the listed version is evaluated
@@ -194,8 +235,16 @@ def test_v4_selector_depends_on_v3_even_when_v3_is_not_listed(tmp_path):
 
 def test_nested_command_line_overrides_plan_with_their_values(tmp_path):
     """Snakemake hands nested `--config` values over as strings; they are read as the schema's types."""
-    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"), "--config",
-                       "anchors={sample_num: 8, seed: 42}", "beam_search={beam_size: 3, shot_num: 2, shards: 2}")
+    result = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--config",
+        "anchors={sample_num: 8, seed: 42}",
+        "beam_search={beam_size: 3, shot_num: 2, shards: 2}",
+    )
     jobs = planned_jobs(result)
     assert jobs["beam_shard"] == 2 * 4 * 2
     assert "/infoscore_left_beam3_shot2_cand64_sample8/" in result.stdout
@@ -220,7 +269,7 @@ def test_split_files_kept_apart_are_read_where_they_are(tmp_path):
     }
     config_path.write_text(yaml.safe_dump(config))
 
-    records = [P.fill(P.RECORDS, config, split=split) for split in ("train", "val")]
+    records = [paths.fill(paths.RECORDS, config, split=split) for split in ("train", "val")]
     result = snakemake(*records, "--configfile", str(config_path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     val = pd.read_parquet(tmp_path / records[1])
@@ -244,8 +293,9 @@ def test_split_files_kept_apart_are_read_where_they_are(tmp_path):
     ],
 )
 def test_bad_config_names_the_key(tmp_path, override, key):
-    result = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                       "--config", override)
+    result = snakemake(
+        "-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"), "--config", override
+    )
     assert result.returncode != 0
     assert key in result.stdout + result.stderr
 
@@ -258,6 +308,7 @@ def test_lint_is_clean():
 
 def test_snakefmt_is_clean():
     snakefmt = str(Path(sys.executable).parent / "snakefmt")
-    result = subprocess.run([snakefmt, "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [snakefmt, "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr

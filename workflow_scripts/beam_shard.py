@@ -20,9 +20,7 @@ with script_logging(snakemake.log[0], "beam_shard") as log, gpu_lease():
 
     pin(snakemake.threads)  # threads, deterministic kernels, cuBLAS workspace: before CUDA starts
     wildcards, params = snakemake.wildcards, snakemake.params
-    cfg = config_from_dict(
-        params.beam_search, cand_num=params.cand_num, sample_num=params.sample_num
-    )
+    cfg = config_from_dict(params.beam_search, cand_num=params.cand_num, sample_num=params.sample_num)
     shard_index, n_shards = parse_scatter_item(wildcards.scatteritem)
     anchors = shard_anchors(read_anchors(snakemake.input.anchors).anchors, n_shards, shard_index)
     candidates = read_candidates(snakemake.input.candidates)

@@ -14,7 +14,12 @@ with script_logging(snakemake.log[0], "records") as log:
         # read from the config, not params: a cand_num change must not rebuild the records (and all downstream);
         # with records present, the same check runs at planning time (lever_lm.config.check_cand_num_fits_records)
         candidates = snakemake.config["candidates"]
-        check_cand_num_fits(records["image_id"], records["question_id"], candidates["cand_num"],
-                            candidates.get("exclude_same_image", True), f"split train ({files['annotations']})")
+        check_cand_num_fits(
+            records["image_id"],
+            records["question_id"],
+            candidates["cand_num"],
+            candidates.get("exclude_same_image", True),
+            f"split train ({files['annotations']})",
+        )
     write_records(snakemake.output.records, records)
     log.info("%d %s records", len(records), snakemake.wildcards.split)

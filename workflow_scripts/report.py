@@ -24,10 +24,7 @@ with script_logging(snakemake.log[0], "report") as log:
         out_html=out.html,
         out_scores=out.scores,
         out_comparisons=out.comparisons,
-        out_plots={
-            (cell["beam_model"], cell["version"]): plot
-            for cell, plot in zip(params.plot_cells, out.plots)
-        },
+        out_plots={(cell["beam_model"], cell["version"]): plot for cell, plot in zip(params.plot_cells, out.plots)},
         beam_models=params.beam_models,
         samplers=params.samplers,
         uncertainty=UncertaintyConfig.from_config(params.uncertainty),

@@ -12,10 +12,23 @@ with script_logging(snakemake.log[0], "tiny_lvlm") as log:
         from lever_lm.toy.pretrain import pretrain_tiny_lvlm
 
         family, dims, pretrain, seed = tiny_spec(name, entry)
-        summary = pretrain_tiny_lvlm(family, dims, pretrain, load_records(snakemake.input.train),
-                                     snakemake.output.model_dir, seed, threads=snakemake.threads, log=log)
-        log.info("tiny %s pretrained: %d steps, final loss %.4f, %.0f s", name, pretrain.steps,
-                 summary["final_loss"], summary["train_seconds"])
+        summary = pretrain_tiny_lvlm(
+            family,
+            dims,
+            pretrain,
+            load_records(snakemake.input.train),
+            snakemake.output.model_dir,
+            seed,
+            threads=snakemake.threads,
+            log=log,
+        )
+        log.info(
+            "tiny %s pretrained: %d steps, final loss %.4f, %.0f s",
+            name,
+            pretrain.steps,
+            summary["final_loss"],
+            summary["train_seconds"],
+        )
     else:
         texts = []
         for path in (snakemake.input.train, snakemake.input.val):

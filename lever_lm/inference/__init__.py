@@ -37,6 +37,20 @@ from lever_lm.inference.journal import InferenceJournal, journal_path
 from lever_lm.inference.outputs import PREDICTION_COLUMNS, write_inference_outputs
 from lever_lm.paths import BASELINES
 
-__all__ = ["BASELINES", "PREDICTION_COLUMNS", "TASKS", "InferenceConfig", "InferenceInputs", "InferenceJournal",
-           "config_digest", "evaluate", "generate_answers", "journal_path", "plan_generation_batches", "run_baseline",
-           "run_selector_cell", "select_queries", "write_inference_outputs"]
+__all__ = [
+    "BASELINES",
+    "PREDICTION_COLUMNS",
+    "TASKS",
+    "InferenceConfig",
+    "InferenceInputs",
+    "InferenceJournal",
+    "config_digest",
+    "evaluate",
+    "generate_answers",
+    "journal_path",
+    "plan_generation_batches",
+    "run_baseline",
+    "run_selector_cell",
+    "select_queries",
+    "write_inference_outputs",
+]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from lever_lm.io_utils import json_sha256
 
@@ -30,7 +31,7 @@ class InferenceConfig:
     token_budget: int | None
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None, task: str) -> "InferenceConfig":
+    def from_config(cls, section: Mapping[str, Any] | None, task: str) -> InferenceConfig:
         """From ``config["inference"]`` (None: all defaults), validated against the config schema with its defaults
         filled (``lever_lm.config.validate_section``); errors name the key: ``config key inference.shots.0: ...``.
         ``baselines`` (which baseline jobs exist) is not part of the config of a job."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,8 +39,13 @@ def _checked_icds(icds: Sequence[Sequence[int]], n_queries: int, k: int, n_train
     return out
 
 
-def score_answers(task: str, answers: Sequence[str], references: Sequence[Sequence[str]],
-                  question_ids: Sequence[int], always_normalize: bool) -> tuple[list[float], float]:
+def score_answers(
+    task: str,
+    answers: Sequence[str],
+    references: Sequence[Sequence[str]],
+    question_ids: Sequence[int],
+    always_normalize: bool,
+) -> tuple[list[float], float]:
     """(per-question scores, the shot's score x100): VQA accuracy per question and its mean, or corpus CIDEr
     (per-question NaN)."""
     from lever_lm import metrics
@@ -47,8 +53,9 @@ def score_answers(task: str, answers: Sequence[str], references: Sequence[Sequen
     if task == "vqa":
         per_question = [metrics.vqa_accuracy(a, list(r), always_normalize) for a, r in zip(answers, references)]
         return per_question, 100.0 * float(np.mean(per_question))
-    corpus = metrics.cider(dict(zip((int(q) for q in question_ids), answers)),
-                           {int(q): list(r) for q, r in zip(question_ids, references)})
+    corpus = metrics.cider(
+        dict(zip((int(q) for q in question_ids), answers)), {int(q): list(r) for q, r in zip(question_ids, references)}
+    )
     return [float("nan")] * len(answers), 100.0 * float(corpus)
 
 
@@ -58,10 +65,17 @@ def postprocess(task: str, raw: str) -> str:
     return postprocess_vqa(raw) if task == "vqa" else raw.strip()
 
 
-def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retriever", queries: ValQueries,
-             train: "ExampleTable", shots: Sequence[int], cfg: InferenceConfig, task: str,
-             logger: logging.Logger | None = None,
-             journal: "InferenceJournal | None" = None) -> tuple[dict[str, dict[str, Any]], "pd.DataFrame"]:
+def evaluate(
+    adapter: LVLMAdapter | Callable[[], LVLMAdapter],
+    chooser: Retriever,
+    queries: ValQueries,
+    train: ExampleTable,
+    shots: Sequence[int],
+    cfg: InferenceConfig,
+    task: str,
+    logger: logging.Logger | None = None,
+    journal: InferenceJournal | None = None,
+) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
     """Every shot for every query: choose ICDs, generate, post-process, score. Returns (shots dict, predictions).
 
     ``adapter``: the LVLM, or a function that loads it (called only if a batch is left to generate). ``journal``:
@@ -89,8 +103,13 @@ def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retri
         def progress(done: int, total: int) -> None:
             if done - last[0] >= step or done == total:
                 last[0] = done
-                logger.info("shot %d: generated %d/%d (%.1f queries/s)", k, done, total,
-                            done / max(1e-9, time.perf_counter() - started))
+                logger.info(
+                    "shot %d: generated %d/%d (%.1f queries/s)",
+                    k,
+                    done,
+                    total,
+                    done / max(1e-9, time.perf_counter() - started),
+                )
 
         done = journal.batches(k) if journal is not None else {}
         if done:
@@ -100,25 +119,42 @@ def evaluate(adapter: "LVLMAdapter | Callable[[], LVLMAdapter]", chooser: "Retri
         # so the same plan) holds entirely needs no plan, so a fully resumed job still never loads the LVLM
         raw = all_from_journal(done, len(prompts)) if cfg.token_budget is not None else None
         if raw is None:
-            raw = generate_answers(lvlm, prompts, cfg.max_new_tokens, cfg.num_beams, cfg.batch_size, progress,
-                                   done=done, on_batch=on_batch, token_budget=cfg.token_budget)
+            raw = generate_answers(
+                lvlm,
+                prompts,
+                cfg.max_new_tokens,
+                cfg.num_beams,
+                cfg.batch_size,
+                progress,
+                done=done,
+                on_batch=on_batch,
+                token_budget=cfg.token_budget,
+            )
         answers = [postprocess(task, text) for text in raw]
-        per_question, score = score_answers(task, answers, queries.answers, queries.question_ids,
-                                            cfg.always_normalize)
+        per_question, score = score_answers(task, answers, queries.answers, queries.question_ids, cfg.always_normalize)
         shot_scores[str(k)] = {"score": score, "n": len(queries)}
-        logger.info("shot %d: %s %.2f over %d queries in %.1f s", k, METRIC_OF_TASK[task], score, len(queries),
-                    time.perf_counter() - started)
-        frames.append(pd.DataFrame({
-            "question_id": pd.Series(queries.question_ids, dtype="int64"),
-            "shot": pd.Series(np.full(len(queries), k), dtype="int64"),
-            "icd_ids": pd.Series(icds, dtype=object),
-            "raw_output": pd.Series(raw, dtype=object),
-            "answer": pd.Series(answers, dtype=object),
-            "score": pd.Series(per_question, dtype="float64"),
-        }))
+        logger.info(
+            "shot %d: %s %.2f over %d queries in %.1f s",
+            k,
+            METRIC_OF_TASK[task],
+            score,
+            len(queries),
+            time.perf_counter() - started,
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    "question_id": pd.Series(queries.question_ids, dtype="int64"),
+                    "shot": pd.Series(np.full(len(queries), k), dtype="int64"),
+                    "icd_ids": pd.Series(icds, dtype=object),
+                    "raw_output": pd.Series(raw, dtype=object),
+                    "answer": pd.Series(answers, dtype=object),
+                    "score": pd.Series(per_question, dtype="float64"),
+                }
+            )
+        )
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
     return shot_scores, predictions
-
 
 
 class LazyAdapter:
@@ -136,5 +172,5 @@ class LazyAdapter:
     def generate(self, *args: Any, **kwargs: Any) -> list[str]:
         return self._adapter().generate(*args, **kwargs)
 
-    def prompt_token_lengths(self, prompts: Sequence["Prompt"]) -> list[int]:
+    def prompt_token_lengths(self, prompts: Sequence[Prompt]) -> list[int]:
         return self._adapter().prompt_token_lengths(prompts)

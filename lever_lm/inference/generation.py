@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lever_lm.lvlm.base import LVLMAdapter, Prompt
 
 
-def _prompt_size(prompt: "Prompt") -> tuple[int, int]:
+def _prompt_size(prompt: Prompt) -> tuple[int, int]:
     examples = (*prompt.demos, prompt.query)
     return len(examples), sum(len(e.question) + len(e.answer or "") for e in examples)
 
 
-def plan_generation_batches(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_new_tokens: int,
-                            num_beams: int, batch_size: int, token_budget: int | None = None) -> list[list[int]]:
+def plan_generation_batches(
+    adapter: LVLMAdapter,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    num_beams: int,
+    batch_size: int,
+    token_budget: int | None = None,
+) -> list[list[int]]:
     """Generation batches, as lists of prompt positions; deterministic for given prompts and settings (resume needs
     the same batches again).
 
@@ -41,11 +48,17 @@ def plan_generation_batches(adapter: "LVLMAdapter", prompts: Sequence["Prompt"],
     return plan_batches(costs, keys, batch_size, token_budget)
 
 
-def generate_answers(adapter: "LVLMAdapter", prompts: Sequence["Prompt"], max_new_tokens: int, num_beams: int,
-                     batch_size: int, progress: Callable[[int, int], None] | None = None,
-                     done: Mapping[int, tuple[Sequence[int], Sequence[str]]] | None = None,
-                     on_batch: Callable[[int, list[int], list[str]], None] | None = None,
-                     token_budget: int | None = None) -> list[str]:
+def generate_answers(
+    adapter: LVLMAdapter,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    num_beams: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    done: Mapping[int, tuple[Sequence[int], Sequence[str]]] | None = None,
+    on_batch: Callable[[int, list[int], list[str]], None] | None = None,
+    token_budget: int | None = None,
+) -> list[str]:
     """Raw generations, batched by ``plan_generation_batches`` (``batch_size`` prompts in order of size, or
     token-budget batches), each batch through ``adapter.generate``; results in the order of ``prompts``.
 

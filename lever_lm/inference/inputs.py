@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,8 +36,9 @@ class InferenceInputs:
     val_meta: str | None = None
 
     @classmethod
-    def from_named(cls, named: Any) -> "InferenceInputs":
+    def from_named(cls, named: Any) -> InferenceInputs:
         """From ``snakemake.input`` (or any object/mapping with these names)."""
+
         def get(name: str) -> Any:
             value = named.get(name) if isinstance(named, Mapping) else getattr(named, name, None)
             return None if value is None else str(value)
@@ -59,8 +61,8 @@ class InferenceInputs:
 
 @dataclass(frozen=True)
 class _Split:
-    records: "pd.DataFrame"
-    features: "FeatureTable"
+    records: pd.DataFrame
+    features: FeatureTable
     meta: dict
     meta_path: str
 
@@ -72,8 +74,9 @@ def load_split(inputs: InferenceInputs, split: str) -> _Split:
 
     records_path = getattr(inputs, f"{split}_records")
     meta_path = inputs.meta_path(split)
-    result = load_embeddings(EmbeddingPaths(Path(getattr(inputs, f"{split}_image")),
-                                            Path(getattr(inputs, f"{split}_text")), Path(meta_path)))
+    result = load_embeddings(
+        EmbeddingPaths(Path(getattr(inputs, f"{split}_image")), Path(getattr(inputs, f"{split}_text")), Path(meta_path))
+    )
     if result.meta.get("split", split) != split:
         raise ValueError(f"{meta_path}: split is {result.meta.get('split')!r}, expected {split!r}")
     records = load_records(records_path)
@@ -87,8 +90,10 @@ def load_split(inputs: InferenceInputs, split: str) -> _Split:
 def check_same_encoder(train: _Split, val: _Split) -> str:
     a, b = train.meta.get("encoder_id"), val.meta.get("encoder_id")
     if a != b:
-        raise ValueError(f"{val.meta_path}: val embeddings come from encoder {b!r} but the train embeddings "
-                         f"({train.meta_path}) from {a!r}")
+        raise ValueError(
+            f"{val.meta_path}: val embeddings come from encoder {b!r} but the train embeddings "
+            f"({train.meta_path}) from {a!r}"
+        )
     return str(a)
 
 
@@ -112,7 +117,7 @@ def select_queries(n_val: int, max_queries: int | None, seed: int) -> np.ndarray
     return np.sort(np.random.default_rng(seed).choice(n_val, size=max_queries, replace=False)).astype(np.int64)
 
 
-def val_queries(records: "pd.DataFrame", rows: np.ndarray, task: str, source: str) -> ValQueries:
+def val_queries(records: pd.DataFrame, rows: np.ndarray, task: str, source: str) -> ValQueries:
     """The queries of ``rows``; a question without its reference answers (VQA: 10) is an error naming it."""
     from lever_lm.lvlm.base import Example
 
@@ -125,16 +130,16 @@ def val_queries(records: "pd.DataFrame", rows: np.ndarray, task: str, source: st
         if not refs or not all(isinstance(a, str) for a in refs) or not any(a.strip() for a in refs):
             raise ValueError(f"{source}: val question_id {qid} has no reference answers")
         if task == "vqa" and len(refs) != VQA_ANSWERS_PER_QUESTION:
-            raise ValueError(f"{source}: val question_id {qid} has {len(refs)} answers, "
-                             f"expected {VQA_ANSWERS_PER_QUESTION}")
+            raise ValueError(
+                f"{source}: val question_id {qid} has {len(refs)} answers, expected {VQA_ANSWERS_PER_QUESTION}"
+            )
         examples.append(Example(str(record["image_path"]), str(record["question"])))
         answers.append(refs)
         qids.append(qid)
     return ValQueries(np.asarray(rows, dtype=np.int64), np.asarray(qids, dtype=np.int64), examples, answers)
 
 
-
-def load_lvlm(beam_model: str, entry: Mapping[str, Any], weights: Sequence[str] | None) -> "LVLMAdapter":
+def load_lvlm(beam_model: str, entry: Mapping[str, Any], weights: Sequence[str] | None) -> LVLMAdapter:
     from lever_lm.lvlm.factory import load_adapter
 
     tiny_dir = None

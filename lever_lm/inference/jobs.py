@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lever_lm.inference.config import InferenceConfig, config_digest
 from lever_lm.inference.evaluation import evaluate
@@ -30,8 +31,14 @@ log = logging.getLogger("lever_lm.inference")  # one logger for the package: log
 IDENTITY_KEYS = ("dataset", "beam_model", "sampler", "ex_name", "version", "lever_lm")
 
 
-def start_cell(kind: str, identity: Mapping[str, str], keys: Sequence[str], metrics_path: str | os.PathLike,
-               inference: Mapping[str, Any] | None, task: str) -> "InferenceConfig":
+def start_cell(
+    kind: str,
+    identity: Mapping[str, str],
+    keys: Sequence[str],
+    metrics_path: str | os.PathLike,
+    inference: Mapping[str, Any] | None,
+    task: str,
+) -> InferenceConfig:
     """What every cell job does first: drop a stale metrics.json, check the identity's keys, read the settings."""
     remove_stale_metrics(metrics_path)
     missing = [key for key in keys if key not in identity]
@@ -49,10 +56,22 @@ def _retriever_shots(cfg: InferenceConfig, baseline: str, n_train: int) -> tuple
     return cfg.shots
 
 
-def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool: str | None, inputs: InferenceInputs,
-                      weights: Sequence[str] | None, entry: Mapping[str, Any], inference: Mapping[str, Any] | None,
-                      task: str, metrics_path: str, predictions_path: str, adapter: "LVLMAdapter | None" = None,
-                      logger: logging.Logger | None = None, replicate: int = 0) -> dict[str, Any]:
+def run_selector_cell(
+    *,
+    identity: Mapping[str, str],
+    checkpoint: str,
+    test_pool: str | None,
+    inputs: InferenceInputs,
+    weights: Sequence[str] | None,
+    entry: Mapping[str, Any],
+    inference: Mapping[str, Any] | None,
+    task: str,
+    metrics_path: str,
+    predictions_path: str,
+    adapter: LVLMAdapter | None = None,
+    logger: logging.Logger | None = None,
+    replicate: int = 0,
+) -> dict[str, Any]:
     """ICL inference of one selector cell (rule icl_inference); returns the metrics written.
 
     ``replicate``: the replicate seed (lever_lm.replicates) the cell belongs to, recorded in metrics.json.
@@ -62,8 +81,8 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
     ``adapter``: an already loaded LVLM (tests); else loaded from ``entry`` (``weights[0]`` is a tiny model's dir).
     """
     from lever_lm.beam_search import ExampleTable
-    from lever_lm.selectors import load_selector
     from lever_lm.retrievers import SelectorRetriever
+    from lever_lm.selectors import load_selector
 
     logger = logger or log
     cfg = start_cell("selector", identity, IDENTITY_KEYS, metrics_path, inference, task)
@@ -71,8 +90,10 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
     encoder_id = check_same_encoder(train, val)
     selector = load_selector(checkpoint, train.features, expect={key: identity[key] for key in IDENTITY_KEYS})
     if "encoder_id" in selector.meta and str(selector.meta["encoder_id"]) != encoder_id:
-        raise ValueError(f"{checkpoint}: selector trained on encoder {selector.meta['encoder_id']!r} features but the "
-                         f"val embeddings ({val.meta_path}) come from {encoder_id!r}")
+        raise ValueError(
+            f"{checkpoint}: selector trained on encoder {selector.meta['encoder_id']!r} features but the "
+            f"val embeddings ({val.meta_path}) come from {encoder_id!r}"
+        )
     pools = None
     if selector.needs_pools:
         if not test_pool:
@@ -82,8 +103,9 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
         pool_file = read_candidates(test_pool)
         pool_sampler = pool_file.params.get("sampler", identity["sampler"])
         if pool_sampler != identity["sampler"]:
-            raise ValueError(f"{test_pool}: test pool of sampler {pool_sampler!r}, "
-                             f"this cell is {identity['sampler']!r}")
+            raise ValueError(
+                f"{test_pool}: test pool of sampler {pool_sampler!r}, this cell is {identity['sampler']!r}"
+            )
         pools = pool_file.candidates
     rows = select_queries(len(val.records), cfg.max_queries, cfg.query_seed)
     queries = val_queries(val.records, rows, task, inputs.val_records)
@@ -92,28 +114,70 @@ def run_selector_cell(*, identity: Mapping[str, str], checkpoint: str, test_pool
         chooser.check(rows, shot)
     examples = ExampleTable.from_records(train.records, name=inputs.train_records)
     adapter = adapter or load_lvlm(identity["beam_model"], entry, weights)
-    logger.info("%s %s %s: %d val queries, shots %s", identity["version"], identity["beam_model"], identity["sampler"],
-                len(queries), list(cfg.shots))
-    fingerprint = job_fingerprint(inputs, {"checkpoint": checkpoint, "test_pool": test_pool, "weights": weights or []},
-                                   kind="selector", task=task, inference=cfg.to_dict(), identity=dict(identity),
-                                   entry=dict(entry))
+    logger.info(
+        "%s %s %s: %d val queries, shots %s",
+        identity["version"],
+        identity["beam_model"],
+        identity["sampler"],
+        len(queries),
+        list(cfg.shots),
+    )
+    fingerprint = job_fingerprint(
+        inputs,
+        {"checkpoint": checkpoint, "test_pool": test_pool, "weights": weights or []},
+        kind="selector",
+        task=task,
+        inference=cfg.to_dict(),
+        identity=dict(identity),
+        entry=dict(entry),
+    )
     with InferenceJournal(journal_path(predictions_path), fingerprint, logger) as journal:
         shots, predictions = evaluate(adapter, chooser, queries, examples, cfg.shots, cfg, task, logger, journal)
     checkpoint_info = {"path": str(checkpoint), "sha256": file_sha256(checkpoint), "meta": selector.meta}
-    digest = config_digest(kind="selector", task=task, inference=cfg.to_dict(), identity=dict(identity),
-                           entry=dict(entry), checkpoint_sha256=checkpoint_info["sha256"])
-    metrics = metrics_record(kind="selector", dataset=identity["dataset"], task=task, beam_model=identity["beam_model"],
-                       version=identity["version"], sampler=identity["sampler"], baseline=None, shots=shots,
-                       queries=queries, cfg=cfg, checkpoint=checkpoint_info, digest=digest, replicate=replicate)
+    digest = config_digest(
+        kind="selector",
+        task=task,
+        inference=cfg.to_dict(),
+        identity=dict(identity),
+        entry=dict(entry),
+        checkpoint_sha256=checkpoint_info["sha256"],
+    )
+    metrics = metrics_record(
+        kind="selector",
+        dataset=identity["dataset"],
+        task=task,
+        beam_model=identity["beam_model"],
+        version=identity["version"],
+        sampler=identity["sampler"],
+        baseline=None,
+        shots=shots,
+        queries=queries,
+        cfg=cfg,
+        checkpoint=checkpoint_info,
+        digest=digest,
+        replicate=replicate,
+    )
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
     journal.remove()
     return metrics
 
 
-def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: InferenceInputs,
-                 weights: Sequence[str] | None, entry: Mapping[str, Any], inference: Mapping[str, Any] | None,
-                 task: str, metrics_path: str, predictions_path: str, adapter: "LVLMAdapter | None" = None,
-                 logger: logging.Logger | None = None, replicate: int = 0) -> dict[str, Any]:
+def run_baseline(
+    *,
+    dataset: str,
+    beam_model: str,
+    baseline: str,
+    inputs: InferenceInputs,
+    weights: Sequence[str] | None,
+    entry: Mapping[str, Any],
+    inference: Mapping[str, Any] | None,
+    task: str,
+    metrics_path: str,
+    predictions_path: str,
+    adapter: LVLMAdapter | None = None,
+    logger: logging.Logger | None = None,
+    replicate: int = 0,
+) -> dict[str, Any]:
     """ICL inference of one baseline (rule baseline_inference): RandomRetriever, ZeroShot or SimRetriever-*.
 
     ``replicate``: the replicate seed the run belongs to, recorded in metrics.json.
@@ -135,16 +199,43 @@ def run_baseline(*, dataset: str, beam_model: str, baseline: str, inputs: Infere
     examples = ExampleTable.from_records(train.records, name=inputs.train_records)
     adapter = adapter or load_lvlm(beam_model, entry, weights)
     logger.info("%s %s: %d val queries, shots %s", baseline, beam_model, len(queries), list(shots))
-    fingerprint = job_fingerprint(inputs, {"weights": weights or []}, kind="baseline", task=task,
-                                   inference=cfg.to_dict(), dataset=dataset, beam_model=beam_model, baseline=baseline,
-                                   entry=dict(entry))
+    fingerprint = job_fingerprint(
+        inputs,
+        {"weights": weights or []},
+        kind="baseline",
+        task=task,
+        inference=cfg.to_dict(),
+        dataset=dataset,
+        beam_model=beam_model,
+        baseline=baseline,
+        entry=dict(entry),
+    )
     with InferenceJournal(journal_path(predictions_path), fingerprint, logger) as journal:
         scores, predictions = evaluate(adapter, chooser, queries, examples, shots, cfg, task, logger, journal)
-    digest = config_digest(kind="baseline", task=task, inference=cfg.to_dict(), dataset=dataset,
-                           beam_model=beam_model, baseline=baseline, entry=dict(entry))
-    metrics = metrics_record(kind="baseline", dataset=dataset, task=task, beam_model=beam_model, version=None, sampler=None,
-                       baseline=baseline, shots=scores, queries=queries, cfg=cfg, checkpoint=None, digest=digest,
-                       replicate=replicate)
+    digest = config_digest(
+        kind="baseline",
+        task=task,
+        inference=cfg.to_dict(),
+        dataset=dataset,
+        beam_model=beam_model,
+        baseline=baseline,
+        entry=dict(entry),
+    )
+    metrics = metrics_record(
+        kind="baseline",
+        dataset=dataset,
+        task=task,
+        beam_model=beam_model,
+        version=None,
+        sampler=None,
+        baseline=baseline,
+        shots=scores,
+        queries=queries,
+        cfg=cfg,
+        checkpoint=None,
+        digest=digest,
+        replicate=replicate,
+    )
     write_inference_outputs(metrics, predictions, metrics_path, predictions_path)
     journal.remove()
     return metrics

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lever_lm.inference.config import config_digest
 
@@ -60,9 +61,10 @@ class InferenceJournal:
                 keep = True
                 for line in lines[1:]:  # a batch generated twice (never expected): the later line wins
                     self._done.setdefault(int(line["shot"]), {})[int(line["batch"])] = (
-                        [int(i) for i in line["prompts"]], [str(t) for t in line["raw"]])
-                logger.info("resuming from %s: %d batch(es) done", self.path,
-                            sum(len(b) for b in self._done.values()))
+                        [int(i) for i in line["prompts"]],
+                        [str(t) for t in line["raw"]],
+                    )
+                logger.info("resuming from %s: %d batch(es) done", self.path, sum(len(b) for b in self._done.values()))
             elif self.path.stat().st_size:
                 logger.warning("%s was made from other inputs or config: starting over", self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +77,15 @@ class InferenceJournal:
         return dict(self._done.get(int(shot), {}))
 
     def record(self, shot: int, batch: int, prompts: Sequence[int], raw: Sequence[str]) -> None:
-        self._append(self._handle, {"shot": int(shot), "batch": int(batch), "prompts": [int(i) for i in prompts],
-                                    "raw": [str(t) for t in raw]})
+        self._append(
+            self._handle,
+            {
+                "shot": int(shot),
+                "batch": int(batch),
+                "prompts": [int(i) for i in prompts],
+                "raw": [str(t) for t in raw],
+            },
+        )
 
     def close(self) -> None:
         if not self._handle.closed:
@@ -86,12 +95,11 @@ class InferenceJournal:
         self.close()
         self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "InferenceJournal":
+    def __enter__(self) -> InferenceJournal:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
 
 
 def job_fingerprint(inputs: InferenceInputs, extra_files: Mapping[str, Any], **parts: Any) -> str:

@@ -9,9 +9,9 @@ the model's answer text for queries without an answer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from collections import Counter
-from typing import Container, Hashable, Sequence
+from collections.abc import Container, Hashable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,9 +60,20 @@ class WorkCounters(dict):
       against ``vision_attention_chunks``, the per-window / per-image calls the stock tower makes for the same input.
     """
 
-    KEYS = ("lm_forward_calls", "vision_forward_calls", "vision_images", "vision_tokens", "lm_tokens",
-            "lm_padded_tokens", "host_syncs", "h2d_copies", "kv_copy_ops", "kv_copy_bytes", "vision_attention_calls",
-            "vision_attention_chunks")
+    KEYS = (
+        "lm_forward_calls",
+        "vision_forward_calls",
+        "vision_images",
+        "vision_tokens",
+        "lm_tokens",
+        "lm_padded_tokens",
+        "host_syncs",
+        "h2d_copies",
+        "kv_copy_ops",
+        "kv_copy_bytes",
+        "vision_attention_calls",
+        "vision_attention_chunks",
+    )
 
     def __init__(self):
         super().__init__({key: 0 for key in self.KEYS})
@@ -126,8 +137,9 @@ class LVLMAdapter(ABC):
         """
 
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int,
-                 batch_size: int | None = None) -> list[str]:
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int, batch_size: int | None = None
+    ) -> list[str]:
         """Answer text for each prompt's query (the query's ``answer`` is ignored), ``batch_size`` prompts at a
         time (default: the adapter's ``score_batch_size``); rows may hold different numbers of images."""
 
@@ -136,7 +148,7 @@ class LVLMAdapter(ABC):
         without running the model: ICL inference plans its token-budget batches from them."""
         raise NotImplementedError(f"{type(self).__name__} does not count prompt tokens")
 
-    def clear_cache(self) -> None:
+    def clear_cache(self) -> None:  # noqa: B027  (optional hook: adapters without caches need not override it)
         """Drop cached vision features and key/value blocks (beam search calls this per anchor)."""
 
 
@@ -213,8 +225,9 @@ def answer_token_span(offsets: Sequence[tuple[int, int]], char_start: int, char_
     return inside[0], inside[-1] + 1
 
 
-def plan_batches(lengths: Sequence[int], sort_keys: Sequence[tuple], max_rows: int,
-                 token_budget: int | None) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], sort_keys: Sequence[tuple], max_rows: int, token_budget: int | None
+) -> list[list[int]]:
     """Batches of the fast paths' forward rows, as lists of row indices.
 
     ``lengths[i]`` is row i's continuation length (the tokens it runs through the language model), ``sort_keys[i]``
@@ -229,7 +242,7 @@ def plan_batches(lengths: Sequence[int], sort_keys: Sequence[tuple], max_rows: i
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     if token_budget is None:
         order = sorted(range(len(lengths)), key=lambda i: sort_keys[i])
-        return [order[first: first + max_rows] for first in range(0, len(order), max_rows)]
+        return [order[first : first + max_rows] for first in range(0, len(order), max_rows)]
     if token_budget < 1:
         raise ValueError(f"token_budget must be >= 1 or None, got {token_budget}")
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], sort_keys[i]))
@@ -258,6 +271,8 @@ def choose_prefix_depths(prefix_keys: Sequence[Sequence[Hashable]], cached: Cont
     """
     shared = Counter(key for keys in prefix_keys for key in keys)
     return [
-        next((d for d in range(len(keys), 0, -1) if keys[d - 1] in cached or shared[keys[d - 1]] >= 2), min(1, len(keys)))
+        next(
+            (d for d in range(len(keys), 0, -1) if keys[d - 1] in cached or shared[keys[d - 1]] >= 2), min(1, len(keys))
+        )
         for keys in prefix_keys
     ]

@@ -10,7 +10,8 @@ toy world's: rule ``tiny_lvlm``'s script runs it with what ``tiny_spec`` returns
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from lever_lm.lvlm.base import LVLMAdapter
 

@@ -31,14 +31,14 @@ import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from lever_lm.data import load_image
-from lever_lm.lvlm.kv_pool import KVPool
 from lever_lm.lvlm.base import (
     Example,
     LVLMAdapter,
@@ -51,6 +51,7 @@ from lever_lm.lvlm.base import (
     select_device_dtype,
     vision_token_budget,
 )
+from lever_lm.lvlm.kv_pool import KVPool
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,9 @@ def _check_paths(paths: _ResolvedPaths) -> None:
         raise LVLMConfigError(f"{key}: directory not found: {lang_dir}")
     if not (Path(lang_dir) / "config.json").is_file():
         raise LVLMConfigError(f"{key}: {lang_dir} has no config.json")
-    weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json") for p in Path(lang_dir).glob(pattern)]
+    weights = [
+        p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json") for p in Path(lang_dir).glob(pattern)
+    ]
     if not weights:
         raise LVLMConfigError(f"{key}: {lang_dir} has no weights (*.safetensors or *.bin)")
     tok_dir, key = paths.tokenizer_path
@@ -210,7 +213,9 @@ def _read_checkpoint(path: str, key: str) -> dict:
         # never fall back to a full pickle: unpickling arbitrary objects runs code from the file
         from lever_lm.errors import torch_load_reason
 
-        raise LVLMConfigError(f"{key}: {path} refused by torch.load(weights_only=True): {torch_load_reason(err)}") from None
+        raise LVLMConfigError(
+            f"{key}: {path} refused by torch.load(weights_only=True): {torch_load_reason(err)}"
+        ) from None
     if isinstance(state, dict) and "model_state_dict" in state:
         state = state["model_state_dict"]
     if not isinstance(state, dict):
@@ -227,8 +232,15 @@ def trainable_tensor_aliases(model) -> dict[int, list[str]]:
     return aliases
 
 
-def _load_checkpoint_into(model, tokenizer, checkpoint: dict, path: str, key: str, missing_specials: list[str],
-                          tokenizer_path: tuple[str, str]) -> None:
+def _load_checkpoint_into(
+    model,
+    tokenizer,
+    checkpoint: dict,
+    path: str,
+    key: str,
+    missing_specials: list[str],
+    tokenizer_path: tuple[str, str],
+) -> None:
     own = model.state_dict()
     aliases = trainable_tensor_aliases(model)
     missing, mismatched = [], []
@@ -240,8 +252,11 @@ def _load_checkpoint_into(model, tokenizer, checkpoint: dict, path: str, key: st
         for n in present:
             if tuple(checkpoint[n].shape) != tuple(own[n].shape):
                 mismatched.append(f"{n} {tuple(checkpoint[n].shape)} vs model {tuple(own[n].shape)}")
-    embedding_names = {n for n, p in model.named_parameters(remove_duplicate=False)
-                       if p is model.lang_encoder.get_input_embeddings().weight}
+    embedding_names = {
+        n
+        for n, p in model.named_parameters(remove_duplicate=False)
+        if p is model.lang_encoder.get_input_embeddings().weight
+    }
     if missing_specials and any(m.split(" ")[0] in embedding_names for m in mismatched):
         tok_path, tok_key = tokenizer_path
         raise LVLMConfigError(
@@ -250,7 +265,9 @@ def _load_checkpoint_into(model, tokenizer, checkpoint: dict, path: str, key: st
             f"does not have ({'; '.join(mismatched[:3])})"
         )
     if mismatched:
-        raise LVLMConfigError(f"{key}: {path}: shape mismatch for {len(mismatched)} tensor(s): {'; '.join(mismatched[:5])}")
+        raise LVLMConfigError(
+            f"{key}: {path}: shape mismatch for {len(mismatched)} tensor(s): {'; '.join(mismatched[:5])}"
+        )
     if missing:
         raise LVLMConfigError(
             f"{key}: {path} lacks {len(missing)} Flamingo-trainable tensor(s), e.g. {', '.join(missing[:5])}"
@@ -272,18 +289,25 @@ def _load_model(paths: _ResolvedPaths, decoder_layers_attr_name: str | None):
 
     _check_paths(paths)
     if paths.vision_encoder_name == "ViT-L-14":
-        log.warning("%s: open_clip builds 'ViT-L-14' with GELU; OpenAI CLIP weights (as in OpenFlamingo-3B) need "
-                    "'ViT-L-14-quickgelu' when given as a local file", paths.vision_encoder_path[1])
+        log.warning(
+            "%s: open_clip builds 'ViT-L-14' with GELU; OpenAI CLIP weights (as in OpenFlamingo-3B) need "
+            "'ViT-L-14-quickgelu' when given as a local file",
+            paths.vision_encoder_path[1],
+        )
     if paths.open_clip_config_dir is not None:
         open_clip.add_model_config(paths.open_clip_config_dir)
     if open_clip.get_model_config(paths.vision_encoder_name) is None:
-        raise LVLMConfigError(f"{paths.vision_encoder_path[1]}: unknown open_clip architecture {paths.vision_encoder_name!r}")
+        raise LVLMConfigError(
+            f"{paths.vision_encoder_path[1]}: unknown open_clip architecture {paths.vision_encoder_name!r}"
+        )
     tok_dir, _ = paths.tokenizer_path
     raw_tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True, trust_remote_code=True)
     missing_specials = [t for t in (IMAGE_TOKEN, END_OF_CHUNK_TOKEN) if t not in raw_tokenizer.get_vocab()]
     if missing_specials and paths.tokenizer_needs_special_tokens:
-        raise LVLMConfigError(f"{paths.tokenizer_path[1]}: tokenizer at {tok_dir} lacks the special token(s) "
-                              f"{', '.join(missing_specials)}")
+        raise LVLMConfigError(
+            f"{paths.tokenizer_path[1]}: tokenizer at {tok_dir} lacks the special token(s) "
+            f"{', '.join(missing_specials)}"
+        )
     checkpoint = _read_checkpoint(*paths.checkpoint_path)
     with contextlib.redirect_stdout(io.StringIO()):  # the factory prints a parameter count
         model, image_processor, tokenizer = create_model_and_transforms(
@@ -296,18 +320,21 @@ def _load_model(paths: _ResolvedPaths, decoder_layers_attr_name: str | None):
             decoder_layers_attr_name=decoder_layers_attr_name,
         )
     checkpoint_file, checkpoint_key = paths.checkpoint_path
-    _load_checkpoint_into(model, tokenizer, checkpoint, checkpoint_file, checkpoint_key, missing_specials,
-                          paths.tokenizer_path)
+    _load_checkpoint_into(
+        model, tokenizer, checkpoint, checkpoint_file, checkpoint_key, missing_specials, paths.tokenizer_path
+    )
     for token in (IMAGE_TOKEN, END_OF_CHUNK_TOKEN):
         ids = tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
-            raise LVLMConfigError(f"{paths.tokenizer_path[1]}: tokenizer at {tok_dir} does not map {token} to one token")
+            raise LVLMConfigError(
+                f"{paths.tokenizer_path[1]}: tokenizer at {tok_dir} does not map {token} to one token"
+            )
     model.requires_grad_(False)
     model.eval()
     return model, image_processor, tokenizer
 
 
-def load_flamingo_adapter(config: FlamingoConfig) -> "FlamingoAdapter":
+def load_flamingo_adapter(config: FlamingoConfig) -> FlamingoAdapter:
     """Load the configured OpenFlamingo (local weights or a materialised tiny dir) behind the adapter interface."""
     _validate_config(config)
     paths = _resolve_paths(config)
@@ -357,15 +384,17 @@ def _checked_answer(example: Example, role: str) -> str:
 
 
 def demo_text(example: Example) -> str:
-    return f"{IMAGE_TOKEN}Question:{example.question.strip()} Short answer:{_checked_answer(example, 'ICD')}{END_OF_CHUNK_TOKEN}"
+    answer = _checked_answer(example, "ICD")
+    return f"{IMAGE_TOKEN}Question:{example.question.strip()} Short answer:{answer}{END_OF_CHUNK_TOKEN}"
 
 
 def query_text(example: Example) -> str:
     return f"{IMAGE_TOKEN}Question:{example.question.strip()} Short answer:"
 
 
-def _tokenise_block(text: str, answer_chars: tuple[int, int] | None, tokenizer, example: Example,
-                    eoc_id: int) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+def _tokenise_block(
+    text: str, answer_chars: tuple[int, int] | None, tokenizer, example: Example, eoc_id: int
+) -> tuple[tuple[int, ...], tuple[int, int] | None]:
     """Ids of one block and, for an answered block, its answer span (block coordinates) by the shared offset rule."""
     if answer_chars is None:
         return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]), None
@@ -415,7 +444,8 @@ def assemble_prompt(prompt: Prompt, tokenizer, with_answer: bool, cache: dict | 
 
 
 class FlamingoAdapter(LVLMAdapter):
-    """OpenFlamingo behind ``LVLMAdapter``. ``model`` is open_flamingo's ``Flamingo``; everything runs in inference mode."""
+    """OpenFlamingo behind ``LVLMAdapter``. ``model`` is open_flamingo's ``Flamingo``; everything runs in inference
+    mode."""
 
     def __init__(self, model, image_processor, tokenizer, config: FlamingoConfig, device, dtype):
         self.model = model
@@ -533,8 +563,9 @@ class FlamingoAdapter(LVLMAdapter):
 
     # -- generation
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int,
-                 batch_size: int | None = None) -> list[str]:
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int, batch_size: int | None = None
+    ) -> list[str]:
         """Batched beam search (greedy for ``num_beams=1``) with left padding on cached vision features; new text only.
 
         Prompts of one call may hold different image counts: each row names its own images, in order, in the batch's
@@ -616,8 +647,9 @@ class FlamingoAdapter(LVLMAdapter):
                     for layer in lang._get_decoder_layers():
                         layer.condition_media_locations(media_locations)
                         layer.condition_use_cached_media(False)
-                    prefix = (base or lang)(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                                            use_cache=True)
+                    prefix = (base or lang)(
+                        input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], use_cache=True
+                    )
                     past = prefix.past_key_values
                     past.batch_repeat_interleave(num_beams)
                     kwargs["past_key_values"] = past
@@ -642,8 +674,9 @@ class FlamingoAdapter(LVLMAdapter):
         finally:
             lang.clear_conditioned_layers()
             lang._use_cached_vision_x = False
-        texts = self.tokenizer.batch_decode(self.counters.device_read(generated[:, max_len:].cpu()),
-                                            skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(
+            self.counters.device_read(generated[:, max_len:].cpu()), skip_special_tokens=True
+        )
         return [t.strip() for t in texts]
 
     def stack_vision(self, image_lists: Sequence[Sequence[str]]):
@@ -658,10 +691,9 @@ class FlamingoAdapter(LVLMAdapter):
         max_images = max(len(paths) for paths in image_lists)
         index = torch.full((len(image_lists), max_images), len(distinct), dtype=torch.long)
         for row, paths in enumerate(image_lists):
-            index[row, :len(paths)] = torch.tensor([slot_of[p] for p in paths], dtype=torch.long)
+            index[row, : len(paths)] = torch.tensor([slot_of[p] for p in paths], dtype=torch.long)
         # one gather, not a copy per (row, image)
         return table[self.counters.to_device(index, table.device)]
-
 
 
 class _GenerationCrossAttention:

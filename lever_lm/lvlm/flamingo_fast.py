@@ -21,8 +21,9 @@ positions go through the LM head when the model exposes its base model and outpu
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,15 +60,29 @@ def score_with_prefix_reuse(adapter, prompts: Sequence[Prompt], assembled: Seque
         for key in (key for key in missing if len(key) == length):
             base = next((j for j in range(length - 1, 0, -1) if key[:j] in pool), 0)
             blocks = assembled[owners[key]].block_ids[base:length]
-            items.append(_Item(key[:base] if base else None, pool.length(key[:base]) if base else 0,
-                               [t for b in blocks for t in b], [d.image_path for d in key[base:]], store_key=key))
+            items.append(
+                _Item(
+                    key[:base] if base else None,
+                    pool.length(key[:base]) if base else 0,
+                    [t for b in blocks for t in b],
+                    [d.image_path for d in key[base:]],
+                    store_key=key,
+                )
+            )
         _run_items(adapter, items, store=True)
     items = []
     for prompt, item, k in zip(prompts, assembled, prefix_lengths):
         offset = sum(len(b) for b in item.block_ids[:k])
         start, end = item.span
-        items.append(_Item(prompt.demos[:k] if k else None, pool.length(prompt.demos[:k]) if k else 0,
-                           item.input_ids[offset:], item.image_paths[k:], span=(start - offset, end - offset)))
+        items.append(
+            _Item(
+                prompt.demos[:k] if k else None,
+                pool.length(prompt.demos[:k]) if k else 0,
+                item.input_ids[offset:],
+                item.image_paths[k:],
+                span=(start - offset, end - offset),
+            )
+        )
     scores = _run_items(adapter, items, store=False)
     return [scores[i] for i in range(len(items))]
 
@@ -137,8 +152,15 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
     past = buffer = None
     if native_cache and (prefix_max or store):
         # one buffer for past + new key/values of every layer; the past in one gather, the new ones written in place
-        buffer, past = pool.batch_cache((base if base is not None else lang).config, slots, prefix_max, cont_max,
-                                        dtype, device, adapter.config.key("lang_encoder_path"))
+        buffer, past = pool.batch_cache(
+            (base if base is not None else lang).config,
+            slots,
+            prefix_max,
+            cont_max,
+            dtype,
+            device,
+            adapter.config.key("lang_encoder_path"),
+        )
     elif prefix_max:
         # remote-code MPT: its own per-layer (keys, values) list, concatenated (and written back) inside the model
         shape = list(pool.data.shape)
@@ -149,8 +171,9 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
 
     vision = adapter.stack_vision([item.images for item in batch])
     media_locations = input_ids == adapter.media_token_id
-    kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask, past_key_values=past,
-                                  use_cache=store or past is not None)
+    kwargs: dict[str, Any] = dict(
+        input_ids=input_ids, attention_mask=mask, past_key_values=past, use_cache=store or past is not None
+    )
     if takes_positions:
         kwargs["position_ids"] = positions
     try:
@@ -166,8 +189,9 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
                 output = lang(**kwargs)
                 hidden, logits = None, output.logits
             if store:
-                _store_prefixes(adapter, batch, buffer if native_cache else output.past_key_values, prefix_max,
-                                cont_max)
+                _store_prefixes(
+                    adapter, batch, buffer if native_cache else output.past_key_values, prefix_max, cont_max
+                )
                 return []
             return _span_logprobs(batch, input_ids, hidden, logits, head, counters)
     finally:
@@ -201,8 +225,11 @@ def _store_prefixes(adapter, batch: list[_Item], source, prefix_max: int, cont_m
         source = flat.view(len(source), 2, *flat.shape[1:])
         adapter.counters["kv_copy_ops"] += 1
     adapter._prefix_cache.put(
-        [item.store_key for item in batch], source, list(range(len(batch))),
-        [prefix_max - item.prefix_length for item in batch], [item.prefix_length + len(item.ids) for item in batch],
+        [item.store_key for item in batch],
+        source,
+        list(range(len(batch))),
+        [prefix_max - item.prefix_length for item in batch],
+        [item.prefix_length + len(item.ids) for item in batch],
         seq_axis=seq_axis,
     )
 

@@ -20,7 +20,7 @@ Here:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 from lever_lm.lvlm.base import WorkCounters, to_device_packed
 
@@ -106,8 +106,15 @@ class KVPool:
 
     # -- writing
 
-    def put(self, keys: Sequence[Hashable], source, rows: Sequence[int], firsts: Sequence[int],
-            lengths: Sequence[int], seq_axis: int = 1) -> None:
+    def put(
+        self,
+        keys: Sequence[Hashable],
+        source,
+        rows: Sequence[int],
+        firsts: Sequence[int],
+        lengths: Sequence[int],
+        seq_axis: int = 1,
+    ) -> None:
         """Store ``source[:, :, rows[i]]``'s positions ``[firsts[i], firsts[i] + lengths[i])`` (sequence axis) under
         ``keys[i]``. ``source`` is (layers, 2, batch rows, *row_shape), e.g. a ``prefilled_cache`` buffer;
         ``seq_axis`` is the sequence axis within row_shape (1 for HF caches: heads, seq, head_dim)."""
@@ -156,7 +163,9 @@ class KVPool:
             have = list(self.data.shape[3:])
             have[self.seq_axis] = row_shape[self.seq_axis] = 0
             if have != row_shape or self.data.dtype != source.dtype or self.data.shape[:2] != source.shape[:2]:
-                raise ValueError(f"key/values of shape {tuple(source.shape)} do not fit a pool of {tuple(self.data.shape)}")
+                raise ValueError(
+                    f"key/values of shape {tuple(source.shape)} do not fit a pool of {tuple(self.data.shape)}"
+                )
         slots = 0 if self.data is None else self.data.shape[2]
         need_slots = slots + max(0, new_entries - len(self._free))
         need_width = max(self.width, length)
@@ -183,7 +192,9 @@ def kv_buffer(config, rows: int, width: int, dtype, device, where: str):
 
     layer_types = getattr(config, "layer_types", None) or []
     if any(kind != "full_attention" for kind in layer_types):
-        raise ValueError(f"{where}: sliding-window attention layers are not supported by the fast path's key/value reuse")
+        raise ValueError(
+            f"{where}: sliding-window attention layers are not supported by the fast path's key/value reuse"
+        )
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -218,8 +229,8 @@ def _define_cache_classes():
             end = self.filled + key_states.shape[-2]
             if end > self.keys.shape[-2]:
                 raise RuntimeError(f"prefilled cache: {end} positions do not fit a buffer of {self.keys.shape[-2]}")
-            self.keys[..., self.filled:end, :].copy_(key_states)
-            self.values[..., self.filled:end, :].copy_(value_states)
+            self.keys[..., self.filled : end, :].copy_(key_states)
+            self.values[..., self.filled : end, :].copy_(value_states)
             self.filled = end
             return self.keys[..., :end, :], self.values[..., :end, :]
 

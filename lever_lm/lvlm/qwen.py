@@ -17,8 +17,8 @@ scoring). ``multi_turn``: per ICD a user turn (image + ``Question:{q} Short answ
 ``{a}``; the query is a user turn followed, when scoring, by an assistant turn with its answer. The model's own
 chat template renders the messages (generation prompt only for inference).
 
-Tokenisation (docs/stages.md stage 4): the rendered text is tokenised AS ONE STRING, as the model's own processor does, so
-with Qwen's byte-level BPE ``:red`` or ``:no`` stays one token, as in every text the model was trained on. Each
+Tokenisation (docs/stages.md stage 4): the rendered text is tokenised AS ONE STRING, as the model's own processor does,
+so with Qwen's byte-level BPE ``:red`` or ``:no`` stays one token, as in every text the model was trained on. Each
 answer's span comes from the tokenizer's character offsets (``base.answer_token_span``, the rule the Flamingo
 adapter uses too): every token overlapping the answer (a token merging the ``:`` with the answer's first
 characters included), then the one token that closes it; for the query that must be ``<|im_end|>``.
@@ -27,14 +27,14 @@ characters included), then the one token that closes it; for the query that must
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from lever_lm.data import image_size, load_image
-from lever_lm.lvlm.qwen_positions import mrope_positions
 from lever_lm.lvlm.base import (
     Example,
     LVLMAdapter,
@@ -45,6 +45,7 @@ from lever_lm.lvlm.base import (
     check_budget_fields,
     select_device_dtype,
 )
+from lever_lm.lvlm.qwen_positions import mrope_positions
 
 PROMPT_STYLES = ("single_user_message", "multi_turn")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -55,9 +56,20 @@ IMAGE_TOKEN = "<|image_pad|>"
 END_TOKEN = "<|im_end|>"
 REQUIRED_SPECIAL_TOKENS = ("<|im_start|>", END_TOKEN, "<|vision_start|>", "<|vision_end|>", IMAGE_TOKEN)
 QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 # Qwen2.5-VL-Instruct's chat template (the one shipped with the model); the tiny model gets the same.
@@ -118,7 +130,9 @@ def config_from_dict(name: str, entry: Mapping[str, Any]) -> QwenVLConfig:
     _check_choice(config, "prompt_style", PROMPT_STYLES)
     _check_choice(config, "precision", PRECISIONS)
     if not isinstance(config.score_batch_size, int) or config.score_batch_size < 1:
-        raise ValueError(f"{config.key('score_batch_size')}: must be a positive integer, got {config.score_batch_size!r}")
+        raise ValueError(
+            f"{config.key('score_batch_size')}: must be a positive integer, got {config.score_batch_size!r}"
+        )
     check_budget_fields(config)
     for pixels in ("min_pixels", "max_pixels"):
         value = getattr(config, pixels)
@@ -152,19 +166,26 @@ def _check_model_dir(config: QwenVLConfig) -> Path:
         raise LVLMConfigError(f"{key}: directory {path} does not exist")
     required = {
         "config.json": ["config.json"],
-        "weights": ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                    "pytorch_model.bin.index.json"],
+        "weights": [
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+        ],
         "tokenizer": ["tokenizer.json", "vocab.json"],
         "image processor config": ["preprocessor_config.json"],
     }
-    missing = [f"{what} ({' or '.join(names)})" for what, names in required.items()
-               if not any((path / n).is_file() for n in names)]
+    missing = [
+        f"{what} ({' or '.join(names)})"
+        for what, names in required.items()
+        if not any((path / n).is_file() for n in names)
+    ]
     if missing:
         raise LVLMConfigError(f"{key}: model directory {path} is incomplete, missing: {', '.join(missing)}")
     return path
 
 
-def load_qwen_adapter(config: QwenVLConfig) -> "QwenVLAdapter":
+def load_qwen_adapter(config: QwenVLConfig) -> QwenVLAdapter:
     """Load model + processor from ``config.model_path`` (never the hub) and wrap them in an adapter."""
     import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -176,15 +197,17 @@ def load_qwen_adapter(config: QwenVLConfig) -> "QwenVLAdapter":
     vocab = tokenizer.get_vocab()
     for token in REQUIRED_SPECIAL_TOKENS:
         if token not in vocab:
-            raise LVLMConfigError(
-                f"{config.key('model_path')}: tokenizer in {path} lacks the special token {token}"
-            )
+            raise LVLMConfigError(f"{config.key('model_path')}: tokenizer in {path} lacks the special token {token}")
     if not (processor.chat_template or tokenizer.chat_template):
         raise LVLMConfigError(f"{config.key('model_path')}: no chat template in {path}")
     torch.manual_seed(config.seed)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
-    ).to(device).eval()
+    model = (
+        Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+        )
+        .to(device)
+        .eval()
+    )
     if model.config.image_token_id != vocab[IMAGE_TOKEN]:
         raise LVLMConfigError(
             f"{config.key('model_path')}: config.json image_token_id {model.config.image_token_id} differs from "
@@ -231,8 +254,9 @@ def _checked_text(text: str | None, what: str, example: Example) -> str:
     return text
 
 
-def build_messages(prompt: Prompt, style: str, system_prompt: str | None, with_query_answer: bool,
-                   query_answer_as_reply: bool = False) -> list[dict]:
+def build_messages(
+    prompt: Prompt, style: str, system_prompt: str | None, with_query_answer: bool, query_answer_as_reply: bool = False
+) -> list[dict]:
     """Chat messages of a prompt; answers are wrapped in boundary markers (see ``assemble_prompt``).
 
     ``query_answer_as_reply``: the query's answer is the assistant's reply after the query's user turn (what
@@ -255,8 +279,12 @@ def build_messages(prompt: Prompt, style: str, system_prompt: str | None, with_q
                 {"type": "text", "text": f"Question:{question} Short answer:{inline}"},
             ]
         else:
-            messages.append({"role": "user", "content": [
-                {"type": "image"}, {"type": "text", "text": f"Question:{question} Short answer:"}]})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": f"Question:{question} Short answer:"}],
+                }
+            )
             if answer is not None:
                 messages.append({"role": "assistant", "content": marked_answer})
     if style == "single_user_message":
@@ -276,7 +304,10 @@ def render_chat(tokenizer, chat_template: str, messages: list[dict], add_generat
             messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     return _compile_jinja_template(chat_template).render(
-        messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
+        messages=messages,
+        tools=None,
+        documents=None,
+        add_generation_prompt=add_generation_prompt,
         **tokenizer.special_tokens_map,
     )
 
@@ -387,18 +418,27 @@ class QwenVLAdapter(LVLMAdapter):
 
     # -- shared pieces ------------------------------------------------------------------------------------
 
-    def assemble(self, prompt: Prompt, image_token_counts: Mapping[str, int], for_generation: bool,
-                 answer_as_reply: bool = False) -> AssembledPrompt:
+    def assemble(
+        self, prompt: Prompt, image_token_counts: Mapping[str, int], for_generation: bool, answer_as_reply: bool = False
+    ) -> AssembledPrompt:
         return assemble_prompt(
-            prompt, self.tokenizer, self.chat_template, self.config.prompt_style, self.config.system_prompt,
-            image_token_counts, for_generation, answer_as_reply,
+            prompt,
+            self.tokenizer,
+            self.chat_template,
+            self.config.prompt_style,
+            self.config.system_prompt,
+            image_token_counts,
+            for_generation,
+            answer_as_reply,
         )
 
     def preprocess_images(self, paths: Sequence[str]):
         """Pixel patches and (t, h, w) grids of ``paths`` (in order), on the model's device."""
         pixel_values, grid_thw = self.preprocess_images_host(paths)
-        return (self.counters.to_device(pixel_values, self.device, self.dtype),
-                self.counters.to_device(grid_thw, self.device))
+        return (
+            self.counters.to_device(pixel_values, self.device, self.dtype),
+            self.counters.to_device(grid_thw, self.device),
+        )
 
     def preprocess_images_host(self, paths: Sequence[str]):
         """``preprocess_images`` on the host: what the fast path moves to the device once, keeping the grids (and
@@ -418,7 +458,7 @@ class QwenVLAdapter(LVLMAdapter):
 
         results = []
         for row, (start, end), offset, ids in zip(batch_rows, spans, offsets, input_ids):
-            states = hidden[row, start - 1 - offset: end - 1 - offset]
+            states = hidden[row, start - 1 - offset : end - 1 - offset]
             logits = self.model.lm_head(states).float()
             targets = self.counters.to_device(torch.as_tensor(ids[start:end]), logits.device)
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
@@ -460,15 +500,18 @@ class QwenVLAdapter(LVLMAdapter):
         results: list[np.ndarray] = []
         with torch.inference_mode():
             for first in range(0, len(prompts), batch_size):
-                batch = prompts[first: first + batch_size]
+                batch = prompts[first : first + batch_size]
                 paths = [e.image_path for p in batch for e in (*p.demos, p.query)]
                 pixel_values, grid_thw = self.preprocess_images(paths)
                 counts = dict(zip(paths, self.tokens_per_image(grid_thw)))
                 assembled = [self.assemble(p, counts, for_generation=False) for p in batch]
                 input_ids, attention_mask = self.pad_batch([a.input_ids for a in assembled], left=False)
                 hidden = self.model.model(
-                    input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                    image_grid_thw=grid_thw, use_cache=False,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    pixel_values=pixel_values,
+                    image_grid_thw=grid_thw,
+                    use_cache=False,
                 ).last_hidden_state
                 self.vision_encoder_calls += len(paths)
                 counters = self.counters
@@ -479,13 +522,17 @@ class QwenVLAdapter(LVLMAdapter):
                 counters["lm_tokens"] += sum(len(a.input_ids) for a in assembled)
                 counters["lm_padded_tokens"] += input_ids.numel()
                 results += self.span_logprobs(
-                    hidden, [a.input_ids for a in assembled], range(len(batch)),
-                    [a.query_span for a in assembled], [0] * len(batch),
+                    hidden,
+                    [a.input_ids for a in assembled],
+                    range(len(batch)),
+                    [a.query_span for a in assembled],
+                    [0] * len(batch),
                 )
         return results
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int,
-                 batch_size: int | None = None) -> list[str]:
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int, num_beams: int, batch_size: int | None = None
+    ) -> list[str]:
         """Batched beam search (greedy for ``num_beams=1``) with left padding; the new text of each prompt.
 
         Prompts of one call may hold different image counts: each row's image embeddings go to its own
@@ -511,7 +558,7 @@ class QwenVLAdapter(LVLMAdapter):
         outputs: list[str] = [""] * len(prompts)
         with torch.inference_mode():
             for first in range(0, len(order), size):
-                rows = order[first: first + size]
+                rows = order[first : first + size]
                 texts = self._generate_batch([prompts[i] for i in rows], max_new_tokens, num_beams)
                 for i, text in zip(rows, texts):
                     outputs[i] = text
@@ -580,24 +627,34 @@ class QwenVLAdapter(LVLMAdapter):
             ids = item.input_ids[:-1]
             grids = [features[p][1].tolist() for p in item.image_paths]
             own = mrope_positions(ids, model.config.image_token_id, grids, self.merge_size)
-            positions[:, row, width - len(ids):] = own
+            positions[:, row, width - len(ids) :] = own
             deltas[row, 0] = own.max() + 1 - width
         prefix = model.model(
-            input_ids=prefix_ids, inputs_embeds=inputs_embeds, attention_mask=prefix_mask,
-            position_ids=self.counters.to_device(torch.from_numpy(positions), self.device), use_cache=True,
+            input_ids=prefix_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=prefix_mask,
+            position_ids=self.counters.to_device(torch.from_numpy(positions), self.device),
+            use_cache=True,
         )
         model.model.rope_deltas = self.counters.to_device(torch.from_numpy(deltas), self.device)
         past = prefix.past_key_values
         past.batch_repeat_interleave(num_beams)
         try:
             generated = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, past_key_values=past,
-                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=self._pad_token_id(),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=past,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self._pad_token_id(),
             )
         finally:
             model.model.rope_deltas = None
-        new_tokens = generated[:, input_ids.shape[1]:]
+        new_tokens = generated[:, input_ids.shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def clear_cache(self) -> None:

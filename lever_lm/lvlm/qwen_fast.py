@@ -5,8 +5,8 @@ Gives the same log-probs as ``QwenVLAdapter.score_naive`` (up to float rounding)
 1. Vision cache: each distinct image (keyed by path) goes through the vision tower once per ``clear()``; its
    merged patch embeddings are placed at the ``<|image_pad|>`` positions of ``inputs_embeds``.
 2. Positions: the 3-D mrope position ids of the FULL sequence (``qwen_positions.mrope_positions``, equal to the model's
-   ``get_rope_index``); a continuation gets its slice. Positions of a prefix depend only on the prefix, so its keys/values (which
-   are stored after rotary) are valid in front of any continuation.
+   ``get_rope_index``); a continuation gets its slice. Positions of a prefix depend only on the prefix, so its
+   keys/values (which are stored after rotary) are valid in front of any continuation.
 3. KV prefixes: the prompt up to the end of demo k's answer depends only on the template and demos 0..k
    (``AssembledPrompt.demo_ends``). Per prompt we use the deepest such prefix that is already cached or shared
    by several prompts of the call, else the first demo's block (so "left"-order beam search, which puts the
@@ -19,8 +19,9 @@ Memory: cached prefixes live until ``clear()`` (beam search clears per anchor); 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
 class _Sequence:
     """One assembled prompt with its full-sequence mrope positions (3, L) on CPU."""
 
-    assembled: "AssembledPrompt"
-    positions: "object"
+    assembled: AssembledPrompt
+    positions: object
 
     def prefix_key(self, depth: int) -> tuple:
         end = self.assembled.demo_ends[depth - 1]
@@ -66,7 +67,7 @@ class _Task:
 
 
 class FastScorer:
-    def __init__(self, adapter: "QwenVLAdapter"):
+    def __init__(self, adapter: QwenVLAdapter):
         self.adapter = adapter
         self.features: dict[str, tuple] = {}  # image path -> (merged embeds (n, hidden), grid_thw (3,) on CPU)
         self.prefixes = KVPool(adapter.counters)  # prefix key -> key/values of tokens [0, end of its last demo)
@@ -100,8 +101,9 @@ class FastScorer:
         budget = vision_token_budget(self.adapter.config.vision_token_budget, self.adapter.device)
         for chunk in plan_image_batches(patches, budget):
             lo, hi = chunk[0], chunk[-1] + 1  # batches are consecutive images
-            pixels = counters.to_device(pixel_values[first_patch[lo]: first_patch[hi]], self.adapter.device,
-                                        visual.dtype)
+            pixels = counters.to_device(
+                pixel_values[first_patch[lo] : first_patch[hi]], self.adapter.device, visual.dtype
+            )
             grids = grid_host[lo:hi]
             with grouped_attention(visual, counters):
                 embeds = visual(pixels, grid_thw=grids if grids_on_host else counters.to_device(grids, pixels.device))
@@ -209,9 +211,9 @@ class FastScorer:
         image_features = []
         for row, task in enumerate(tasks):
             length = task.end - task.start
-            ids[row, :length] = torch.as_tensor(task.sequence.assembled.input_ids[task.start: task.end])
-            positions[:, row, :length] = task.sequence.positions[:, task.start: task.end]
-            mask[row, past_max - task.start: past_max + length] = 1
+            ids[row, :length] = torch.as_tensor(task.sequence.assembled.input_ids[task.start : task.end])
+            positions[:, row, :length] = task.sequence.positions[:, task.start : task.end]
+            mask[row, past_max - task.start : past_max + length] = 1
             image_features += self._continuation_images(task)
         slots = self.prefixes.slots([t.past for t in tasks])
         ids, positions, mask, slots = to_device_packed(counters, (ids, positions, mask, slots), device)
@@ -223,8 +225,9 @@ class FastScorer:
         stores = [(row, t) for row, t in enumerate(tasks) if t.store_key is not None]
         cache = buffer = None
         if past_max or stores:  # one buffer for past + new key/values of every layer; the past in one gather
-            buffer, cache = self.prefixes.batch_cache(text_model.config, slots, past_max, cont_max, embeds.dtype,
-                                                      device, adapter.config.key("model_path"))
+            buffer, cache = self.prefixes.batch_cache(
+                text_model.config, slots, past_max, cont_max, embeds.dtype, device, adapter.config.key("model_path")
+            )
         hidden = text_model(
             inputs_embeds=embeds,
             attention_mask=mask,
@@ -235,8 +238,13 @@ class FastScorer:
         ).last_hidden_state
 
         if stores:  # the row's tokens [0, end) sit at buffer positions [past_max - start, past_max - start + end)
-            self.prefixes.put([t.store_key for _, t in stores], buffer, [row for row, _ in stores],
-                              [past_max - t.start for _, t in stores], [t.end for _, t in stores])
+            self.prefixes.put(
+                [t.store_key for _, t in stores],
+                buffer,
+                [row for row, _ in stores],
+                [past_max - t.start for _, t in stores],
+                [t.end for _, t in stores],
+            )
         scoring = [(row, t) for row, t in enumerate(tasks) if t.score]
         if not scoring:
             return [], None
@@ -254,5 +262,8 @@ class FastScorer:
         ids = np.asarray(task.sequence.assembled.input_ids)
         is_image = ids == self.adapter.model.config.image_token_id
         run_starts = np.flatnonzero(is_image & ~np.concatenate(([False], is_image[:-1])))
-        return [self.features[path][0] for path, start in zip(task.sequence.assembled.image_paths, run_starts)
-                if task.start <= start < task.end]
+        return [
+            self.features[path][0]
+            for path, start in zip(task.sequence.assembled.image_paths, run_starts)
+            if task.start <= start < task.end
+        ]

@@ -3,7 +3,7 @@ scorer (``qwen_fast``) both use, so neither imports the other for it."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,9 +30,9 @@ def mrope_positions(
         base = next_position + text_length
         rows, cols = int(height) // merge_size, int(width) // merge_size
         count = int(frames) * rows * cols
-        positions[0, start:start + count] = base
-        positions[1, start:start + count] = base + np.tile(np.repeat(np.arange(rows), cols), int(frames))
-        positions[2, start:start + count] = base + np.tile(np.arange(cols), int(frames) * rows)
+        positions[0, start : start + count] = base
+        positions[1, start : start + count] = base + np.tile(np.repeat(np.arange(rows), cols), int(frames))
+        positions[2, start : start + count] = base + np.tile(np.arange(cols), int(frames) * rows)
         next_position = base + max(rows, cols)
         cursor = start + count
     positions[:, cursor:] = next_position + np.arange(len(ids) - cursor)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import types
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 #: attributes the grouped forward reads; a module lacking any of them is left alone
 _REQUIRED_ATTRIBUTES = ("qkv", "proj", "num_heads", "scaling", "config")
@@ -96,7 +97,7 @@ def _token_order(plan: _ChunkPlan, cu_seqlens):
     pieces = []
     offset = n_empty  # empty chunks sort first
     for length, count in plan.groups:
-        group_starts = starts.index_select(0, chunks_by_length[offset:offset + count])
+        group_starts = starts.index_select(0, chunks_by_length[offset : offset + count])
         positions = torch.arange(length, device=cu_seqlens.device)
         pieces.append((group_starts[:, None] + positions[None, :]).reshape(-1))
         offset += count
@@ -115,20 +116,28 @@ def _attention_interface(module):
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
-def _grouped_forward(self, original_forward, plans: _PlanCache, counters, hidden_states, cu_seqlens,
-                     rotary_pos_emb=None, position_embeddings=None, **kwargs):
+def _grouped_forward(
+    self,
+    original_forward,
+    plans: _PlanCache,
+    counters,
+    hidden_states,
+    cu_seqlens,
+    rotary_pos_emb=None,
+    position_embeddings=None,
+    **kwargs,
+):
     """The stock ``Qwen2_5_VLVisionAttention.forward``, with the per-chunk loop replaced by one batched attention
     call per distinct chunk length on stacked chunks ``(n_chunks, heads, length, head_dim)``."""
     import torch
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
     if self.config._attn_implementation == _VARLEN_IMPLEMENTATION:  # configured after the patch: stock is varlen
-        return original_forward(hidden_states, cu_seqlens, rotary_pos_emb=rotary_pos_emb,
-                                position_embeddings=position_embeddings, **kwargs)
+        return original_forward(
+            hidden_states, cu_seqlens, rotary_pos_emb=rotary_pos_emb, position_embeddings=position_embeddings, **kwargs
+        )
     seq_length = hidden_states.shape[0]
-    query, key, value = (
-        self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    )
+    query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
     query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)  # (seq, heads, head_dim) each
     heads, head_dim = query.shape[1], query.shape[2]
@@ -140,8 +149,9 @@ def _grouped_forward(self, original_forward, plans: _PlanCache, counters, hidden
     def attend(q, k, v, count, length):
         """Attention over ``count`` consecutive chunks of ``length`` tokens; returns (count * length, heads, dim)."""
         stacked = [t.reshape(count, length, heads, head_dim).transpose(1, 2) for t in (q, k, v)]
-        output = attention(self, *stacked, attention_mask=None, scaling=self.scaling, dropout=dropout,
-                           is_causal=False, **kwargs)[0]  # (count, length, heads, head_dim)
+        output = attention(
+            self, *stacked, attention_mask=None, scaling=self.scaling, dropout=dropout, is_causal=False, **kwargs
+        )[0]  # (count, length, heads, head_dim)
         return output.reshape(count * length, heads, head_dim)
 
     if not plan.groups:  # no tokens at all: nothing to attend
@@ -156,7 +166,7 @@ def _grouped_forward(self, original_forward, plans: _PlanCache, counters, hidden
         offset = 0
         for length, count in plan.groups:
             size = length * count
-            outputs.append(attend(*(t[offset:offset + size] for t in grouped), count, length))
+            outputs.append(attend(*(t[offset : offset + size] for t in grouped), count, length))
             offset += size
         attn_output = outputs[0].new_empty(seq_length, heads, head_dim)
         attn_output.index_copy_(0, order, torch.cat(outputs))  # one scatter back to sequence order

@@ -27,13 +27,20 @@ def flamingo_reference(adapter, prompt: Prompt, num_beams: int, max_new_tokens: 
             lang._use_cached_vision_x = True
             for layer in lang._get_decoder_layers():
                 layer.condition_vis_x(vision.repeat_interleave(num_beams, dim=0))
-            out = lang.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                num_beams=num_beams, do_sample=False, eos_token_id=adapter.eoc_token_id,
-                                pad_token_id=adapter.pad_token_id, suppress_tokens=[adapter.media_token_id])
+            out = lang.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                eos_token_id=adapter.eoc_token_id,
+                pad_token_id=adapter.pad_token_id,
+                suppress_tokens=[adapter.media_token_id],
+            )
     finally:
         lang.clear_conditioned_layers()
         lang._use_cached_vision_x = False
-    return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return adapter.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def qwen_reference(adapter, prompt: Prompt, num_beams: int, max_new_tokens: int) -> str:
@@ -45,8 +52,17 @@ def qwen_reference(adapter, prompt: Prompt, num_beams: int, max_new_tokens: int)
     item = adapter.assemble(prompt, dict(zip(paths, adapter.tokens_per_image(grid))), for_generation=True)
     ids = torch.tensor([item.input_ids])
     with torch.inference_mode():
-        out = adapter.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixel_values,
-                                     image_grid_thw=grid, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                     do_sample=False, temperature=None, top_p=None, top_k=None,
-                                     pad_token_id=adapter._pad_token_id())
-    return adapter.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        out = adapter.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=pixel_values,
+            image_grid_thw=grid,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=adapter._pad_token_id(),
+        )
+    return adapter.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

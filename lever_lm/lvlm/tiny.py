@@ -35,9 +35,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from lever_lm.io_utils import atomic_dir
 
@@ -127,8 +128,9 @@ class PretrainConfig:
     log_every: int = 50
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None,
-                    where: str = "beam_models.<model>.pretrain") -> "PretrainConfig":
+    def from_config(
+        cls, section: Mapping[str, Any] | None, where: str = "beam_models.<model>.pretrain"
+    ) -> PretrainConfig:
         """From ``beam_models.<name>.pretrain`` (``where`` names it so), validated against the config schema, which
         holds the fields' types and bounds (``lever_lm.config.validate_section``; errors name the key: ``config key
         beam_models.m.pretrain.lr: ...``). The defaults are the dataclass's: a schema default would add them to the
@@ -167,8 +169,11 @@ def tiny_dims(name: str, family: str, section: Mapping[str, Any] | None) -> Qwen
             section[key] = tuple(value)
             continue
         wanted = float if fields[key].type in ("float", float) else int
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
-            wanted is int and not isinstance(value, int)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value <= 0
+            or (wanted is int and not isinstance(value, int))
         ):
             raise ValueError(f"{where}.{key}: expected a positive {wanted.__name__}, got {value!r}")
     dims = cls(**section)
@@ -357,8 +362,12 @@ def new_tiny_flamingo(words: Sequence[str], dims: FlamingoTinyDims | None = None
     from open_flamingo import create_model_and_transforms
     from transformers import MptConfig, MptForCausalLM
 
-    from lever_lm.lvlm.flamingo import END_OF_CHUNK_TOKEN, TINY_OPEN_CLIP_CONFIG_DIR, TINY_VISION_NAME
-    from lever_lm.lvlm.flamingo import trainable_tensor_aliases
+    from lever_lm.lvlm.flamingo import (
+        END_OF_CHUNK_TOKEN,
+        TINY_OPEN_CLIP_CONFIG_DIR,
+        TINY_VISION_NAME,
+        trainable_tensor_aliases,
+    )
 
     dims = dims or FlamingoTinyDims()
     dims.validate()
@@ -378,10 +387,17 @@ def new_tiny_flamingo(words: Sequence[str], dims: FlamingoTinyDims | None = None
             clip_state = open_clip.create_model(TINY_VISION_NAME, pretrained=None).state_dict()
             torch.save(clip_state, scratch / "vision_encoder.pt")
             lm_config = MptConfig(
-                d_model=dims.lang_width, n_heads=dims.lang_heads, n_layers=dims.lang_layers,
-                expansion_ratio=4, max_seq_len=dims.max_seq_len, vocab_size=len(tokenizer),
-                initializer_range=dims.init_std, no_bias=True, use_cache=True,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN),
+                d_model=dims.lang_width,
+                n_heads=dims.lang_heads,
+                n_layers=dims.lang_layers,
+                expansion_ratio=4,
+                max_seq_len=dims.max_seq_len,
+                vocab_size=len(tokenizer),
+                initializer_range=dims.init_std,
+                no_bias=True,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN),
                 bos_token_id=None,
             )
             MptForCausalLM(lm_config).save_pretrained(scratch / "lang_encoder", safe_serialization=True)
@@ -412,11 +428,11 @@ def _mpt_state_dict(model) -> dict:
     for key, value in state.items():
         if not key.startswith("lang_encoder."):
             continue
-        name = key[len("lang_encoder."):]
+        name = key[len("lang_encoder.") :]
         if name.startswith(("transformer.blocks.", "gated_cross_attn_layers.")):  # FlamingoLayer wrappers, cross-attn
             continue
         if name.startswith("old_decoder_blocks."):
-            name = "transformer.blocks." + name[len("old_decoder_blocks."):]
+            name = "transformer.blocks." + name[len("old_decoder_blocks.") :]
         lang[name] = value
     return lang
 
@@ -443,12 +459,16 @@ def save_flamingo_dir(out_dir: str | os.PathLike, tiny: TinyFlamingo, extra: Map
         missing, unexpected = lm.load_state_dict(_mpt_state_dict(tiny.model), strict=False)
         missing = [m for m in missing if m != "lm_head.weight"]  # tied to the input embeddings
         if missing or unexpected:
-            raise RuntimeError(f"save_flamingo_dir: language model tensors do not map (missing {missing[:3]}, "
-                               f"unexpected {unexpected[:3]})")
+            raise RuntimeError(
+                f"save_flamingo_dir: language model tensors do not map (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
         lm.save_pretrained(staging / _FLAMINGO_FILES["lang_encoder_path"], safe_serialization=True)
         state = tiny.model.state_dict()
-        torch.save({name: state[name].detach().clone() for name in tiny.trainable_names},
-                   staging / _FLAMINGO_FILES["checkpoint_path"])
+        torch.save(
+            {name: state[name].detach().clone() for name in tiny.trainable_names},
+            staging / _FLAMINGO_FILES["checkpoint_path"],
+        )
         info = {
             "vision_encoder_name": TINY_VISION_NAME,
             "cross_attn_every_n_layers": 1,
@@ -464,8 +484,9 @@ def save_flamingo_dir(out_dir: str | os.PathLike, tiny: TinyFlamingo, extra: Map
 # ----------------------------------------------------------------------------------------------- both families
 
 
-def build_tiny_model_dir(family: str, out_dir: str | os.PathLike, words: Sequence[str], dims=None,
-                         seed: int = 0) -> None:
+def build_tiny_model_dir(
+    family: str, out_dir: str | os.PathLike, words: Sequence[str], dims=None, seed: int = 0
+) -> None:
     """Materialise a random-init tiny model of ``family`` at ``out_dir`` (deterministic in ``seed``)."""
     if family == "qwen2_5_vl":
         save_qwen_dir(out_dir, *new_tiny_qwen(words, dims, seed))

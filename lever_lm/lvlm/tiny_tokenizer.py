@@ -7,7 +7,7 @@ questions and answers, so nothing in the toy data maps to the unknown token.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 UNK_TOKEN = "<unk>"
 PAD_TOKEN = "<pad>"
@@ -23,9 +23,7 @@ def _pre_tokenizer():
     from tokenizers import pre_tokenizers
 
     # each punctuation character is its own word, so ":#" splits into ":" and "#"
-    return pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")])
 
 
 def collect_vocabulary(texts: Iterable[str]) -> list[str]:

@@ -15,7 +15,8 @@ One file per version (v0.py ... v4.py), each the network, its loss and its decod
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lever_lm.selectors.config import MAX_K, VERSIONS, SelectorConfig, TrainIdentity, TrainPaths
 from lever_lm.selectors.features import DEFAULT_FEATURE_CHOICE, FEATURE_CHOICES, FeatureTable, parse_feature_choice
@@ -24,27 +25,42 @@ if TYPE_CHECKING:
     from lever_lm.selectors.checkpoint import Selector
 
 __all__ = [
-    "VERSIONS", "FEATURE_CHOICES", "DEFAULT_FEATURE_CHOICE", "MAX_K", "FeatureTable", "SelectorConfig",
-    "TrainIdentity", "TrainPaths", "parse_feature_choice", "train", "load_selector", "select",
+    "VERSIONS",
+    "FEATURE_CHOICES",
+    "DEFAULT_FEATURE_CHOICE",
+    "MAX_K",
+    "FeatureTable",
+    "SelectorConfig",
+    "TrainIdentity",
+    "TrainPaths",
+    "parse_feature_choice",
+    "train",
+    "load_selector",
+    "select",
 ]
 
 
-def train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threads: int = 1,
-          **kwargs: Any) -> dict:
+def train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threads: int = 1, **kwargs: Any) -> dict:
     from lever_lm.selectors.training import train as _train
 
     return _train(cfg, identity, paths, threads, **kwargs)
 
 
-def load_selector(path: Any, train_features: FeatureTable, expect: Mapping[str, str] | None = None,
-                  device: str = "cpu") -> "Selector":
+def load_selector(
+    path: Any, train_features: FeatureTable, expect: Mapping[str, str] | None = None, device: str = "cpu"
+) -> Selector:
     from lever_lm.selectors.checkpoint import load_selector as _load
 
     return _load(path, train_features, expect, device)
 
 
-def select(selector: "Selector", queries: FeatureTable, k: int, pools: Sequence[Sequence[int]] | None = None,
-           batch_size: int = 64) -> list[list[int]]:
+def select(
+    selector: Selector,
+    queries: FeatureTable,
+    k: int,
+    pools: Sequence[Sequence[int]] | None = None,
+    batch_size: int = 64,
+) -> list[list[int]]:
     from lever_lm.selectors.checkpoint import select as _select
 
     return _select(selector, queries, k, pools, batch_size)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +20,22 @@ from lever_lm.selectors.features import FeatureChoice, FeatureTable, parse_featu
 
 FORMAT = "lever_lm.selector"
 FORMAT_VERSION = 1
-REQUIRED_META = ("format", "format_version", "dataset", "beam_model", "sampler", "ex_name", "version", "lever_lm",
-                 "construct_order", "n_train", "feature_dims", "model", "max_k", "beams_params")
+REQUIRED_META = (
+    "format",
+    "format_version",
+    "dataset",
+    "beam_model",
+    "sampler",
+    "ex_name",
+    "version",
+    "lever_lm",
+    "construct_order",
+    "n_train",
+    "feature_dims",
+    "model",
+    "max_k",
+    "beams_params",
+)
 
 
 class CheckpointError(InputError):
@@ -33,8 +48,9 @@ def version_module(version: str) -> Any:
     return importlib.import_module(f"lever_lm.selectors.{version}")
 
 
-def build_model(version: str, params: Mapping[str, Any], n_train: int, choice: FeatureChoice,
-                dims: Mapping[str, int], max_len: int) -> Any:
+def build_model(
+    version: str, params: Mapping[str, Any], n_train: int, choice: FeatureChoice, dims: Mapping[str, int], max_len: int
+) -> Any:
     """The network of ``version`` from its recorded hyper-parameters (``SelectorConfig.model_params``)."""
     from lever_lm.selectors.similarity import build_prior
 
@@ -77,7 +93,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     if missing or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a selector checkpoint (meta missing {missing} or format != {FORMAT!r})")
     if meta["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: meta.format_version = {meta['format_version']!r}, this code reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: meta.format_version = {meta['format_version']!r}, this code reads {FORMAT_VERSION}"
+        )
     return data["state_dict"], meta
 
 
@@ -118,14 +136,16 @@ class Selector:
 
 def check_features(table: FeatureTable, meta: Mapping[str, Any], what: str, path: Any, n: int | None = None) -> None:
     if table.dims != dict(meta["feature_dims"]):
-        raise CheckpointError(f"{path}: {what} feature dims {table.dims} differ from the checkpoint's "
-                         f"{meta['feature_dims']}")
+        raise CheckpointError(
+            f"{path}: {what} feature dims {table.dims} differ from the checkpoint's {meta['feature_dims']}"
+        )
     if n is not None and len(table) != n:
         raise CheckpointError(f"{path}: {what} has {len(table)} rows but the checkpoint was trained on n_train = {n}")
 
 
-def load_selector(path: str | os.PathLike, train_features: FeatureTable, expect: Mapping[str, str] | None = None,
-                  device: str = "cpu") -> Selector:
+def load_selector(
+    path: str | os.PathLike, train_features: FeatureTable, expect: Mapping[str, str] | None = None, device: str = "cpu"
+) -> Selector:
     """Load a checkpoint for decoding. ``train_features``: the selector encoder's train embeddings (the ICDs);
     ``expect``: meta values that must match, e.g. {"beam_model": ..., "version": ...}."""
     import torch
@@ -134,13 +154,16 @@ def load_selector(path: str | os.PathLike, train_features: FeatureTable, expect:
     check_expected(path, meta, expect)
     check_features(train_features, meta, "train_features", path, n=int(meta["n_train"]))
     choice = parse_feature_choice(meta["lever_lm"])
-    model = build_model(meta["version"], meta["model"], int(meta["n_train"]), choice, meta["feature_dims"],
-                        int(meta["max_k"]))
+    model = build_model(
+        meta["version"], meta["model"], int(meta["n_train"]), choice, meta["feature_dims"], int(meta["max_k"])
+    )
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit a {meta['version']} model with the recorded params "
-                         f"({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit a {meta['version']} model with the recorded params "
+            f"({str(err).splitlines()[0]})"
+        ) from None
     icd = train_features.matrix(choice.icd)
     if icd is not None:
         model.set_icd_features(torch.from_numpy(icd))
@@ -151,8 +174,10 @@ def _check_k(selector: Selector, k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if selector.version == "v0" and k > min(int(selector.meta["max_k"]), selector.n_train):
-        raise ValueError(f"k = {k} exceeds what {selector.path} can decode "
-                         f"(max_k {selector.meta['max_k']}, n_train {selector.n_train})")
+        raise ValueError(
+            f"k = {k} exceeds what {selector.path} can decode "
+            f"(max_k {selector.meta['max_k']}, n_train {selector.n_train})"
+        )
     return int(k)
 
 
@@ -176,8 +201,13 @@ def _check_pools(selector: Selector, pools: Any, n_queries: int, k: int) -> list
     return checked
 
 
-def select(selector: Selector, queries: FeatureTable, k: int, pools: Sequence[Sequence[int]] | None = None,
-           batch_size: int = 64) -> list[list[int]]:
+def select(
+    selector: Selector,
+    queries: FeatureTable,
+    k: int,
+    pools: Sequence[Sequence[int]] | None = None,
+    batch_size: int = 64,
+) -> list[list[int]]:
     """Greedy selection of k ICDs per query: global train ids in PROMPT order (see ``construct_order``).
 
     ``queries``: features of the queries (e.g. the val split), same encoder as the train features. v1-v4 pick

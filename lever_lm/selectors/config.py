@@ -6,8 +6,9 @@ Every error is a ValueError that starts with the dotted key, e.g. ``selector.poi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from lever_lm.paths import VERSIONS
 
@@ -22,8 +23,9 @@ def _fail(key: str, message: str) -> None:
 def _typed(cls: type, section: Mapping[str, Any], skip: Any = ()) -> dict[str, Any]:
     """The fields of ``cls`` (but ``skip``) from a schema-validated section: integers as int (the schema's integers
     include 2.0), other values as they are (a number keeps its YAML form, as the checkpoints record it)."""
-    return {f.name: int(section[f.name]) if f.type == "int" else section[f.name] for f in fields(cls)
-            if f.name not in skip}
+    return {
+        f.name: int(section[f.name]) if f.type == "int" else section[f.name] for f in fields(cls) if f.name not in skip
+    }
 
 
 # Types, bounds, enums, unknown keys and defaults are the config schema's (lever_lm/schemas/config.schema.yaml,
@@ -111,8 +113,14 @@ class SimilarityPriorConfig:
             _fail(f"{key}.image_weight", "image_weight and text_weight are both 0: the prior would rank nothing")
 
 
-_SECTIONS = {"v0": GPTConfig, "pointer": PointerConfig, "cross_attention": CrossAttentionConfig,
-             "ranking": RankingConfig, "rl": RLConfig, "similarity_prior": SimilarityPriorConfig}
+_SECTIONS = {
+    "v0": GPTConfig,
+    "pointer": PointerConfig,
+    "cross_attention": CrossAttentionConfig,
+    "ranking": RankingConfig,
+    "rl": RLConfig,
+    "similarity_prior": SimilarityPriorConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -148,11 +156,13 @@ class SelectorConfig:
                 _fail(f"{key}.{name}", f"must be a {cls.__name__}, got {type(value).__name__}")
             value.check(f"{key}.{name}")
         if self.pointer.hidden_dim % self.cross_attention.heads:
-            _fail(f"{key}.cross_attention.heads",
-                  f"must divide pointer.hidden_dim={self.pointer.hidden_dim}, got {self.cross_attention.heads}")
+            _fail(
+                f"{key}.cross_attention.heads",
+                f"must divide pointer.hidden_dim={self.pointer.hidden_dim}, got {self.cross_attention.heads}",
+            )
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> "SelectorConfig":
+    def from_config(cls, section: Mapping[str, Any] | None) -> SelectorConfig:
         """From config.yaml's ``selector`` mapping (None: all defaults), validated against the config schema with
         its defaults filled (``lever_lm.config.validate_section``); errors name the key:
         ``config key selector.pointer.temperature: ...``."""

@@ -9,8 +9,9 @@ numpy only at import; ``collate`` imports torch when called.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,8 +55,9 @@ def load_features(paths: TrainPaths) -> tuple[FeatureTable, dict[str, Any]]:
     """The selector encoder's train embeddings (checked against their meta) as a FeatureTable."""
     from lever_lm.embeddings import EmbeddingPaths, load_embeddings
 
-    result = load_embeddings(EmbeddingPaths(paths.train_embeddings_image, paths.train_embeddings_text,
-                                            paths.train_embeddings_meta))
+    result = load_embeddings(
+        EmbeddingPaths(paths.train_embeddings_image, paths.train_embeddings_text, paths.train_embeddings_meta)
+    )
     if result.meta.get("split") != "train":
         raise ValueError(f"{paths.train_embeddings_meta}: split is {result.meta.get('split')!r}, expected 'train'")
     return FeatureTable(result.image, result.text), result.meta
@@ -90,11 +92,14 @@ def load_beam_data(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPat
     candidates = read_candidates(paths.candidates)
     cand_sampler = candidates.params.get("sampler")
     if cand_sampler is not None and cand_sampler != identity.sampler:
-        raise ValueError(f"{paths.candidates}: params.sampler = {cand_sampler!r} but this job is for "
-                         f"sampler = {identity.sampler!r}")
+        raise ValueError(
+            f"{paths.candidates}: params.sampler = {cand_sampler!r} but this job is for sampler = {identity.sampler!r}"
+        )
     if "candidates" in data["params"] and data["params"]["candidates"] != candidates.params:
-        raise ValueError(f"{beams_file}: params.candidates differ from the params of {paths.candidates} "
-                         "(the beams were searched over another candidate file)")
+        raise ValueError(
+            f"{beams_file}: params.candidates differ from the params of {paths.candidates} "
+            "(the beams were searched over another candidate file)"
+        )
 
     anchors = [record["anchor_id"] for record in data["anchors"]]
     repeated = sorted(a for a, n in Counter(map(str, anchors)).items() if n > 1)
@@ -110,8 +115,9 @@ def load_beam_data(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPat
             raise ValueError(f"{where}: no candidate set in {paths.candidates}")
         pool = np.asarray(candidates.candidates[anchor], dtype=np.int64)
         if pool.size and pool.max() >= n_train:
-            raise ValueError(f"{paths.candidates}: anchor {anchor}: candidate ids outside the train set "
-                             f"(0..{n_train - 1})")
+            raise ValueError(
+                f"{paths.candidates}: anchor {anchor}: candidate ids outside the train set (0..{n_train - 1})"
+            )
         sequences, scores = record["sequences"], record["scores"]
         if not isinstance(sequences, list) or not isinstance(scores, list) or len(sequences) != len(scores):
             raise ValueError(f"{where}: 'sequences' and 'scores' must be lists of the same length")
@@ -122,8 +128,10 @@ def load_beam_data(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPat
                 raise ValueError(f"{where}: beam {b} is not a non-empty list of ids")
             not_in_pool = [i for i in sequence if i not in position]
             if not_in_pool:
-                raise ValueError(f"{where}: beam {b} has ids {not_in_pool[:5]} not in the anchor's candidate pool "
-                                 f"({paths.candidates})")
+                raise ValueError(
+                    f"{where}: beam {b} has ids {not_in_pool[:5]} not in the anchor's candidate pool "
+                    f"({paths.candidates})"
+                )
             if len(set(sequence)) != len(sequence):
                 raise ValueError(f"{where}: beam {b} repeats an id: {sequence}")
             if isinstance(score, bool) or not isinstance(score, (int, float)) or not np.isfinite(score):
@@ -139,14 +147,19 @@ def load_beam_data(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPat
         if not choices:
             continue
         choice_array = np.asarray(choices, dtype=np.int64)
-        examples.append(AnchorExample(
-            anchor=int(anchor), pool=pool, choices=choice_array,
-            positions=np.vectorize(position.__getitem__, otypes=[np.int64])(choice_array),
-            scores=np.asarray(keep_scores, dtype=np.float32),
-        ))
+        examples.append(
+            AnchorExample(
+                anchor=int(anchor),
+                pool=pool,
+                choices=choice_array,
+                positions=np.vectorize(position.__getitem__, otypes=[np.int64])(choice_array),
+                scores=np.asarray(keep_scores, dtype=np.float32),
+            )
+        )
     if not examples:
-        raise ValueError(f"{beams_file}: no beams left after dropping negative-score beams "
-                         "(selector.drop_negative_beams: true)")
+        raise ValueError(
+            f"{beams_file}: no beams left after dropping negative-score beams (selector.drop_negative_beams: true)"
+        )
     return BeamData(examples, data["params"], construct_order, lengths.pop(), n_dropped)
 
 
@@ -169,8 +182,16 @@ class EpochBatches:
     equally often).
     """
 
-    def __init__(self, items: Sequence[int], anchors_per_batch: int, seed: int, shuffle: bool,
-                 epoch: Any = lambda: 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        items: Sequence[int],
+        anchors_per_batch: int,
+        seed: int,
+        shuffle: bool,
+        epoch: Any = lambda: 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.items = np.asarray(items, dtype=np.int64)
         self.anchors_per_batch = max(1, int(anchors_per_batch))
         self.seed, self.shuffle, self.epoch, self.rank, self.world = seed, shuffle, epoch, rank, world

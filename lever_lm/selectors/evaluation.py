@@ -14,7 +14,8 @@ Per anchor:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,15 +62,26 @@ def random_beam_ndcg(n: int) -> float:
     return float(relevance.mean() * disc.sum() / np.sum(relevance * disc))
 
 
-def anchor_metrics(first_scores: np.ndarray, first_ids: np.ndarray, choices: np.ndarray, scores: np.ndarray,
-                   seq_logp: np.ndarray, top_k: int) -> dict[str, float]:
+def anchor_metrics(
+    first_scores: np.ndarray,
+    first_ids: np.ndarray,
+    choices: np.ndarray,
+    scores: np.ndarray,
+    seq_logp: np.ndarray,
+    top_k: int,
+) -> dict[str, float]:
     """One anchor: ``first_*`` over its candidate space, ``choices`` (B, K) choice order, ``scores`` (B,)."""
     target = int(choices[int(np.argmax(scores)), 0])  # np.argmax: the first of equal scores
     rank = first_choice_rank(first_scores, first_ids, target)
     n_candidates = int(np.isfinite(first_scores).sum())
-    row = {"top1": float(rank == 1), "topk": float(rank <= top_k), "mrr": 1.0 / rank,
-           "random_top1": 1.0 / n_candidates, "random_topk": min(top_k, n_candidates) / n_candidates,
-           "random_mrr": float(np.mean(1.0 / np.arange(1, n_candidates + 1)))}
+    row = {
+        "top1": float(rank == 1),
+        "topk": float(rank <= top_k),
+        "mrr": 1.0 / rank,
+        "random_top1": 1.0 / n_candidates,
+        "random_topk": min(top_k, n_candidates) / n_candidates,
+        "random_mrr": float(np.mean(1.0 / np.arange(1, n_candidates + 1))),
+    }
     if len(scores) >= 2:
         row.update(beam_ranking(seq_logp, scores))
         row["random_beam_ndcg"] = random_beam_ndcg(len(scores))
@@ -89,8 +101,9 @@ def batch_metrics(model: Any, batch: dict[str, Any], top_k: int) -> list[dict[st
     rows = []
     for a in range(len(beam_mask)):
         keep = beam_mask[a]
-        rows.append(anchor_metrics(first_scores[a], first_ids[a], choices[a][keep], scores[a][keep],
-                                   seq_logp[a][keep], top_k))
+        rows.append(
+            anchor_metrics(first_scores[a], first_ids[a], choices[a][keep], scores[a][keep], seq_logp[a][keep], top_k)
+        )
     return rows
 
 
@@ -107,8 +120,9 @@ def summarize(rows: Iterable[dict[str, float]]) -> dict[str, float | None]:
     return out
 
 
-def evaluate_examples(model: Any, examples: Sequence[Any], query_features: np.ndarray, top_k: int,
-                      batch_anchors: int = 32) -> dict[str, float | None]:
+def evaluate_examples(
+    model: Any, examples: Sequence[Any], query_features: np.ndarray, top_k: int, batch_anchors: int = 32
+) -> dict[str, float | None]:
     """Metrics of a model (eval mode) over anchor examples whose ``anchor`` indexes ``query_features``."""
     from lever_lm.selectors.data import collate
 

@@ -13,8 +13,9 @@ beams, and on the toy it ended below random demonstrations (see README, "Selecto
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -46,13 +47,14 @@ def shared_modalities(choice: FeatureChoice, dims: Mapping[str, int]) -> list[Mo
 
 
 class SimilarityPrior(nn.Module):
-    def __init__(self, choice: FeatureChoice, dims: Mapping[str, int], image_weight: float,
-                 text_weight: float) -> None:
+    def __init__(self, choice: FeatureChoice, dims: Mapping[str, int], image_weight: float, text_weight: float) -> None:
         super().__init__()
         self.slices = shared_modalities(choice, dims)
         if not self.slices:
-            raise ValueError(f"selector.similarity_prior: lever_lm {choice.name!r} gives the query and the ICDs "
-                             "no modality in common to compare")
+            raise ValueError(
+                f"selector.similarity_prior: lever_lm {choice.name!r} gives the query and the ICDs "
+                "no modality in common to compare"
+            )
         initial = {"image": image_weight, "text": text_weight}
         self.weights = nn.Parameter(torch.tensor([float(initial[s.modality]) for s in self.slices]))
         self.gate = nn.Parameter(torch.zeros(()))

@@ -12,9 +12,10 @@ them with the validation metrics of ``lever_lm.selectors.evaluation``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,20 +58,44 @@ class SyntheticTask:
     embeddings: tuple[Path, Path, Path]
 
     def identity(self, version: str, lever_lm: str = DEFAULT_FEATURE_CHOICE, **changes: str) -> TrainIdentity:
-        values = {"dataset": DATASET, "beam_model": BEAM_MODEL, "sampler": SAMPLER, "ex_name": self.ex_name,
-                  "version": version, "lever_lm": lever_lm, **changes}
+        values = {
+            "dataset": DATASET,
+            "beam_model": BEAM_MODEL,
+            "sampler": SAMPLER,
+            "ex_name": self.ex_name,
+            "version": version,
+            "lever_lm": lever_lm,
+            **changes,
+        }
         return TrainIdentity(**values)
 
     def paths(self, out_dir: str | Path, init_checkpoint: str | Path | None = None, **changes: Any) -> TrainPaths:
         image, text, meta = self.embeddings
-        paths = TrainPaths(str(self.beams), str(self.candidates), str(image), str(text), str(meta), str(out_dir),
-                           None if init_checkpoint is None else str(init_checkpoint))
+        paths = TrainPaths(
+            str(self.beams),
+            str(self.candidates),
+            str(image),
+            str(text),
+            str(meta),
+            str(out_dir),
+            None if init_checkpoint is None else str(init_checkpoint),
+        )
         return replace(paths, **changes)
 
 
-def make_task(root: str | Path, n_train: int = 400, dim: int = 16, n_anchors: int = 320, pool_size: int = 64,
-              beam_size: int = 5, shots: int = 2, n_heldout: int = 200, seed: int = 0,
-              construct_order: str = "left", hidden_rank: int = 4) -> SyntheticTask:
+def make_task(
+    root: str | Path,
+    n_train: int = 400,
+    dim: int = 16,
+    n_anchors: int = 320,
+    pool_size: int = 64,
+    beam_size: int = 5,
+    shots: int = 2,
+    n_heldout: int = 200,
+    seed: int = 0,
+    construct_order: str = "left",
+    hidden_rank: int = 4,
+) -> SyntheticTask:
     from lever_lm.embeddings import EmbeddingResult, embedding_paths, save_embeddings
     from lever_lm.io_utils import write_json
     from lever_lm.sampling import write_candidates
@@ -94,26 +119,53 @@ def make_task(root: str | Path, n_train: int = 400, dim: int = 16, n_anchors: in
 
     anchors = np.sort(rng.choice(n_train, size=n_anchors, replace=False))
     ex_name = f"infoscore_{construct_order}_beam{beam_size}_shot{shots}_cand{pool_size}_sample{n_anchors}"
-    cand_params = {"sampler": SAMPLER, "cand_num": pool_size, "exclude_same_image": True, "seed": seed,
-                   "encoder_id": "synthetic"}
+    cand_params = {
+        "sampler": SAMPLER,
+        "cand_num": pool_size,
+        "exclude_same_image": True,
+        "seed": seed,
+        "encoder_id": "synthetic",
+    }
     pools, records = {}, []
     for anchor in anchors:
         query = np.concatenate([train.image[anchor], train.text[anchor]])
         pool, choices, steps = pool_and_beams(query, int(anchor))
         pools[int(anchor)] = pool.tolist()
-        records.append({"anchor_id": int(anchor), "question_id": 100000 + int(anchor),
-                        "sequences": [to_prompt_order(c, construct_order) for c in choices],
-                        "step_scores": steps, "scores": [s[-1] for s in steps]})
-    params = {"ex_name": ex_name, "scorer": "infoscore", "construct_order": construct_order, "beam_size": beam_size,
-              "shot_num": shots, "cand_num": pool_size, "sample_num": n_anchors, "beam_model": BEAM_MODEL,
-              "sampler": SAMPLER, "candidates": cand_params}
+        records.append(
+            {
+                "anchor_id": int(anchor),
+                "question_id": 100000 + int(anchor),
+                "sequences": [to_prompt_order(c, construct_order) for c in choices],
+                "step_scores": steps,
+                "scores": [s[-1] for s in steps],
+            }
+        )
+    params = {
+        "ex_name": ex_name,
+        "scorer": "infoscore",
+        "construct_order": construct_order,
+        "beam_size": beam_size,
+        "shot_num": shots,
+        "cand_num": pool_size,
+        "sample_num": n_anchors,
+        "beam_model": BEAM_MODEL,
+        "sampler": SAMPLER,
+        "candidates": cand_params,
+    }
     beams_path = root / "beam" / BEAM_MODEL / SAMPLER / ex_name / "beams.json"
     candidates_path = root / "candidates" / SAMPLER / "anchors.json"
     write_json(beams_path, {"params": params, "anchors": records}, indent=None)
     write_candidates(candidates_path, pools, cand_params)
     emb = embedding_paths(root / "embeddings" / "synthetic_clip", "train")
-    meta = {"encoder_id": "synthetic", "encoder_name": "synthetic_clip", "dim": dim, "n": n_train,
-            "split": "train", "normalized": True, "dtype": "float32"}
+    meta = {
+        "encoder_id": "synthetic",
+        "encoder_name": "synthetic_clip",
+        "dim": dim,
+        "n": n_train,
+        "split": "train",
+        "normalized": True,
+        "dtype": "float32",
+    }
     save_embeddings(emb, EmbeddingResult(train.image, train.text, meta))
 
     heldout = []
@@ -122,27 +174,51 @@ def make_task(root: str | Path, n_train: int = 400, dim: int = 16, n_anchors: in
         pool, choices, steps = pool_and_beams(query, None)
         positions = {int(c): i for i, c in enumerate(pool)}
         choice_array = np.asarray(choices, dtype=np.int64)
-        heldout.append(AnchorExample(row, pool.astype(np.int64), choice_array,
-                                     np.vectorize(positions.__getitem__, otypes=[np.int64])(choice_array),
-                                     np.asarray([s[-1] for s in steps], dtype=np.float32)))
-    return SyntheticTask(root, train, heldout_table, heldout, ex_name, beams_path, candidates_path,
-                         (emb.image, emb.text, emb.meta))
+        heldout.append(
+            AnchorExample(
+                row,
+                pool.astype(np.int64),
+                choice_array,
+                np.vectorize(positions.__getitem__, otypes=[np.int64])(choice_array),
+                np.asarray([s[-1] for s in steps], dtype=np.float32),
+            )
+        )
+    return SyntheticTask(
+        root, train, heldout_table, heldout, ex_name, beams_path, candidates_path, (emb.image, emb.text, emb.meta)
+    )
 
 
 #: small, fast settings under which every version learns the synthetic task in a few seconds on one core
 LEARNING_CONFIG = {
-    "seed": 0, "epochs": 15, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-3, "warmup_ratio": 0.05,
+    "seed": 0,
+    "epochs": 15,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "weight_decay": 1e-3,
+    "warmup_ratio": 0.05,
     "v0": {"n_layer": 2, "n_head": 4, "n_embd": 64, "dropout": 0.0},
     "pointer": {"hidden_dim": 64, "temperature": 0.1, "dropout": 0.0},
     "cross_attention": {"heads": 4},
     "ranking": {"base": "v2", "loss": "listwise", "weight": 1.0, "temperature": 0.01},
-    "rl": {"rce_epochs": 3, "rce_lr": 1e-4, "rce_temperature": 0.01, "grpo_epochs": 3, "grpo_lr": 3e-5,
-           "clip_eps": 0.2, "kl_beta": 0.1},
+    "rl": {
+        "rce_epochs": 3,
+        "rce_lr": 1e-4,
+        "rce_temperature": 0.01,
+        "grpo_epochs": 3,
+        "grpo_lr": 3e-5,
+        "clip_eps": 0.2,
+        "kl_beta": 0.1,
+    },
 }
 
 
-def learning_table(root: str | Path, versions: Sequence[str] = VERSIONS, config: dict | None = None,
-                   threads: int = 1, task: SyntheticTask | None = None) -> list[dict[str, Any]]:
+def learning_table(
+    root: str | Path,
+    versions: Sequence[str] = VERSIONS,
+    config: dict | None = None,
+    threads: int = 1,
+    task: SyntheticTask | None = None,
+) -> list[dict[str, Any]]:
     """Train each version on the synthetic task (v4 from v3's best.ckpt; v3 is trained for v4 if not listed)
     and score best.ckpt on the held-out queries. One row per version."""
     from lever_lm.selectors.checkpoint import load_selector
@@ -166,18 +242,30 @@ def learning_table(root: str | Path, versions: Sequence[str] = VERSIONS, config:
         selector = load_selector(out_dir / "best.ckpt", task.train_features)
         query = task.heldout_features.matrix(parse_feature_choice(selector.meta["lever_lm"]).query)
         summary = evaluate_examples(selector.model, task.heldout, query, cfg.top_k)
-        rows.append({"version": version, **{k: summary[k] for k in (
-            "top1", "topk", "mrr", "beam_ndcg", "random_top1", "random_topk", "random_beam_ndcg")},
-            "best_epoch": metrics["best"]["epoch"], "train_seconds": seconds})
+        rows.append(
+            {
+                "version": version,
+                **{
+                    k: summary[k]
+                    for k in ("top1", "topk", "mrr", "beam_ndcg", "random_top1", "random_topk", "random_beam_ndcg")
+                },
+                "best_epoch": metrics["best"]["epoch"],
+                "train_seconds": seconds,
+            }
+        )
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]], top_k: int = 5) -> str:
-    header = (f"| version | top-1 | top-{top_k} | MRR | beam NDCG | random top-1 | random top-{top_k} "
-              "| random NDCG | best epoch | train s |")
+    header = (
+        f"| version | top-1 | top-{top_k} | MRR | beam NDCG | random top-1 | random top-{top_k} "
+        "| random NDCG | best epoch | train s |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['version']} | {r['top1']:.3f} | {r['topk']:.3f} | {r['mrr']:.3f} | {r['beam_ndcg']:.3f} "
-                     f"| {r['random_top1']:.3f} | {r['random_topk']:.3f} | {r['random_beam_ndcg']:.3f} "
-                     f"| {r['best_epoch']} | {r['train_seconds']:.1f} |")
+        lines.append(
+            f"| {r['version']} | {r['top1']:.3f} | {r['topk']:.3f} | {r['mrr']:.3f} | {r['beam_ndcg']:.3f} "
+            f"| {r['random_top1']:.3f} | {r['random_topk']:.3f} | {r['random_beam_ndcg']:.3f} "
+            f"| {r['best_epoch']} | {r['train_seconds']:.1f} |"
+        )
     return "\n".join(lines)

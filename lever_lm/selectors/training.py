@@ -23,9 +23,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,9 +96,17 @@ def _file_digest(path: str | Path | None) -> str | None:
 
 def _fingerprint(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths) -> dict[str, Any]:
     """What a resume state must have been made from (config, identity, and the inputs' bytes)."""
-    files = {name: _file_digest(getattr(paths, name)) for name in (
-        "beams", "candidates", "train_embeddings_image", "train_embeddings_text", "train_embeddings_meta",
-        "init_checkpoint")}
+    files = {
+        name: _file_digest(getattr(paths, name))
+        for name in (
+            "beams",
+            "candidates",
+            "train_embeddings_image",
+            "train_embeddings_text",
+            "train_embeddings_meta",
+            "init_checkpoint",
+        )
+    }
     return json.loads(json.dumps({"config": cfg.to_dict(), "identity": identity.to_dict(), "inputs": files}))
 
 
@@ -107,8 +116,9 @@ def _remove(paths: Sequence[Path]) -> None:
             path.unlink()
 
 
-def _load_init(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, n_train: int,
-               dims: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def _load_init(
+    cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, n_train: int, dims: dict[str, int]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """v4 starts from the v3 checkpoint of the same cell; the others take none."""
     if identity.version != "v4":
         if paths.init_checkpoint is not None:
@@ -118,20 +128,30 @@ def _load_init(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, 
         raise ValueError("init_checkpoint: v4 needs the v3 best.ckpt of the same dataset, beam_model and sampler")
     path = paths.init_checkpoint
     state, meta = ckpt.read_checkpoint(path)
-    expect = {"version": "v3", "dataset": identity.dataset, "beam_model": identity.beam_model,
-              "sampler": identity.sampler, "ex_name": identity.ex_name, "lever_lm": identity.lever_lm,
-              "n_train": n_train, "feature_dims": dims}
+    expect = {
+        "version": "v3",
+        "dataset": identity.dataset,
+        "beam_model": identity.beam_model,
+        "sampler": identity.sampler,
+        "ex_name": identity.ex_name,
+        "lever_lm": identity.lever_lm,
+        "n_train": n_train,
+        "feature_dims": dims,
+    }
     ckpt.check_expected(path, meta, expect)
     wanted = cfg.model_params("v4")
     for key in sorted(set(wanted) | set(meta["model"])):
         if meta["model"].get(key, "<missing>") != wanted.get(key, "<missing>"):
-            raise ValueError(f"{path}: model.{key} = {meta['model'].get(key, '<missing>')!r} but the selector "
-                             f"config gives {wanted.get(key, '<missing>')!r} for v4")
+            raise ValueError(
+                f"{path}: model.{key} = {meta['model'].get(key, '<missing>')!r} but the selector "
+                f"config gives {wanted.get(key, '<missing>')!r} for v4"
+            )
     return state, meta
 
 
-def train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threads: int = 1, *,
-          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threads: int = 1, *, callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
     """Train one selector; returns the metrics written to ``out_dir/metrics.json`` plus how the run went
     (``train_examples_per_s``, ``wall_time_s``, ``resumed_after_epoch``, per-epoch ``timing``; not in the file).
 
@@ -151,8 +171,9 @@ def train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threa
         return _train(cfg, identity, paths, out_dir, list(callbacks))
 
 
-def _train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_dir: Path,
-           callbacks: list[Any]) -> dict[str, Any]:
+def _train(
+    cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_dir: Path, callbacks: list[Any]
+) -> dict[str, Any]:
     import torch
 
     started = time.perf_counter()
@@ -179,13 +200,23 @@ def _train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_
             net.set_icd_features(torch.from_numpy(icd))
 
     meta = {
-        "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, **identity.to_dict(),
-        "construct_order": data.construct_order, "shot_num": data.shot_num, "max_k": max_len,
-        "n_train": n_train, "feature_dims": dims, "query_dim": choice.query_dim(dims), "icd_dim": choice.icd_dim(dims),
-        "encoder_id": str(embedding_meta.get("encoder_id")), "model": params, "selector_config": cfg.to_dict(),
+        "format": ckpt.FORMAT,
+        "format_version": ckpt.FORMAT_VERSION,
+        **identity.to_dict(),
+        "construct_order": data.construct_order,
+        "shot_num": data.shot_num,
+        "max_k": max_len,
+        "n_train": n_train,
+        "feature_dims": dims,
+        "query_dim": choice.query_dim(dims),
+        "icd_dim": choice.icd_dim(dims),
+        "encoder_id": str(embedding_meta.get("encoder_id")),
+        "model": params,
+        "selector_config": cfg.to_dict(),
         "beams_params": data.params,
-        "init_checkpoint": None if init is None else {"path": str(paths.init_checkpoint),
-                                                      "epoch": init[1].get("epoch")},
+        "init_checkpoint": None
+        if init is None
+        else {"path": str(paths.init_checkpoint), "epoch": init[1].get("epoch")},
     }
     meta = json.loads(json.dumps(meta))  # plain str/int/float/list/dict only
 
@@ -200,9 +231,17 @@ def _train(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_
     lightning_info.setLevel(logging.WARNING)  # its start-up chatter (accelerator, tips) is noise in job logs
     try:
         trainer = _trainer(cfg.total_epochs(version), resume_dir, val_idx.size > 0, callbacks)
-        logger.info("training %s (%s) on %s x%d: %d train / %d val anchors, %d epochs%s", version,
-                    identity.lever_lm, type(trainer.accelerator).__name__, trainer.num_devices, train_idx.size,
-                    val_idx.size, cfg.total_epochs(version), f", resuming from {resume_from}" if resume_from else "")
+        logger.info(
+            "training %s (%s) on %s x%d: %d train / %d val anchors, %d epochs%s",
+            version,
+            identity.lever_lm,
+            type(trainer.accelerator).__name__,
+            trainer.num_devices,
+            train_idx.size,
+            val_idx.size,
+            cfg.total_epochs(version),
+            f", resuming from {resume_from}" if resume_from else "",
+        )
         with warnings.catch_warnings():
             for noise in ("does not have many workers", "num_workers", "log_every_n_steps", "LeafSpec"):
                 warnings.filterwarnings("ignore", message=f".*{noise}.*")
@@ -252,15 +291,31 @@ def _trainer(max_epochs: int, resume_dir: Path, has_val: bool, callbacks: list[A
     else:
         hardware = {"accelerator": "cpu", "devices": 1}
     return pl.Trainer(
-        **hardware, max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(resume_dir),
-        limit_val_batches=1.0 if has_val else 0, use_distributed_sampler=False, gradient_clip_val=GRADIENT_CLIP,
+        **hardware,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(resume_dir),
+        limit_val_batches=1.0 if has_val else 0,
+        use_distributed_sampler=False,
+        gradient_clip_val=GRADIENT_CLIP,
         callbacks=callbacks,
     )
 
 
-def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: SelectorConfig, data: BeamData,
-                      train_idx: np.ndarray, val_idx: np.ndarray, query_features: np.ndarray) -> Any:
+def _lightning_module(
+    version: str,
+    model: Any,
+    frozen: dict[str, Any],
+    cfg: SelectorConfig,
+    data: BeamData,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    query_features: np.ndarray,
+) -> Any:
     import pytorch_lightning as pl
     import torch
 
@@ -288,7 +343,9 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
 
         def _loader(self, items: np.ndarray, shuffle: bool) -> Any:
             return torch.utils.data.DataLoader(
-                data.examples, batch_sampler=self._batches(items, shuffle), num_workers=0,
+                data.examples,
+                batch_sampler=self._batches(items, shuffle),
+                num_workers=0,
                 collate_fn=lambda batch: collate(batch, query_features),
                 generator=torch.Generator(),  # its own seed draw, so the global RNG (dropout) is left alone
             )
@@ -359,10 +416,14 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
             epoch = self.current_epoch
             if epoch != len(self.history):
                 raise RuntimeError(f"epoch {epoch} but {len(self.history)} epochs recorded: resume state out of sync")
-            train_loss = self.trainer.strategy.reduce(torch.tensor(self._train_sum / max(1, self._train_n),
-                                                                   device=self.device), reduce_op="mean")
-            entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(train_loss),
-                                     "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"])}
+            train_loss = self.trainer.strategy.reduce(
+                torch.tensor(self._train_sum / max(1, self._train_n), device=self.device), reduce_op="mean"
+            )
+            entry: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": float(train_loss),
+                "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+            }
             if version == "v4":
                 entry["phase"] = version_mod.phase(epoch, cfg.rl)
             val_loss = None
@@ -373,15 +434,28 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
                 entry.update({f"val_{k}": v for k, v in summary.items() if not k.startswith("random_")})
                 self.random = {k.removeprefix("random_"): v for k, v in summary.items() if k.startswith("random_")}
             self.history.append(entry)
-            logger.info("epoch %d/%d %s", epoch + 1, cfg.total_epochs(version),
-                        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                 for k, v in entry.items() if k != "epoch"))
-            self.timing.append({"epoch": epoch + 1, "train_seconds": self._train_seconds,
-                                "train_examples": self._train_n,
-                                "train_examples_per_s": self._train_n / max(self._train_seconds, 1e-9)})
+            logger.info(
+                "epoch %d/%d %s",
+                epoch + 1,
+                cfg.total_epochs(version),
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items() if k != "epoch"
+                ),
+            )
+            self.timing.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_seconds": self._train_seconds,
+                    "train_examples": self._train_n,
+                    "train_examples_per_s": self._train_n / max(self._train_seconds, 1e-9),
+                }
+            )
             if self.best is None or val_loss is None or val_loss < self.best["val_loss"]:
-                self.best = {"epoch": epoch + 1, "val_loss": val_loss,
-                             "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+                self.best = {
+                    "epoch": epoch + 1,
+                    "val_loss": val_loss,
+                    "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                }
             self._save_resume_state()
 
         def _save_resume_state(self) -> None:
@@ -394,8 +468,12 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
                 self.trainer.save_checkpoint(self.resume_path, weights_only=False)  # collective; rank 0 writes
 
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            checkpoint["lever_selector"] = {"history": self.history, "timing": self.timing, "best": self.best,
-                                            "random": getattr(self, "random", None)}
+            checkpoint["lever_selector"] = {
+                "history": self.history,
+                "timing": self.timing,
+                "best": self.best,
+                "random": getattr(self, "random", None),
+            }
             if self.frozen:  # v4: the GRPO phase's old policy (a resumed run cannot rebuild it otherwise)
                 checkpoint["lever_selector"]["old"] = self.frozen["old"].state_dict()
 
@@ -410,15 +488,29 @@ def _lightning_module(version: str, model: Any, frozen: dict[str, Any], cfg: Sel
     return SelectorModule()
 
 
-def _write_outputs(module: Any, meta: dict[str, Any], data: BeamData, train_idx: np.ndarray, val_idx: np.ndarray,
-                   out_dir: Path, started: float, resumed: bool) -> dict[str, Any]:
+def _write_outputs(
+    module: Any,
+    meta: dict[str, Any],
+    data: BeamData,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    out_dir: Path,
+    started: float,
+    resumed: bool,
+) -> dict[str, Any]:
     history, best = module.history, module.best
     last_state = {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
     final_epoch = history[-1]["epoch"]
-    ckpt.save_checkpoint(out_dir / "best.ckpt", best["state"],
-                         {**meta, "checkpoint": "best", "epoch": best["epoch"], "val_loss": best["val_loss"]})
-    ckpt.save_checkpoint(out_dir / "last.ckpt", last_state,
-                         {**meta, "checkpoint": "last", "epoch": final_epoch, "val_loss": history[-1].get("val_loss")})
+    ckpt.save_checkpoint(
+        out_dir / "best.ckpt",
+        best["state"],
+        {**meta, "checkpoint": "best", "epoch": best["epoch"], "val_loss": best["val_loss"]},
+    )
+    ckpt.save_checkpoint(
+        out_dir / "last.ckpt",
+        last_state,
+        {**meta, "checkpoint": "last", "epoch": final_epoch, "val_loss": history[-1].get("val_loss")},
+    )
 
     def n_examples(positions: np.ndarray) -> int:
         return int(sum(len(data.examples[i].choices) for i in positions))
@@ -449,6 +541,10 @@ def _write_outputs(module: Any, meta: dict[str, Any], data: BeamData, train_idx:
     }
     write_json(out_dir / "metrics.json", metrics)  # last: its presence means the outputs are complete
     shutil.rmtree(out_dir / "resume", ignore_errors=True)
-    logger.info("run: %.0f train examples/s, %.1f s%s", run["train_examples_per_s"], run["wall_time_s"],
-                f", resumed after epoch {run['resumed_after_epoch']}" if resumed else "")
+    logger.info(
+        "run: %.0f train examples/s, %.1f s%s",
+        run["train_examples_per_s"],
+        run["wall_time_s"],
+        f", resumed after epoch {run['resumed_after_epoch']}" if resumed else "",
+    )
     return {**metrics, **run}

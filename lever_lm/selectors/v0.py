@@ -27,15 +27,33 @@ N_SPECIAL = 3  # BOS, QUERY, EOS
 class GPTSelector(nn.Module):
     needs_pools = False
 
-    def __init__(self, n_train: int, query_dim: int, icd_dim: int, n_layer: int, n_head: int, n_embd: int,
-                 dropout: float, n_positions: int, prior: SimilarityPrior | None = None) -> None:
+    def __init__(
+        self,
+        n_train: int,
+        query_dim: int,
+        icd_dim: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float,
+        n_positions: int,
+        prior: SimilarityPrior | None = None,
+    ) -> None:
         super().__init__()
         self.prior = prior
         self.n_train = n_train
         self.bos, self.query_token, self.eos = n_train, n_train + 1, n_train + 2
         config = GPT2Config(
-            vocab_size=n_train + N_SPECIAL, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=self.bos, eos_token_id=self.eos,
+            vocab_size=n_train + N_SPECIAL,
+            n_positions=n_positions,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            resid_pdrop=dropout,
+            embd_pdrop=dropout,
+            attn_pdrop=dropout,
+            bos_token_id=self.bos,
+            eos_token_id=self.eos,
         )
         self.gpt = GPT2Model(config)
         self.query_proj = nn.Linear(query_dim, n_embd)
@@ -108,8 +126,9 @@ class GPTSelector(nn.Module):
         return self.logits(hidden, table, self.prior_logits(query))[:, : self.n_train], ids
 
     @torch.no_grad()
-    def decode(self, query: torch.Tensor, k: int, pool: Any = None, pool_mask: Any = None,
-               table: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, query: torch.Tensor, k: int, pool: Any = None, pool_mask: Any = None, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Greedy: (Q, k) train ids in choice order, no special token and no repeat within a row.
         ``table``: ``embedding_table()`` computed once for many batches (it projects every train ICD)."""
         n = len(query)
@@ -127,10 +146,25 @@ class GPTSelector(nn.Module):
         return tokens[:, 2:]
 
 
-def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int, max_len: int,
-                prior: SimilarityPrior | None = None) -> GPTSelector:
-    return GPTSelector(n_train, query_dim, icd_dim, params["n_layer"], params["n_head"], params["n_embd"],
-                       params["dropout"], n_positions=2 + max_len + 1, prior=prior)
+def build_model(
+    params: dict[str, Any],
+    n_train: int,
+    query_dim: int,
+    icd_dim: int,
+    max_len: int,
+    prior: SimilarityPrior | None = None,
+) -> GPTSelector:
+    return GPTSelector(
+        n_train,
+        query_dim,
+        icd_dim,
+        params["n_layer"],
+        params["n_head"],
+        params["n_embd"],
+        params["dropout"],
+        n_positions=2 + max_len + 1,
+        prior=prior,
+    )
 
 
 def loss(model: GPTSelector, batch: dict[str, torch.Tensor], cfg: Any) -> torch.Tensor:

@@ -21,16 +21,29 @@ from lever_lm.selectors.similarity import SimilarityPrior
 
 
 def mlp(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.LayerNorm(hidden_dim),
+    )
 
 
 class PointerSelector(nn.Module):
     needs_pools = True
 
-    def __init__(self, n_train: int, query_dim: int, icd_dim: int, hidden_dim: int, temperature: float,
-                 dropout: float, cross_attention: nn.Module | None = None, prior: SimilarityPrior | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        n_train: int,
+        query_dim: int,
+        icd_dim: int,
+        hidden_dim: int,
+        temperature: float,
+        dropout: float,
+        cross_attention: nn.Module | None = None,
+        prior: SimilarityPrior | None = None,
+    ) -> None:
         super().__init__()
         self.temperature = temperature
         self.query_encoder = mlp(query_dim, hidden_dim, dropout)
@@ -56,8 +69,9 @@ class PointerSelector(nn.Module):
         prior = self.prior.scores(query, features) if self.prior is not None else None
         return state, candidates, prior
 
-    def step_logits(self, state: torch.Tensor, candidates: torch.Tensor, blocked: torch.Tensor,
-                    prior: torch.Tensor | None) -> torch.Tensor:
+    def step_logits(
+        self, state: torch.Tensor, candidates: torch.Tensor, blocked: torch.Tensor, prior: torch.Tensor | None
+    ) -> torch.Tensor:
         scores = torch.einsum("nh,nph->np", F.normalize(state, dim=-1), F.normalize(candidates, dim=-1))
         scores = scores / self.temperature
         if prior is not None:
@@ -110,10 +124,24 @@ class PointerSelector(nn.Module):
         return torch.cat(picks, dim=1)
 
 
-def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int,
-                cross_attention: nn.Module | None = None, prior: SimilarityPrior | None = None) -> PointerSelector:
-    return PointerSelector(n_train, query_dim, icd_dim, params["hidden_dim"], params["temperature"],
-                           params["dropout"], cross_attention, prior)
+def build_model(
+    params: dict[str, Any],
+    n_train: int,
+    query_dim: int,
+    icd_dim: int,
+    cross_attention: nn.Module | None = None,
+    prior: SimilarityPrior | None = None,
+) -> PointerSelector:
+    return PointerSelector(
+        n_train,
+        query_dim,
+        icd_dim,
+        params["hidden_dim"],
+        params["temperature"],
+        params["dropout"],
+        cross_attention,
+        prior,
+    )
 
 
 def pointer_ce(logp: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:

@@ -22,13 +22,15 @@ class CrossAttention(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
 
     def forward(self, query: torch.Tensor, candidates: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
-        attended, _ = self.attention(query[:, None], candidates, candidates, key_padding_mask=~pool_mask,
-                                     need_weights=False)
+        attended, _ = self.attention(
+            query[:, None], candidates, candidates, key_padding_mask=~pool_mask, need_weights=False
+        )
         return self.norm(query + attended[:, 0])
 
 
-def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int,
-                prior: v1.SimilarityPrior | None = None) -> v1.PointerSelector:
+def build_model(
+    params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int, prior: v1.SimilarityPrior | None = None
+) -> v1.PointerSelector:
     attention = CrossAttention(params["hidden_dim"], params["heads"], params["dropout"])
     return v1.build_model(params, n_train, query_dim, icd_dim, cross_attention=attention, prior=prior)
 

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from lever_lm.selectors import v1, v2
 
 
-def build_model(params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int,
-                prior: v1.SimilarityPrior | None = None) -> v1.PointerSelector:
+def build_model(
+    params: dict[str, Any], n_train: int, query_dim: int, icd_dim: int, prior: v1.SimilarityPrior | None = None
+) -> v1.PointerSelector:
     base = v2 if params["cross_attention"] else v1
     return base.build_model(params, n_train, query_dim, icd_dim, prior=prior)
 
@@ -34,8 +35,9 @@ def masked_log_softmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.log_softmax(values.masked_fill(~mask, float("-inf")), dim=-1)
 
 
-def listwise_loss(seq_logp: torch.Tensor, scores: torch.Tensor, beam_mask: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
+def listwise_loss(
+    seq_logp: torch.Tensor, scores: torch.Tensor, beam_mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
     ranked = beam_mask.sum(-1) >= 2
     if not ranked.any():
         return seq_logp.sum() * 0.0
@@ -46,8 +48,7 @@ def listwise_loss(seq_logp: torch.Tensor, scores: torch.Tensor, beam_mask: torch
     return kl.sum(-1).mean()
 
 
-def pairwise_loss(seq_logp: torch.Tensor, scores: torch.Tensor, beam_mask: torch.Tensor,
-                  margin: float) -> torch.Tensor:
+def pairwise_loss(seq_logp: torch.Tensor, scores: torch.Tensor, beam_mask: torch.Tensor, margin: float) -> torch.Tensor:
     pairs = (scores[:, :, None] > scores[:, None, :]) & beam_mask[:, :, None] & beam_mask[:, None, :]
     if not pairs.any():
         return seq_logp.sum() * 0.0

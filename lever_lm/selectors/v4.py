@@ -44,8 +44,9 @@ def group_advantages(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (scores - mean) / (std + 1e-6) * weight
 
 
-def grpo_loss(model: PointerSelector, old: PointerSelector, ref: PointerSelector, batch: dict[str, torch.Tensor],
-              rl: Any) -> torch.Tensor:
+def grpo_loss(
+    model: PointerSelector, old: PointerSelector, ref: PointerSelector, batch: dict[str, torch.Tensor], rl: Any
+) -> torch.Tensor:
     logp, target, index = model.teacher_forced(batch)
     with torch.no_grad():
         old_logp, _, _ = old.teacher_forced(batch)
@@ -61,8 +62,14 @@ def grpo_loss(model: PointerSelector, old: PointerSelector, ref: PointerSelector
     return -surrogate.mean() + rl.kl_beta * kl.mean()
 
 
-def loss(model: PointerSelector, batch: dict[str, torch.Tensor], cfg: Any, epoch: int,
-         old: PointerSelector | None = None, ref: PointerSelector | None = None) -> torch.Tensor:
+def loss(
+    model: PointerSelector,
+    batch: dict[str, torch.Tensor],
+    cfg: Any,
+    epoch: int,
+    old: PointerSelector | None = None,
+    ref: PointerSelector | None = None,
+) -> torch.Tensor:
     if phase(epoch, cfg.rl) == "rce":
         return rce_loss(model, batch, cfg.rl.rce_temperature)
     return grpo_loss(model, old, ref, batch, cfg.rl)

@@ -294,7 +294,12 @@ def _annotator_answers(rng: np.random.Generator, canonical_value: str, conventio
     for position in range(ANSWERS_PER_QUESTION):
         answer = _deviating_answer(rng, canonical_value, convention) if position in deviating_positions else canonical
         answers.append(
-            {"answer_id": position + 1, "raw_answer": _raw_form(rng, answer), "answer_confidence": "yes", "answer": answer}
+            {
+                "answer_id": position + 1,
+                "raw_answer": _raw_form(rng, answer),
+                "answer_confidence": "yes",
+                "answer": answer,
+            }
         )
     return answers
 
@@ -310,7 +315,9 @@ def _split_files(split: str) -> dict[str, str]:
     }
 
 
-def _write_split(root: Path, split: str, image_ids: np.ndarray, rng: np.random.Generator, cfg: ToyDatasetConfig) -> None:
+def _write_split(
+    root: Path, split: str, image_ids: np.ndarray, rng: np.random.Generator, cfg: ToyDatasetConfig
+) -> None:
     files = _split_files(split)
     image_dir = root / files["image_dir"]
     image_dir.mkdir()

@@ -16,8 +16,9 @@ selector that reads the cue can find); ``same_family`` (same question type and c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,13 +36,15 @@ class ToyExampleTable:
     convention: np.ndarray
 
     @classmethod
-    def from_records(cls, records) -> "ToyExampleTable":
+    def from_records(cls, records) -> ToyExampleTable:
         from lever_lm.toy.data import family_of, parse_answer
 
         families = [family_of(q, label) for q, label in zip(records["question"], records["label"])]
         return cls(
-            examples=tuple(Example(str(p), str(q), str(a)) for p, q, a in
-                           zip(records["image_path"], records["question"], records["label"])),
+            examples=tuple(
+                Example(str(p), str(q), str(a))
+                for p, q, a in zip(records["image_path"], records["question"], records["label"])
+            ),
             answers=tuple(tuple(a) for a in records["answers"]),
             question_type=np.array([f[0] for f in families]),
             value=np.array([parse_answer(label)[0] for label in records["label"]]),
@@ -52,8 +55,9 @@ class ToyExampleTable:
         return len(self.examples)
 
 
-def demo_conditions(train: ToyExampleTable, val: ToyExampleTable, query: int, condition: str, k: int,
-                    rng: np.random.Generator) -> list[int]:
+def demo_conditions(
+    train: ToyExampleTable, val: ToyExampleTable, query: int, condition: str, k: int, rng: np.random.Generator
+) -> list[int]:
     """Train ids of ``k`` demonstrations for val query ``query`` under ``condition`` (prompt order irrelevant)."""
     if condition == "zero_shot" or k == 0:
         return []
@@ -70,9 +74,18 @@ def demo_conditions(train: ToyExampleTable, val: ToyExampleTable, query: int, co
     return [int(i) for i in rng.choice(pool, size=k, replace=False)]
 
 
-def icl_accuracy(adapter, train: ToyExampleTable, val: ToyExampleTable, shots: Sequence[int] = (1, 2),
-                 conditions: Sequence[str] = CONDITIONS, max_queries: int | None = None, seed: int = 0,
-                 num_beams: int = 1, max_new_tokens: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+def icl_accuracy(
+    adapter,
+    train: ToyExampleTable,
+    val: ToyExampleTable,
+    shots: Sequence[int] = (1, 2),
+    conditions: Sequence[str] = CONDITIONS,
+    max_queries: int | None = None,
+    seed: int = 0,
+    num_beams: int = 1,
+    max_new_tokens: int = 5,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
     """One row per (condition, shot): accuracy x100, convention share, value share, n."""
     from lever_lm.inference import generate_answers
     from lever_lm.metrics import postprocess_vqa, vqa_accuracy
@@ -83,13 +96,15 @@ def icl_accuracy(adapter, train: ToyExampleTable, val: ToyExampleTable, shots: S
         queries = np.sort(np.random.default_rng(seed).choice(len(val), size=max_queries, replace=False))
     rows = []
     for condition in conditions:
-        for k in ([0] if condition == "zero_shot" else shots):
+        for k in [0] if condition == "zero_shot" else shots:
             rng = np.random.default_rng([seed, k, CONDITIONS.index(condition)])
             prompts = []
             for q in queries:
                 demos = demo_conditions(train, val, int(q), condition, k, rng)
                 query = val.examples[q]
-                prompts.append(Prompt(tuple(train.examples[i] for i in demos), Example(query.image_path, query.question)))
+                prompts.append(
+                    Prompt(tuple(train.examples[i] for i in demos), Example(query.image_path, query.question))
+                )
             raw = generate_answers(adapter, prompts, max_new_tokens, num_beams, batch_size)
             answers = [postprocess_vqa(r) for r in raw]
             scores, conventions, values = [], [], []
@@ -101,14 +116,27 @@ def icl_accuracy(adapter, train: ToyExampleTable, val: ToyExampleTable, shots: S
                     value, convention = None, None
                 conventions.append(convention == val.convention[q])
                 values.append(value == val.value[q])
-            rows.append({"condition": condition, "shots": k, "accuracy": 100.0 * float(np.mean(scores)),
-                         "convention_share": float(np.mean(conventions)), "value_share": float(np.mean(values)),
-                         "n": len(queries)})
+            rows.append(
+                {
+                    "condition": condition,
+                    "shots": k,
+                    "accuracy": 100.0 * float(np.mean(scores)),
+                    "convention_share": float(np.mean(conventions)),
+                    "value_share": float(np.mean(values)),
+                    "n": len(queries),
+                }
+            )
     return rows
 
 
-def infoscore_sanity(adapter, train: ToyExampleTable, queries: ToyExampleTable, n: int = 200, seed: int = 0,
-                     exclude_same_image: bool = True) -> dict[str, Any]:
+def infoscore_sanity(
+    adapter,
+    train: ToyExampleTable,
+    queries: ToyExampleTable,
+    n: int = 200,
+    seed: int = 0,
+    exclude_same_image: bool = True,
+) -> dict[str, Any]:
     """Share of ``n`` random triples where a same-convention demonstration outscores an other-convention one of
     the same question type (InfoScore, one shot; ties count as failures)."""
     rng = np.random.default_rng(seed)
@@ -128,16 +156,21 @@ def infoscore_sanity(adapter, train: ToyExampleTable, queries: ToyExampleTable, 
     adapter.clear_cache()
     wins, margins = [], []
     for t in range(n):
-        base, same, other = (mean_token_probability(s) for s in scores[3 * t: 3 * t + 3])
+        base, same, other = (mean_token_probability(s) for s in scores[3 * t : 3 * t + 3])
         wins.append((same - base) > (other - base))
         margins.append(same - other)
-    return {"n": n, "same_convention_wins": float(np.mean(wins)), "mean_margin": float(np.mean(margins)),
-            "seed": seed}
+    return {"n": n, "same_convention_wins": float(np.mean(wins)), "mean_margin": float(np.mean(margins)), "seed": seed}
 
 
-def cue_agreement(records, image: np.ndarray, text: np.ndarray, anchors: Sequence[int], cand_num: int = 64,
-                  samplers: Sequence[str] = ("rand_sampler", "img_sim_sampler", "text_sim_sampler", "mix_sampler"),
-                  seed: int = 0) -> dict[str, float]:
+def cue_agreement(
+    records,
+    image: np.ndarray,
+    text: np.ndarray,
+    anchors: Sequence[int],
+    cand_num: int = 64,
+    samplers: Sequence[str] = ("rand_sampler", "img_sim_sampler", "text_sim_sampler", "mix_sampler"),
+    seed: int = 0,
+) -> dict[str, float]:
     """Per sampler, the share of anchor candidates whose convention (the cue) matches their anchor's, with the
     pipeline's own samplers on the given train embeddings (row i = record idx i); ``{sampler}/code`` counts the
     anchors with the cue (the code convention) only."""
@@ -149,10 +182,15 @@ def cue_agreement(records, image: np.ndarray, text: np.ndarray, anchors: Sequenc
     out = {}
     for sampler in samplers:
         candidates = anchor_candidates(sampler, list(anchors), split, cfg)
-        out[sampler] = float(np.mean([table.convention[c] == table.convention[a]
-                                      for a, cands in candidates.items() for c in cands]))
-        cued = [table.convention[c] == "code" for a, cands in candidates.items() if table.convention[a] == "code"
-                for c in cands]
+        out[sampler] = float(
+            np.mean([table.convention[c] == table.convention[a] for a, cands in candidates.items() for c in cands])
+        )
+        cued = [
+            table.convention[c] == "code"
+            for a, cands in candidates.items()
+            if table.convention[a] == "code"
+            for c in cands
+        ]
         if cued:
             out[f"{sampler}/code"] = float(np.mean(cued))
     return out

@@ -33,14 +33,13 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from lever_lm.lvlm.base import Example, Prompt
 from lever_lm.lvlm.tiny import FAMILIES, PretrainConfig
-
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -62,13 +61,16 @@ def toy_items(records) -> list[_ToyItem]:
         try:
             question_type, _ = family_of(row.question, row.label)
         except ValueError as err:
-            raise ValueError(f"pretraining needs the toy dataset: record question_id {row.question_id}: {err}") from None
+            raise ValueError(
+                f"pretraining needs the toy dataset: record question_id {row.question_id}: {err}"
+            ) from None
         items.append(_ToyItem(str(row.image_path), str(row.question), question_type, parse_answer(row.label)[0]))
     return items
 
 
-def pretraining_prompts(items: Sequence[_ToyItem], cfg: PretrainConfig, rng: np.random.Generator,
-                        count: int | None = None) -> list[Prompt]:
+def pretraining_prompts(
+    items: Sequence[_ToyItem], cfg: PretrainConfig, rng: np.random.Generator, count: int | None = None
+) -> list[Prompt]:
     """``count`` (default ``cfg.batch_size``) sequences: 0..max_demos demonstrations (other images than the query's)
     then a query, every answer in the sequence's conventions (see the module docstring)."""
     from lever_lm.toy.data import CONVENTIONS, QUESTIONS, answer_for
@@ -118,12 +120,13 @@ class _QwenTrainer:
         self.model, self.processor = new_tiny_qwen(words, dims, seed)
         self.model.train()
         # the adapter only lends its prompt assembly and image preprocessing (the same code scoring uses)
-        self.adapter = QwenVLAdapter(config_from_dict("pretrain", {"variant": "tiny", "precision": "fp32"}),
-                                     self.model, self.processor)
+        self.adapter = QwenVLAdapter(
+            config_from_dict("pretrain", {"variant": "tiny", "precision": "fp32"}), self.model, self.processor
+        )
         self.pixels: dict[str, tuple] = {}
         paths = list(dict.fromkeys(image_paths))
         for first in range(0, len(paths), 64):
-            chunk = paths[first:first + 64]
+            chunk = paths[first : first + 64]
             pixel_values, grid_thw = self.adapter.preprocess_images(chunk)
             counts = grid_thw.prod(-1).tolist()
             for path, patches, grid in zip(chunk, torch.split(pixel_values, counts), grid_thw):
@@ -136,14 +139,21 @@ class _QwenTrainer:
     def loss(self, prompts: Sequence[Prompt], as_reply: Sequence[bool]):
         import torch
 
-        assembled = [self.adapter.assemble(p, self.counts, for_generation=False, answer_as_reply=reply)
-                     for p, reply in zip(prompts, as_reply)]
+        assembled = [
+            self.adapter.assemble(p, self.counts, for_generation=False, answer_as_reply=reply)
+            for p, reply in zip(prompts, as_reply)
+        ]
         input_ids, attention_mask = self.adapter.pad_batch([a.input_ids for a in assembled], left=False)
         paths = [path for a in assembled for path in a.image_paths]
         pixel_values = torch.cat([self.pixels[p][0] for p in paths])
         grid_thw = torch.stack([self.pixels[p][1] for p in paths])
-        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                                  image_grid_thw=grid_thw, use_cache=False).last_hidden_state
+        hidden = self.model.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=grid_thw,
+            use_cache=False,
+        ).last_hidden_state
         return _span_loss(hidden, self.model.lm_head, input_ids, [a.answer_spans for a in assembled])
 
     def save(self, out_dir: str, extra: dict) -> None:
@@ -180,7 +190,7 @@ class _FlamingoTrainer:
         self.latents = {}
         with torch.no_grad():
             for first in range(0, len(paths), 64):
-                chunk = paths[first:first + 64]
+                chunk = paths[first : first + 64]
                 pixels = torch.stack([self.tiny.image_processor(load_image(p)) for p in chunk])
                 tokens = model.vision_encoder(pixels)[1]
                 for path, latents in zip(chunk, model.perceiver(tokens[:, None, None])[:, 0]):
@@ -203,12 +213,13 @@ class _FlamingoTrainer:
         slot = {p: u for u, p in enumerate(paths)}
         index = torch.full((len(prompts), max(len(a.image_paths) for a in assembled)), -1, dtype=torch.long)
         for row, item in enumerate(assembled):
-            input_ids[row, :len(item.input_ids)] = torch.tensor(item.input_ids)
-            attention_mask[row, :len(item.input_ids)] = 1
-            index[row, :len(item.image_paths)] = torch.tensor([slot[p] for p in item.image_paths])
+            input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+            attention_mask[row, : len(item.input_ids)] = 1
+            index[row, : len(item.image_paths)] = torch.tensor([slot[p] for p in item.image_paths])
         media = torch.stack([self.latents[p] for p in paths])  # (U, n, d): each distinct image once
-        return _span_loss(self._logits(input_ids, attention_mask, media, index), None, input_ids,
-                          [a.answer_spans for a in assembled])
+        return _span_loss(
+            self._logits(input_ids, attention_mask, media, index), None, input_ids, [a.answer_spans for a in assembled]
+        )
 
     def _logits(self, input_ids, attention_mask, media, index):
         """Language-model logits with each text token cross-attending only to the latents of its own (most recent)
@@ -254,8 +265,16 @@ def _span_loss(hidden, head, input_ids, spans_per_row):
 _TRAINERS = {"qwen2_5_vl": _QwenTrainer, "flamingo": _FlamingoTrainer}
 
 
-def pretrain_tiny_lvlm(family: str, dims, cfg: PretrainConfig, train_records, out_dir: str, seed: int = 0,
-                       threads: int = 1, log: logging.Logger | None = None) -> dict:
+def pretrain_tiny_lvlm(
+    family: str,
+    dims,
+    cfg: PretrainConfig,
+    train_records,
+    out_dir: str,
+    seed: int = 0,
+    threads: int = 1,
+    log: logging.Logger | None = None,
+) -> dict:
     """Build, pretrain and save a tiny LVLM of ``family``; ``train_records``: the toy TRAIN split's records.
 
     ``seed`` initialises the model; ``cfg.seed`` draws the training sequences."""
@@ -272,8 +291,11 @@ def pretrain_tiny_lvlm(family: str, dims, cfg: PretrainConfig, train_records, ou
     torch.set_num_threads(threads)
     started = time.monotonic()
     items = toy_items(train_records)
-    texts = [*train_records["question"], *(a for answers in train_records["answers"] for a in answers),
-             *toy_vocabulary()]
+    texts = [
+        *train_records["question"],
+        *(a for answers in train_records["answers"] for a in answers),
+        *toy_vocabulary(),
+    ]
     trainer = _TRAINERS[family](texts, dims, seed, [item.image_path for item in items])
     parameters = [p for p in trainer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -292,16 +314,29 @@ def pretrain_tiny_lvlm(family: str, dims, cfg: PretrainConfig, train_records, ou
             optimizer.step()
             running.append(loss.item())
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                curve.append({"step": step + 1, "loss": float(np.mean(running)),
-                              "seconds": round(time.monotonic() - started, 1)})
-                log.info("pretrain %s step %d/%d loss %.4f (%.0f s)", family, step + 1, cfg.steps, curve[-1]["loss"],
-                         curve[-1]["seconds"])
+                curve.append(
+                    {"step": step + 1, "loss": float(np.mean(running)), "seconds": round(time.monotonic() - started, 1)}
+                )
+                log.info(
+                    "pretrain %s step %d/%d loss %.4f (%.0f s)",
+                    family,
+                    step + 1,
+                    cfg.steps,
+                    curve[-1]["loss"],
+                    curve[-1]["seconds"],
+                )
                 running = []
     summary = {
-        "pretrain": dataclasses.asdict(cfg), "model_seed": seed, "family": family, "threads": threads,
-        "train_records": len(items), "train_images": len({i.image_path for i in items}),
-        "parameters": sum(p.numel() for p in parameters), "loss_curve": curve,
-        "final_loss": curve[-1]["loss"], "train_seconds": round(time.monotonic() - started, 1),
+        "pretrain": dataclasses.asdict(cfg),
+        "model_seed": seed,
+        "family": family,
+        "threads": threads,
+        "train_records": len(items),
+        "train_images": len({i.image_path for i in items}),
+        "parameters": sum(p.numel() for p in parameters),
+        "loss_curve": curve,
+        "final_loss": curve[-1]["loss"],
+        "train_seconds": round(time.monotonic() - started, 1),
     }
     # the saved record holds no durations, so two clean runs give identical model dirs (they stay in the log)
     record = {key: value for key, value in summary.items() if key != "train_seconds"}

@@ -8,9 +8,10 @@ baseline and, optionally, imitation-ceiling run, possibly several replicates of 
 All inputs are checked before anything is written: a metrics file from an older config, or a predictions file that
 disagrees with its metrics, stops the report with one message naming the file, and no output is left behind.
 
-Modules: ``inputs`` (reading and checking the metrics), ``predictions`` (the predictions files), ``results`` (replicates pooled, intervals, paired comparisons;
-the bootstrap itself is ``lever_lm.stats``), ``diagnostic`` (selection overlap), ``document`` and ``sections``
-(the tables), ``render`` (Markdown, HTML), ``plots``, ``exports`` (CSV files), ``build`` (the entry points).
+Modules: ``inputs`` (reading and checking the metrics), ``predictions`` (the predictions files), ``results``
+(replicates pooled, intervals, paired comparisons; the bootstrap itself is ``lever_lm.stats``), ``diagnostic``
+(selection overlap), ``document`` and ``sections`` (the tables), ``render`` (Markdown; HTML through the Jinja2
+template ``templates/tables.html.j2``), ``plots``, ``exports`` (CSV files), ``build`` (the entry points).
 """
 
 from lever_lm.paths import BASELINES
@@ -19,7 +20,14 @@ from lever_lm.report.diagnostic import IDENTICAL_WARN, OVERLAP_COLUMNS, overlap_
 from lever_lm.report.document import Cell, Document, Entry, Table, best_line, contest, score_grid
 from lever_lm.report.exports import COMPARISON_COLUMNS, SCORE_COLUMNS
 from lever_lm.report.inputs import (
-    BASELINE_ORDER, IMAGE_SIMILARITY, RANDOM, SIMILARITY, ZERO_SHOT, ReportInputError, Run, check_inference_settings,
+    BASELINE_ORDER,
+    IMAGE_SIMILARITY,
+    RANDOM,
+    SIMILARITY,
+    ZERO_SHOT,
+    ReportInputError,
+    Run,
+    check_inference_settings,
     load_runs,
 )
 from lever_lm.report.plots import plot_version
@@ -30,11 +38,40 @@ from lever_lm.report.sections import build_document
 from lever_lm.stats import UncertaintyConfig
 
 __all__ = [
-    "BASELINES", "BASELINE_ORDER", "COMPARISON_COLUMNS", "IDENTICAL_WARN", "IMAGE_SIMILARITY", "OVERLAP_COLUMNS",
-    "RANDOM", "SCORE_COLUMNS", "SIMILARITY", "ZERO_SHOT",
-    "Cell", "Comparison", "Document", "Entry", "ReportData", "ReportInputError", "Result", "Run", "ShotResult",
-    "Table", "UncertaintyConfig",
-    "best_line", "build_document", "build_report", "check_inference_settings", "check_predictions", "contest",
-    "load_report_data", "load_runs", "overlap_warnings", "plot_version", "read_selections", "score_grid",
-    "selection_overlap", "to_html", "to_markdown",
+    "BASELINES",
+    "BASELINE_ORDER",
+    "COMPARISON_COLUMNS",
+    "IDENTICAL_WARN",
+    "IMAGE_SIMILARITY",
+    "OVERLAP_COLUMNS",
+    "RANDOM",
+    "SCORE_COLUMNS",
+    "SIMILARITY",
+    "ZERO_SHOT",
+    "Cell",
+    "Comparison",
+    "Document",
+    "Entry",
+    "ReportData",
+    "ReportInputError",
+    "Result",
+    "Run",
+    "ShotResult",
+    "Table",
+    "UncertaintyConfig",
+    "best_line",
+    "build_document",
+    "build_report",
+    "check_inference_settings",
+    "check_predictions",
+    "contest",
+    "load_report_data",
+    "load_runs",
+    "overlap_warnings",
+    "plot_version",
+    "read_selections",
+    "score_grid",
+    "selection_overlap",
+    "to_html",
+    "to_markdown",
 ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from lever_lm.io_utils import atomic_path
 from lever_lm.report.diagnostic import IDENTICAL_WARN, overlap_warnings, selection_overlap
@@ -41,8 +42,7 @@ def load_report_data(
     replicates and compute the intervals and paired comparisons."""
     uncertainty = _uncertainty(uncertainty)
     cells, cell_problems = collect_runs(cell_metrics, cell_predictions, "selector", expected_inference)
-    baselines, baseline_problems = collect_runs(baseline_metrics, baseline_predictions, "baseline",
-                                                expected_inference)
+    baselines, baseline_problems = collect_runs(baseline_metrics, baseline_predictions, "baseline", expected_inference)
     ceilings, ceiling_problems = collect_runs(ceiling_metrics, ceiling_predictions, "ceiling", expected_inference)
     raise_first([*cell_problems, *baseline_problems, *ceiling_problems])  # before any parquet is read
     runs = [*cells, *baselines, *ceilings]
@@ -130,9 +130,17 @@ def build_report(
     appearance. Every input is checked before the first file is written; each output is written atomically.
     """
     data = load_report_data(
-        cell_metrics, cell_predictions, baseline_metrics, baseline_predictions, expected_inference,
-        beam_models=beam_models, samplers=samplers, identical_warn=identical_warn,
-        ceiling_metrics=ceiling_metrics, ceiling_predictions=ceiling_predictions, uncertainty=uncertainty,
+        cell_metrics,
+        cell_predictions,
+        baseline_metrics,
+        baseline_predictions,
+        expected_inference,
+        beam_models=beam_models,
+        samplers=samplers,
+        identical_warn=identical_warn,
+        ceiling_metrics=ceiling_metrics,
+        ceiling_predictions=ceiling_predictions,
+        uncertainty=uncertainty,
     )
     targets = _plot_targets(data, out_plots)
     doc = build_document(data)
@@ -141,8 +149,7 @@ def build_report(
     out_html = Path(out_tables).with_suffix(".html") if out_html is None else Path(out_html)
     write_overlap_csv(out_overlap, data.overlap)
     write_scores_csv(folder / "scores.csv" if out_scores is None else out_scores, data.results)
-    write_comparisons_csv(folder / "comparisons.csv" if out_comparisons is None else out_comparisons,
-                          data.comparisons)
+    write_comparisons_csv(folder / "comparisons.csv" if out_comparisons is None else out_comparisons, data.comparisons)
     for (model, version), path in targets.items():
         plot_version(data, model, version, path)
     with atomic_path(out_html, suffix=".html") as tmp:

@@ -7,7 +7,8 @@ Two cells that should differ (another version or sampler) but select the same de
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from lever_lm.report.inputs import Run
 
@@ -39,17 +40,25 @@ def selection_overlap(cells: Sequence[Run], frames: Mapping[str, Any]) -> list[d
     for beam_model, labels in labels_by_model.items():  # pairs in input order, as the tables list the cells
         for a in range(len(labels)):
             for b in range(a + 1, len(labels)):
-                shots = sorted({key[3] for key in counts if key[:3] == (beam_model, labels[a], labels[b])}
-                               - {"all"})
+                shots = sorted({key[3] for key in counts if key[:3] == (beam_model, labels[a], labels[b])} - {"all"})
                 for shot in [*shots, "all"] if shots else []:
                     n, same = counts[(beam_model, labels[a], labels[b], shot)]
-                    rows.append({"beam_model": beam_model, "cell_a": labels[a], "cell_b": labels[b], "shot": shot,
-                                 "n": n, "identical_share": same / n if n else math.nan})
+                    rows.append(
+                        {
+                            "beam_model": beam_model,
+                            "cell_a": labels[a],
+                            "cell_b": labels[b],
+                            "shot": shot,
+                            "n": n,
+                            "identical_share": same / n if n else math.nan,
+                        }
+                    )
     return rows
 
 
-def _count_identical(beam_model: str, runs: Sequence[Run], frames: Mapping[str, Any],
-                     counts: dict[tuple, list[int]]) -> None:
+def _count_identical(
+    beam_model: str, runs: Sequence[Run], frames: Mapping[str, Any], counts: dict[tuple, list[int]]
+) -> None:
     """Add the (n, identical) counts of every pair of ``runs`` (one beam model, one replicate) to ``counts``."""
     import numpy as np
     import pandas as pd

@@ -9,17 +9,20 @@ top cells with their paired difference.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from lever_lm.report.results import ReportData, Result, ShotResult
 from lever_lm.stats import Interval
 
 # marks of a significant paired difference, by reference role and sign; a ceiling's similarity reference is i2i
 MARKS = {
-    ("random", 1): "▲r", ("random", -1): "▼r",
-    ("similarity", 1): "▲s", ("similarity", -1): "▼s",
-    ("image", 1): "▲i", ("image", -1): "▼i",
+    ("random", 1): "▲r",
+    ("random", -1): "▼r",
+    ("similarity", 1): "▲s",
+    ("similarity", -1): "▼s",
+    ("image", 1): "▲i",
+    ("image", -1): "▼i",
 }
 
 
@@ -145,8 +148,11 @@ def score_grid(
     default: its label). ``marked``: cells carry the marks of their significant paired differences."""
     bold = [[False] * len(column_labels) for _ in row_labels]
     ties = []
-    groups = ([[(i, j) for i in range(len(row_labels)) for j in range(len(column_labels))]] if bold_by == "all"
-              else [[(i, j) for i in range(len(row_labels))] for j in range(len(column_labels))])
+    groups = (
+        [[(i, j) for i in range(len(row_labels)) for j in range(len(column_labels))]]
+        if bold_by == "all"
+        else [[(i, j) for i in range(len(row_labels))] for j in range(len(column_labels))]
+    )
     for positions in groups:
         winner, tie = contest(data, [entries[i][j] for i, j in positions])
         for i, j in positions:
@@ -207,8 +213,9 @@ def add_score_table(doc: Document, table_and_tie: tuple[Table, str]) -> None:
 def sampler_grid(doc: Document, data: ReportData, results: Sequence[Result | None], samplers: Sequence[str]) -> None:
     """A shots x sampler table with marks, the best line and the tie line."""
     doc.add("p", n_line(results))
-    entries = [[entry_at(r, s, f"{sampler}, {shots_word(s)}") for r, sampler in zip(results, samplers)]
-               for s in data.shots]
+    entries = [
+        [entry_at(r, s, f"{sampler}, {shots_word(s)}") for r, sampler in zip(results, samplers)] for s in data.shots
+    ]
     table, tie = score_grid(data, [str(s) for s in data.shots], samplers, entries, "Shots", "all", marked=True)
     doc.add("table", table=table)
     doc.add("p", best_line([e for row in entries for e in row]))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from lever_lm.io_utils import atomic_path
 from lever_lm.report.diagnostic import OVERLAP_COLUMNS
@@ -12,10 +13,32 @@ from lever_lm.report.results import Comparison, Result
 
 PathLike = str | os.PathLike
 
-SCORE_COLUMNS = ("beam_model", "kind", "version", "sampler", "baseline", "shot", "n", "score", "ci_low", "ci_high",
-                 "replicates", "replicate_mean", "replicate_sd")
-COMPARISON_COLUMNS = ("beam_model", "version", "sampler", "shot", "reference", "diff", "ci_low", "ci_high",
-                      "significant")
+SCORE_COLUMNS = (
+    "beam_model",
+    "kind",
+    "version",
+    "sampler",
+    "baseline",
+    "shot",
+    "n",
+    "score",
+    "ci_low",
+    "ci_high",
+    "replicates",
+    "replicate_mean",
+    "replicate_sd",
+)
+COMPARISON_COLUMNS = (
+    "beam_model",
+    "version",
+    "sampler",
+    "shot",
+    "reference",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "significant",
+)
 
 
 def _number(value: float | None) -> str:
@@ -34,10 +57,14 @@ def _write_csv(path: PathLike, columns: Sequence[str], rows: Iterable[Sequence[A
 
 
 def write_overlap_csv(path: PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
-    _write_csv(path, OVERLAP_COLUMNS, (
-        [row["beam_model"], row["cell_a"], row["cell_b"], row["shot"], row["n"], _number(row["identical_share"])]
-        for row in rows
-    ))
+    _write_csv(
+        path,
+        OVERLAP_COLUMNS,
+        (
+            [row["beam_model"], row["cell_a"], row["cell_b"], row["shot"], row["n"], _number(row["identical_share"])]
+            for row in rows
+        ),
+    )
 
 
 def score_rows(results: Sequence[Result]) -> list[list[Any]]:
@@ -45,11 +72,23 @@ def score_rows(results: Sequence[Result]) -> list[list[Any]]:
     rows = []
     for result in results:
         for shot, entry in sorted(result.shots.items()):
-            rows.append([
-                result.beam_model, result.kind, result.version or "", result.sampler or "", result.baseline or "",
-                shot, entry.n, _number(entry.score), _number(entry.interval.low), _number(entry.interval.high),
-                len(entry.replicate_scores), _number(entry.replicate_mean), _number(entry.replicate_sd),
-            ])
+            rows.append(
+                [
+                    result.beam_model,
+                    result.kind,
+                    result.version or "",
+                    result.sampler or "",
+                    result.baseline or "",
+                    shot,
+                    entry.n,
+                    _number(entry.score),
+                    _number(entry.interval.low),
+                    _number(entry.interval.high),
+                    len(entry.replicate_scores),
+                    _number(entry.replicate_mean),
+                    _number(entry.replicate_sd),
+                ]
+            )
     return rows
 
 
@@ -59,10 +98,19 @@ def comparison_rows(comparisons: Sequence[Comparison]) -> list[list[Any]]:
     for item in comparisons:
         subject, difference = item.subject, item.difference
         version = "ceiling" if subject.kind == "ceiling" else subject.version
-        rows.append([
-            subject.beam_model, version, subject.sampler, item.shot, item.reference.baseline,
-            _number(difference.estimate), _number(difference.low), _number(difference.high), item.significant,
-        ])
+        rows.append(
+            [
+                subject.beam_model,
+                version,
+                subject.sampler,
+                item.shot,
+                item.reference.baseline,
+                _number(difference.estimate),
+                _number(difference.low),
+                _number(difference.high),
+                item.significant,
+            ]
+        )
     return rows
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from lever_lm.errors import InputError
 from lever_lm.io_utils import read_json
@@ -102,9 +103,7 @@ def check_inference_settings(metrics: Mapping[str, Any], path: PathLike, expecte
         keys = ", ".join(f"inference.{key}" for key, _, _ in differing)
         detail = "; ".join(f"{key}: file {have}, config {want}" for key, have, want in differing)
         verb = "differs" if len(differing) == 1 else "differ"
-        raise ReportInputError(
-            f"{path} was produced by an older config: {keys} {verb} ({detail}); {rule_hint(kind)}"
-        )
+        raise ReportInputError(f"{path} was produced by an older config: {keys} {verb} ({detail}); {rule_hint(kind)}")
 
 
 def replicate_of(metrics: Mapping[str, Any], path: PathLike) -> int:
@@ -216,8 +215,12 @@ def collect_runs(
         key = (*run.cell_key, run.replicate)
         if key in seen:
             replicate = f", replicate {run.replicate}" if run.replicate else ""
-            problems.append((metrics_path, f"{metrics_path}: the same cell as {seen[key]} "
-                                           f"({run.beam_model}, {run.label}{replicate})"))
+            problems.append(
+                (
+                    metrics_path,
+                    f"{metrics_path}: the same cell as {seen[key]} ({run.beam_model}, {run.label}{replicate})",
+                )
+            )
             continue
         seen[key] = metrics_path
         runs.append(run)

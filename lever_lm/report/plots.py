@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lever_lm.io_utils import atomic_path
 from lever_lm.report.inputs import IMAGE_SIMILARITY, RANDOM, ZERO_SHOT
@@ -26,16 +27,23 @@ def best_ceiling(data: ReportData, beam_model: str) -> Result | None:
 
 def _series(data: ReportData, beam_model: str, version: str) -> list[tuple[Result, str, dict[str, Any]]]:
     """(result, legend label, line style) of every line of one plot, selector samplers first."""
-    lines = [(run, sampler, {"marker": "o"}) for sampler in data.samplers
-             if (run := data.cell(beam_model, version, sampler)) is not None]
+    lines = [
+        (run, sampler, {"marker": "o"})
+        for sampler in data.samplers
+        if (run := data.cell(beam_model, version, sampler)) is not None
+    ]
     if (random := data.baseline(beam_model, RANDOM)) is not None:
         lines.append((random, "random ICDs", {"linestyle": "--", "color": "black", "marker": "x"}))
     if (image := data.baseline(beam_model, IMAGE_SIMILARITY)) is not None:
-        lines.append((image, IMAGE_SIMILARITY, {"linestyle": "-.", "color": "dimgray", "marker": "s",
-                                                "markersize": 4}))
+        lines.append((image, IMAGE_SIMILARITY, {"linestyle": "-.", "color": "dimgray", "marker": "s", "markersize": 4}))
     if (ceiling := best_ceiling(data, beam_model)) is not None:
-        lines.append((ceiling, f"imitation ceiling ({ceiling.sampler})",
-                      {"linestyle": (0, (1, 1)), "color": "purple", "marker": "^"}))
+        lines.append(
+            (
+                ceiling,
+                f"imitation ceiling ({ceiling.sampler})",
+                {"linestyle": (0, (1, 1)), "color": "purple", "marker": "^"},
+            )
+        )
     return lines
 
 
@@ -53,9 +61,9 @@ def _error_bars(result: Result, shots: Sequence[int]) -> list[list[float]]:
 def plot_version(data: ReportData, beam_model: str, version: str, path: PathLike) -> None:
     """One line per sampler, random ICDs dashed, SimRetriever-i2i dash-dotted, the best imitation ceiling dotted,
     zero-shot as a horizontal line with its interval as a band; error bars are the bootstrap intervals."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import matplotlib
 
     with matplotlib.rc_context(rc=matplotlib.rcParamsDefault):
         fig = Figure(figsize=(8.4, 4.8), dpi=100)
@@ -65,8 +73,15 @@ def plot_version(data: ReportData, beam_model: str, version: str, path: PathLike
         for index, (result, label, style) in enumerate(lines):
             shots = [s for s in data.shots if s in result.shots]
             offset = (index - (len(lines) - 1) / 2) * JITTER
-            ax.errorbar([s + offset for s in shots], [result.score(s) for s in shots],
-                        yerr=_error_bars(result, shots), capsize=3, elinewidth=1, label=label, **style)
+            ax.errorbar(
+                [s + offset for s in shots],
+                [result.score(s) for s in shots],
+                yerr=_error_bars(result, shots),
+                capsize=3,
+                elinewidth=1,
+                label=label,
+                **style,
+            )
         zero = data.baseline(beam_model, ZERO_SHOT)
         if zero is not None and zero.shots:
             entry = zero.shots[0] if 0 in zero.shots else next(iter(zero.shots.values()))
@@ -77,8 +92,9 @@ def plot_version(data: ReportData, beam_model: str, version: str, path: PathLike
         ns = sorted({entry.n for result in shown for entry in result.shots.values()})
         n_text = f"n = {ns[0]}" if len(ns) == 1 else (f"n = {ns[0]}–{ns[-1]}" if ns else "")
         confidence = f"{data.uncertainty.confidence * 100:g}%"
-        ax.set_title(f"{version} · {beam_model} ({data.dataset}, {n_text}; bars: {confidence} bootstrap CI)",
-                     fontsize="medium")
+        ax.set_title(
+            f"{version} · {beam_model} ({data.dataset}, {n_text}; bars: {confidence} bootstrap CI)", fontsize="medium"
+        )
         ax.set_xlabel("shots (ICDs in the prompt)")
         ax.set_ylabel(f"{data.metric_label} ×100")
         ax.set_xticks(data.shots)

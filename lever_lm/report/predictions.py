@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lever_lm.report.inputs import ZERO_SHOT, ReportInputError, Run, rule_hint
 
@@ -13,7 +14,7 @@ PREDICTION_COLUMNS = ("question_id", "shot", "icd_ids", "score")
 SCORE_TOLERANCE = 1e-6  # metrics score vs mean of per-question scores, on the x100 scale
 
 
-def read_selections(path: PathLike) -> "Any":
+def read_selections(path: PathLike) -> Any:
     """predictions.parquet as a DataFrame with the columns the report needs; icd_ids become tuples."""
     import pandas as pd
 
@@ -30,7 +31,7 @@ def read_selections(path: PathLike) -> "Any":
     return frame
 
 
-def check_predictions(run: Run, frame: "Any") -> None:
+def check_predictions(run: Run, frame: Any) -> None:
     """The predictions file must hold exactly the shots and query counts its metrics.json reports."""
     path = run.predictions_path
     shots = sorted(int(s) for s in frame["shot"].unique())

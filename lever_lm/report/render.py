@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import re
+
+import jinja2
 
 from lever_lm.report.document import Cell, Document, Table
 
@@ -62,51 +65,22 @@ def to_markdown(doc: Document) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def _html_cell(cell: Cell) -> str:
-    esc = html.escape
-    parts = [f"<strong>{esc(cell.text)}</strong>" if cell.bold else esc(cell.text)]
-    if cell.detail:
-        parts.append(f'<span class="ci">{esc(cell.detail)}</span>')
-    for mark in cell.marks:
-        parts.append(f'<span class="{"up" if mark.startswith("▲") else "down"}">{esc(mark)}</span>')
-    return " ".join(parts)
-
-
-def _html_table(table: Table) -> str:
-    num = ' class="num"'
-    head = "".join(
-        f"<th{'' if i < table.left_columns else num}>{html.escape(h)}</th>" for i, h in enumerate(table.header)
+@functools.cache
+def _html_template() -> jinja2.Template:
+    # autoescape off: the template escapes every text with html.escape itself (`esc`), which writes the bytes the
+    # report has always had (markupsafe's escaping spells quotes differently)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("lever_lm.report", "templates"),
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
     )
-    rows = []
-    for row in table.rows:
-        cells = [f"<td{'' if i < table.left_columns else num}>{_html_cell(cell)}</td>" for i, cell in enumerate(row)]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+    env.filters["esc"] = html.escape
+    return env.get_template("tables.html.j2")
 
 
 def to_html(doc: Document) -> str:
     """A self-contained page (inline CSS, no scripts, no external resources) with the same content."""
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        f"<title>{esc(doc.title)}</title>",
-        f"<style>\n{HTML_STYLE}\n</style>",
-        "</head>",
-        "<body>",
-    ]
-    for block in doc.blocks:
-        if block.kind in ("h1", "h2", "h3"):
-            parts.append(f"<{block.kind}>{esc(block.text)}</{block.kind}>")
-        elif block.kind == "p":
-            parts.append(f"<p>{esc(block.text)}</p>")
-        elif block.kind == "note":
-            parts.append(f'<p class="note">{esc(block.text)}</p>')
-        elif block.kind == "warning":
-            parts.append(f'<p class="warning"><strong>WARNING:</strong> {esc(block.text)}</p>')
-        elif block.kind == "table":
-            parts.append(_html_table(block.table))
-    parts += ["</body>", "</html>"]
-    return "\n".join(parts) + "\n"
+    return _html_template().render(doc=doc, style=HTML_STYLE)

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from lever_lm.paths import VERSIONS
 from lever_lm.report.inputs import (
-    BASELINE_ORDER, IMAGE_SIMILARITY, RANDOM, SIMILARITY, Run,
+    BASELINE_ORDER,
+    IMAGE_SIMILARITY,
+    RANDOM,
+    SIMILARITY,
+    Run,
 )
 from lever_lm.stats import Interval, UncertaintyConfig, bootstrap_mean, paired_difference
 
@@ -99,14 +104,17 @@ def pool_results(runs: Sequence[Run], frames: Mapping[str, Any], uncertainty: Un
     for key, replicates in by_cell.items():
         replicates = sorted(replicates, key=lambda run: run.replicate)
         shots = sorted({shot for run in replicates for shot in run.scores})
-        pooled = {shot: _pool_shot(key, shot, [r for r in replicates if shot in r.scores], frames, uncertainty)
-                  for shot in shots}
+        pooled = {
+            shot: _pool_shot(key, shot, [r for r in replicates if shot in r.scores], frames, uncertainty)
+            for shot in shots
+        }
         results.append(Result(tuple(replicates), pooled))
     return results
 
 
-def _pool_shot(key: tuple, shot: int, runs: Sequence[Run], frames: Mapping[str, Any],
-               uncertainty: UncertaintyConfig) -> ShotResult:
+def _pool_shot(
+    key: tuple, shot: int, runs: Sequence[Run], frames: Mapping[str, Any], uncertainty: UncertaintyConfig
+) -> ShotResult:
     import numpy as np
 
     per_replicate, question_ids = [], None
@@ -119,8 +127,15 @@ def _pool_shot(key: tuple, shot: int, runs: Sequence[Run], frames: Mapping[str, 
     replicate_scores = tuple(run.scores[shot] for run in runs)
     if np.isnan(pooled).any():  # corpus metrics have no per-question score: the metrics' score, no interval
         score = sum(replicate_scores) / len(replicate_scores)
-        return ShotResult(shot, len(pooled), score, Interval(score, math.nan, math.nan, len(pooled)),
-                          replicate_scores, None, question_ids)
+        return ShotResult(
+            shot,
+            len(pooled),
+            score,
+            Interval(score, math.nan, math.nan, len(pooled)),
+            replicate_scores,
+            None,
+            question_ids,
+        )
     interval = bootstrap_mean(pooled, uncertainty, ("score", *key, shot), scale=100.0)
     return ShotResult(shot, len(pooled), interval.estimate, interval, replicate_scores, pooled, question_ids)
 
@@ -135,11 +150,11 @@ def compare(a: Result, shot_a: int, b: Result, shot_b: int, uncertainty: Uncerta
         return Interval(first.score - second.score, math.nan, math.nan, min(first.n, second.n))
     first_scores, second_scores = first.pooled, second.pooled
     if not np.array_equal(first.question_ids, second.question_ids):
-        _, in_first, in_second = np.intersect1d(first.question_ids, second.question_ids, assume_unique=True,
-                                                return_indices=True)
+        _, in_first, in_second = np.intersect1d(
+            first.question_ids, second.question_ids, assume_unique=True, return_indices=True
+        )
         first_scores, second_scores = first_scores[in_first], second_scores[in_second]
-    return paired_difference(first_scores, second_scores, uncertainty, (*a.key, shot_a, *b.key, shot_b),
-                             scale=100.0)
+    return paired_difference(first_scores, second_scores, uncertainty, (*a.key, shot_a, *b.key, shot_b), scale=100.0)
 
 
 @dataclass
@@ -245,9 +260,11 @@ def ordered(found: Iterable[str], preferred: Sequence[str] | None) -> list[str]:
     return preferred + [f for f in found if f not in preferred]
 
 
-def result_order(results: Sequence[Result], beam_models: Sequence[str], versions: Sequence[str],
-                 samplers: Sequence[str]) -> list[Result]:
+def result_order(
+    results: Sequence[Result], beam_models: Sequence[str], versions: Sequence[str], samplers: Sequence[str]
+) -> list[Result]:
     """Selector cells (version, beam model, sampler), then baselines (beam model, table order), then ceilings."""
+
     def rank(result: Result) -> tuple:
         model = beam_models.index(result.beam_model)
         if result.kind == "selector":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from lever_lm.report.document import Cell, Document, Table, fmt_difference, fmt_score, sampler_grid, shots_word
 from lever_lm.report.inputs import IMAGE_SIMILARITY, RANDOM
@@ -19,19 +19,29 @@ def counts_section(doc: Document, data: ReportData) -> None:
         "significantly above (▲r) and below (▼r) them, and likewise against the best similarity baseline at the "
         "same shot number (▲s, ▼s); shown as count / cells compared.",
     )
-    header = ["Version", "▲r above random", "▼r below random", "▲s above best similarity",
-              "▼s below best similarity"]
+    header = ["Version", "▲r above random", "▼r below random", "▲s above best similarity", "▼s below best similarity"]
     any_table = False
     for model in data.beam_models:
-        groups = [(v, [c for c in data.comparisons if c.subject.kind == "selector" and c.subject.beam_model == model
-                       and c.subject.version == v]) for v in data.versions]
+        groups = [
+            (
+                v,
+                [
+                    c
+                    for c in data.comparisons
+                    if c.subject.kind == "selector" and c.subject.beam_model == model and c.subject.version == v
+                ],
+            )
+            for v in data.versions
+        ]
         groups = [(v, items) for v, items in groups if items]
         if not groups:
             continue
         if len(groups) > 1:
             groups.append(("all versions", [c for _, items in groups for c in items]))
-        rows = [[Cell(version), *(Cell(_count(items, role, sign)) for role in ("random", "similarity")
-                                  for sign in (1, -1))] for version, items in groups]
+        rows = [
+            [Cell(version), *(Cell(_count(items, role, sign)) for role in ("random", "similarity") for sign in (1, -1))]
+            for version, items in groups
+        ]
         doc.add("h3", model)
         doc.add("table", table=Table(header, rows))
         any_table = True
@@ -77,7 +87,9 @@ def _bottleneck_line(data: ReportData, model: str, runs: Sequence[Result]) -> st
     below = [c for c in compared if c.significant < 0]
     if below:
         named = " and ".join(f"{c.reference.baseline} ({fmt_difference(c.difference)})" for c in below)
-        return (f"{model}: the best ceiling cell, {where}, is significantly below {named}: InfoScore is the "
-                "bottleneck on this data.")
+        return (
+            f"{model}: the best ceiling cell, {where}, is significantly below {named}: InfoScore is the "
+            "bottleneck on this data."
+        )
     named = " or ".join(str(c.reference.baseline) for c in compared)
     return f"{model}: the best ceiling cell, {where}, is not significantly below {named}."

@@ -66,6 +66,7 @@ class ClipEncoderConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        # kind and batch_size: for direct construction (tests, benchmarks); from_config has the schema's checks
         if self.kind not in ENCODER_KINDS:
             raise ValueError(f"encoders.{self.name}.kind: unknown kind {self.kind!r}; known: {list(ENCODER_KINDS)}")
         if self.batch_size < 1:
@@ -77,18 +78,13 @@ class ClipEncoderConfig:
 
     @classmethod
     def from_config(cls, name: str, section: Mapping[str, Any]) -> ClipEncoderConfig:
-        """Build from the ``encoders.<name>`` mapping of config.yaml; unknown keys are an error."""
-        known = {"kind", "model_name", "checkpoint", "tiny", "seed", "batch_size", "device"}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"encoders.{name}: unknown keys {unknown}; known: {sorted(known)}")
-        values = dict(section)
-        tiny_section = values.pop("tiny", None) or {}
-        tiny_known = set(TinyClipDims.__dataclass_fields__)
-        tiny_unknown = sorted(set(tiny_section) - tiny_known)
-        if tiny_unknown:
-            raise ValueError(f"encoders.{name}.tiny: unknown keys {tiny_unknown}; known: {sorted(tiny_known)}")
-        return cls(name=name, tiny=TinyClipDims(**tiny_section), **values)
+        """Build from the ``encoders.<name>`` mapping of config.yaml, validated against the config schema with its
+        defaults filled (``lever_lm.config.validate_section``: keys, kind, bounds, the tiny sizes' names; errors name
+        the key: ``unknown config key encoders.<name>.colour``). Which keys a kind needs is checked here."""
+        from lever_lm.config import validate_section
+
+        values = validate_section(("encoders", name), section)
+        return cls(name=name, tiny=TinyClipDims(**(values.pop("tiny", None) or {})), **values)
 
 
 class ClipEncoder:

@@ -53,14 +53,17 @@ def test_nested_command_line_values_are_read_as_the_schema_types():
             {"beam_models": {"q": {"family": "qwen2_5_vl", "variant": "tiny", "prompt_style": "chatty"}}},
             "beam_models.q.prompt_style",
         ),
-        ({"beam_models": {"f": {"family": "flamingo", "variant": "tiny", "colour": "red"}}}, "beam_models.f: unknown"),
+        (
+            {"beam_models": {"f": {"family": "flamingo", "variant": "tiny", "colour": "red"}}},
+            "unknown config key beam_models.f.colour",
+        ),
         (
             {
                 "encoders": {"e": {"kind": "tiny", "tiny": {"depth": 3}}},
                 "sampler_encoder": "e",
                 "selector_encoder": "e",
             },
-            "encoders.e.tiny: unknown keys",
+            "unknown config key encoders.e.tiny.depth",
         ),
     ],
 )
@@ -162,3 +165,20 @@ def test_atomic_dir_publishes_whole_folders_only_and_clears_a_killed_writers_sta
         (staging / "weights.bin").write_bytes(b"new")
     assert sorted(p.name for p in target.iterdir()) == ["weights.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abcdefgh.tmp", "model"]
+
+
+def test_schema_lists_each_adapter_configs_fields():
+    """The schema's key set of each beam_models family is its adapter config's fields (plus tiny/pretrain)."""
+    import dataclasses
+
+    from lever_lm.config import _load_schema
+    from lever_lm.lvlm.flamingo import FlamingoConfig
+    from lever_lm.lvlm.qwen import QwenVLConfig
+
+    entry = _load_schema()["properties"]["beam_models"]["additionalProperties"]
+    branches = {branch["if"]["properties"]["family"]["const"]: branch["then"] for branch in entry["allOf"]}
+    for family, cls, extra in (("qwen2_5_vl", QwenVLConfig, set()), ("flamingo", FlamingoConfig, {"name"})):
+        keys = set(branches[family]["properties"])
+        assert set(entry["properties"]) <= keys
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        assert keys - {"family", "tiny", "pretrain"} - extra == fields

@@ -276,7 +276,7 @@ def test_hf_clip_from_a_local_directory(tmp_path):
 def test_config_from_mapping_rejects_unknown_keys():
     cfg = ClipEncoderConfig.from_config("clip_tiny_l", {"kind": "tiny", "seed": 1, "tiny": {"embed_dim": 16}})
     assert cfg.tiny.embed_dim == 16 and cfg.seed == 1
-    with pytest.raises(ValueError, match="encoders.clip_tiny_l: unknown keys \\['colour'\\]"):
+    with pytest.raises(ValueError, match=r"unknown config key encoders\.clip_tiny_l\.colour"):
         ClipEncoderConfig.from_config("clip_tiny_l", {"kind": "tiny", "colour": "red"})
     with pytest.raises(ValueError, match="encoders.x.kind"):
         ClipEncoderConfig(name="x", kind="resnet")

@@ -247,7 +247,7 @@ def test_config_from_dict(tmp_path):
     cfg = parse_config("flamingo_tiny", entry)
     assert cfg.seed == 3 and cfg.score_batch_size == 32
     assert tiny_spec("flamingo_tiny", entry)[1] == FlamingoTinyDims(lang_layers=1)
-    with pytest.raises(ValueError, match=r"beam_models\.m: unknown field\(s\) bogus"):
+    with pytest.raises(ValueError, match=r"unknown config key beam_models\.m\.bogus"):
         config_from_dict("m", {"variant": "tiny", "bogus": 1})
     with pytest.raises(ValueError, match=r"beam_models\.m\.tiny: unknown field\(s\) \['depth'\]"):
         parse_config("m", {"family": "flamingo", "variant": "tiny", "tiny": {"depth": 2}})

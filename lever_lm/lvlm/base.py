@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Container, Hashable, Sequence
+from collections.abc import Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -158,12 +159,35 @@ class LVLMAdapter(ABC):
 DEFAULT_VISION_TOKEN_BUDGET = {"cuda": 32768, "cpu": 4096}
 
 
-def check_budget_fields(config, fields=("score_token_budget", "vision_token_budget")) -> None:
-    """The adapters' optional budgets: a positive integer or None, else ValueError naming the key."""
-    for name in fields:
-        budget = getattr(config, name)
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"{config.key(name)}: expected a positive integer or null, got {budget!r}")
+def build_config(cls: type, family: str, name: str, entry: Mapping[str, Any]):
+    """An adapter's config dataclass ``cls`` from ``beam_models.<name>`` of ``family`` (``entry["family"]``, if
+    present, must be it), validated against the config schema, which holds the keys of each family, their types,
+    bounds and choices (``lever_lm.config.validate_section``; errors name the key: ``config key
+    beam_models.m.precision: ...``). The defaults are the dataclass's: a schema default would add them to the entry,
+    which the rules' params and the model digests hold. Integer fields are made ints (the schema takes 2.0 for an
+    integer). A tiny variant's ``tiny``/``pretrain`` are ``lever_lm.lvlm.factory``'s, which strips them first: here
+    they are an error naming the key. ``name`` (Flamingo: ignored) is the entry's key."""
+    import dataclasses
+
+    from lever_lm.config import validate_section
+
+    if not isinstance(entry, Mapping):  # the family is added below; the schema checks the type of the rest
+        raise ValueError(f"beam_models.{name}: expected a mapping, got {type(entry).__name__}")
+    if entry.get("family", family) != family:
+        raise ValueError(f"beam_models.{name}.family: expected {family!r}, got {entry['family']!r}")
+    entry = validate_section(("beam_models", name), {**entry, "family": family})
+    values = {key: value for key, value in entry.items() if key not in ("family", "name")}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    stray = sorted(set(values) - set(fields))
+    if stray:
+        raise ValueError(
+            f"beam_models.{name}.{stray[0]}: not an adapter field (lever_lm.lvlm.factory parses a tiny variant's "
+            f"tiny/pretrain: parse_config, load_adapter)"
+        )
+    for key, value in values.items():
+        if value is not None and str(fields[key].type).split(" | ")[0] == "int":
+            values[key] = int(value)
+    return cls(**values, name=name)
 
 
 def vision_token_budget(configured: int | None, device) -> int:

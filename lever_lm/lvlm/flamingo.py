@@ -28,10 +28,9 @@ adapter uses too): every token overlapping the answer, then the ``<|endofchunk|>
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from lever_lm.lvlm.base import (
     Prompt,
     WorkCounters,
     answer_token_span,
-    check_budget_fields,
+    build_config,
     plan_image_batches,
     select_device_dtype,
     vision_token_budget,
@@ -60,7 +59,7 @@ END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 TINY_INFO_FILE = "flamingo_tiny.json"
 TINY_OPEN_CLIP_CONFIG_DIR = "open_clip_config"
 TINY_VISION_NAME = "lever-tiny-flamingo-vit"
-PRECISIONS = ("auto", "fp32", "bf16")
+FAMILY = "flamingo"
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -94,40 +93,22 @@ class FlamingoConfig:
 LOCAL_PATH_FIELDS = ("vision_encoder_path", "lang_encoder_path", "tokenizer_path", "checkpoint_path")
 
 
-def config_from_dict(name: str, entry: dict[str, Any]) -> FlamingoConfig:
-    """Build a FlamingoConfig from ``beam_models.<name>``; bad or unknown fields raise ValueError naming the key."""
-    prefix = f"beam_models.{name}"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{prefix}: expected a mapping, got {type(entry).__name__}")
-    entry = dict(entry)
-    family = entry.pop("family", "flamingo")
-    if family != "flamingo":
-        raise ValueError(f"{prefix}.family: expected 'flamingo', got {family!r}")
-    entry.pop("name", None)
-    known = {f.name for f in dataclasses.fields(FlamingoConfig)} - {"name"}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise ValueError(f"{prefix}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    config = FlamingoConfig(name=name, **entry)
-    _validate_config(config)
+def config_from_dict(name: str, entry: Mapping[str, Any]) -> FlamingoConfig:
+    """Build a ``FlamingoConfig`` from ``beam_models.<name>`` (``lever_lm.lvlm.base.build_config``: validated against
+    the config schema, errors naming the key; ``family``, if present, must be ``flamingo``; the dataclass's defaults);
+    variant 'local' needs its paths."""
+    config = build_config(FlamingoConfig, FAMILY, name, entry)
+    _check_variant_fields(config)
     return config
 
 
-def _validate_config(config: FlamingoConfig) -> None:
-    if config.variant not in ("local", "tiny"):
-        raise ValueError(f"{config.key('variant')}: expected 'local' or 'tiny', got {config.variant!r}")
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"{config.key('precision')}: expected one of {PRECISIONS}, got {config.precision!r}")
-    for int_field in ("score_batch_size", "cross_attn_every_n_layers", "max_cached_prefixes"):
-        value = getattr(config, int_field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{config.key(int_field)}: expected a positive integer, got {value!r}")
-    check_budget_fields(config)
+def _check_variant_fields(config: FlamingoConfig) -> None:
+    """Variant 'local' needs its paths (which fields a variant needs is not the schema's). A tiny variant's model_dir
+    is checked at load time: the pipeline builds the dir from this same config."""
     if config.variant == "local":
         missing = [f for f in (*LOCAL_PATH_FIELDS, "vision_encoder_name") if not getattr(config, f)]
         if missing:
             raise ValueError(f"{config.key(missing[0])}: required for variant 'local' (missing: {', '.join(missing)})")
-    # a tiny variant's model_dir is checked at load time: the pipeline builds the dir from this same config
 
 
 @dataclass(frozen=True)
@@ -336,7 +317,7 @@ def _load_model(paths: _ResolvedPaths, decoder_layers_attr_name: str | None):
 
 def load_flamingo_adapter(config: FlamingoConfig) -> FlamingoAdapter:
     """Load the configured OpenFlamingo (local weights or a materialised tiny dir) behind the adapter interface."""
-    _validate_config(config)
+    _check_variant_fields(config)
     paths = _resolve_paths(config)
     model, image_processor, tokenizer = _load_model(paths, config.decoder_layers_attr_name)
     device, dtype = select_device_dtype(config.precision)

@@ -26,7 +26,6 @@ characters included), then the one token that closes it; for the query that must
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +41,12 @@ from lever_lm.lvlm.base import (
     Prompt,
     WorkCounters,
     answer_token_span,
-    check_budget_fields,
+    build_config,
     select_device_dtype,
 )
 from lever_lm.lvlm.qwen_positions import mrope_positions
 
-PROMPT_STYLES = ("single_user_message", "multi_turn")
-PRECISIONS = ("auto", "fp32", "bf16")
-VARIANTS = ("local", "tiny")
+FAMILY = "qwen2_5_vl"
 LOCAL_PATH_FIELDS = ("model_path",)  # what variant "local" reads
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -116,35 +113,9 @@ class QwenVLConfig:
 
 
 def config_from_dict(name: str, entry: Mapping[str, Any]) -> QwenVLConfig:
-    """Build a ``QwenVLConfig`` from ``beam_models.<name>``; ``family`` (if present) must be ``qwen2_5_vl``."""
-    entry = dict(entry)
-    family = entry.pop("family", "qwen2_5_vl")
-    if family != "qwen2_5_vl":
-        raise ValueError(f"beam_models.{name}.family: expected 'qwen2_5_vl', got {family!r}")
-    known = {f.name for f in dataclasses.fields(QwenVLConfig)} - {"name"}
-    unknown = sorted(set(entry) - known)
-    if unknown:
-        raise ValueError(f"beam_models.{name}: unknown field(s) {unknown}; allowed: {sorted(known)}")
-    config = QwenVLConfig(name=name, **entry)
-    _check_choice(config, "variant", VARIANTS)
-    _check_choice(config, "prompt_style", PROMPT_STYLES)
-    _check_choice(config, "precision", PRECISIONS)
-    if not isinstance(config.score_batch_size, int) or config.score_batch_size < 1:
-        raise ValueError(
-            f"{config.key('score_batch_size')}: must be a positive integer, got {config.score_batch_size!r}"
-        )
-    check_budget_fields(config)
-    for pixels in ("min_pixels", "max_pixels"):
-        value = getattr(config, pixels)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{config.key(pixels)}: must be a positive integer or null, got {value!r}")
-    return config
-
-
-def _check_choice(config: QwenVLConfig, field_name: str, choices: Sequence[str]) -> None:
-    value = getattr(config, field_name)
-    if value not in choices:
-        raise ValueError(f"{config.key(field_name)}: expected one of {list(choices)}, got {value!r}")
+    """Build a ``QwenVLConfig`` from ``beam_models.<name>`` (``lever_lm.lvlm.base.build_config``: validated against the
+    config schema, errors naming the key; ``family``, if present, must be ``qwen2_5_vl``; the dataclass's defaults)."""
+    return build_config(QwenVLConfig, FAMILY, name, entry)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -573,12 +573,12 @@ def test_every_feature_choice_trains_and_selects(tiny_task, tmp_path, lever_lm):
 # the similarity prior (selector.similarity_prior)
 
 
-def _prior_model(version: str, prior: bool = True):
+def _prior_model(version: str, prior: bool = True, text_weight: float = 0.0):
     import torch
 
     from lever_lm.selectors.checkpoint import build_model
 
-    cfg = SelectorConfig.from_config({**TINY, "similarity_prior": {"enabled": prior}})
+    cfg = SelectorConfig.from_config({**TINY, "similarity_prior": {"enabled": prior, "text_weight": text_weight}})
     choice = parse_feature_choice("query_img_text_icd_img_text")
     dims = {"image": 8, "text": 8}
     torch.manual_seed(0)
@@ -605,6 +605,30 @@ def test_untrained_pointer_selector_with_prior_ranks_its_pool_by_image_similarit
     image_sim = torch.einsum("qd,qpd->qp", queries[:, :8], train[pool][..., :8])
     expected = pool.gather(1, image_sim.argsort(dim=1, descending=True)[:, :3])
     assert torch.equal(picks, expected)
+
+
+def test_selector_vs_prior_benchmark_ranks_as_an_untrained_selector_decodes():
+    """benchmarks/selector_vs_prior.py compares trained cells with its own re-ranking of the pools by the prior; that
+    re-ranking must be what the untrained selector picks (image and text weights as in config.yaml)."""
+    import importlib.util
+
+    import torch
+
+    from lever_lm.selectors.data import to_prompt_order
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "selector_vs_prior.py"
+    spec = importlib.util.spec_from_file_location("selector_vs_prior", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+
+    model, train, queries = _prior_model("v1", text_weight=10.0)
+    pool = torch.stack([torch.randperm(50, generator=torch.Generator().manual_seed(i))[:20] for i in range(6)])
+    picks = model.decode(queries, 3, pool, torch.ones_like(pool, dtype=torch.bool))
+    # the rows are unit vectors per modality: dot products are the cosines
+    scores = (10.0 * queries[:, :8] @ train[:, :8].T + 10.0 * queries[:, 8:] @ train[:, 8:].T).double().numpy()
+    ranked = benchmark.prior_lists(scores, {str(q): pool[q].tolist() for q in range(6)}, [3])
+    for q in range(6):
+        assert list(ranked[(q, 3)]) == to_prompt_order(picks[q].tolist(), "left")
 
 
 def test_untrained_v0_with_prior_picks_the_globally_most_similar_images():

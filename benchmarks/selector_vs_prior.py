@@ -83,24 +83,16 @@ def main() -> None:
     whole_train = {str(q): list(range(len(records["train"]))) for q in range(len(records["val"]))}
     whole_train_picks = prior_lists(scores, whole_train, shots)
     for model, entry in config["beam_models"].items():
-        adapter, whole_train_scores = None, {}
+        evaluation = PriorEvaluation(records, entry["family"], root / "models" / model, inference, config["task"])
         for sampler in config["samplers"]:
             (pool_file,) = sorted((root / "test_pools" / sampler).glob("*.json"))
             pool_picks = prior_lists(scores, json.loads(pool_file.read_text())["candidates"], shots)
-            pool_scores: dict = {}
             rows = []
             for path in sorted(root.glob(f"icl_inference/v*/{model}/{sampler}/*/*/predictions.parquet")):
                 version = path.relative_to(root / "icl_inference").parts[0]
-                picks = whole_train_picks if version == "v0" else pool_picks
-                prior_scores = {}
-                if args.generate:
-                    cache = whole_train_scores if version == "v0" else pool_scores
-                    if not cache:
-                        found, adapter = evaluate_prior(
-                            picks, records, entry["family"], root / "models" / model, inference, adapter
-                        )
-                        cache.update(found)
-                    prior_scores = cache
+                # v0 decodes over the whole train set, the others over the sampler's test pool
+                pool, picks = ("whole train set", whole_train_picks) if version == "v0" else (sampler, pool_picks)
+                prior_scores = evaluation.scores(pool, picks) if args.generate else None
                 frame = pd.read_parquet(path, columns=["question_id", "shot", "icd_ids", "score"])
                 for shot, group in frame.groupby("shot"):
                     queries = [row_of[int(q)] for q in group["question_id"]]
@@ -108,7 +100,7 @@ def main() -> None:
                         tuple(int(i) for i in ids) == picks[(q, int(shot))] for q, ids in zip(queries, group["icd_ids"])
                     ]
                     row = {"version": version, "shot": int(shot), "identical_to_prior": float(np.mean(same))}
-                    if prior_scores:
+                    if prior_scores is not None:
                         trained = group["score"].to_numpy(dtype=float)
                         untrained = np.array([prior_scores[(q, int(shot))] for q in queries])
                         diff = paired_difference(trained, untrained, uncertainty, (model, sampler, version, shot), 100)
@@ -122,29 +114,46 @@ def main() -> None:
             print(pd.DataFrame(rows).round(3).to_string(index=False), "\n")
 
 
-def evaluate_prior(picks, records, family: str, model_dir: Path, inference, adapter):
-    """Per-question VQA accuracy of the prior's lists (inference's answer post-processing and metric)."""
-    from lever_lm.inference import generate_answers
-    from lever_lm.lvlm.base import Example, Prompt
-    from lever_lm.lvlm.tiny import load_tiny_dir
-    from lever_lm.metrics import postprocess_vqa, vqa_accuracy
+class FixedPicks:
+    """A ``lever_lm.retrievers.Retriever`` over precomputed lists: (val row, shot) -> ICD ids in prompt order."""
 
-    adapter = adapter or load_tiny_dir(family, model_dir, precision="fp32")
-    train, val = records["train"], records["val"]
-    if not (train["idx"].to_numpy() == np.arange(len(train))).all():
-        raise ValueError("train records: idx must equal the row number")
-    keys = sorted(picks)
-    prompts = [
-        Prompt(
-            tuple(Example(train.image_path[i], train.question[i], train.label[i]) for i in picks[key]),
-            Example(val.image_path[key[0]], val.question[key[0]]),
-        )
-        for key in keys
-    ]
-    answers = generate_answers(adapter, prompts, inference.max_new_tokens, inference.num_beams, inference.batch_size)
-    return {
-        key: vqa_accuracy(postprocess_vqa(answer), list(val.answers[key[0]])) for key, answer in zip(keys, answers)
-    }, adapter
+    def __init__(self, picks: dict[tuple[int, int], tuple]) -> None:
+        self.picks = picks
+
+    def choose(self, query_rows, k: int) -> list[list[int]]:
+        return [list(self.picks[(int(row), k)]) for row in query_rows]
+
+
+class PriorEvaluation:
+    """Per-question scores of the prior's lists through inference's own ``evaluate`` (prompts, generation,
+    post-processing, metric), once per pool; the tiny LVLM is loaded on first use and kept."""
+
+    def __init__(self, records, family: str, model_dir: Path, inference, task: str) -> None:
+        from lever_lm.beam_search import ExampleTable
+        from lever_lm.inference.inputs import val_queries
+
+        self.family, self.model_dir, self.inference, self.task = family, model_dir, inference, task
+        self.train = ExampleTable.from_records(records["train"])
+        self.queries = val_queries(records["val"], np.arange(len(records["val"])), task, "val records")
+        self.adapter = None
+        self.by_pool: dict[str, dict[tuple[int, int], float]] = {}
+
+    def scores(self, pool: str, picks: dict[tuple[int, int], tuple]) -> dict[tuple[int, int], float]:
+        from lever_lm.inference import evaluate
+        from lever_lm.lvlm.tiny import load_tiny_dir
+
+        if pool not in self.by_pool:
+            self.adapter = self.adapter or load_tiny_dir(self.family, self.model_dir, precision="fp32")
+            shots = sorted({shot for _, shot in picks})
+            _, predictions = evaluate(
+                self.adapter, FixedPicks(picks), self.queries, self.train, shots, self.inference, self.task
+            )
+            row_of = dict(zip(self.queries.question_ids.tolist(), self.queries.rows.tolist()))
+            self.by_pool[pool] = {
+                (row_of[int(q)], int(shot)): float(score)
+                for q, shot, score in zip(predictions["question_id"], predictions["shot"], predictions["score"])
+            }
+        return self.by_pool[pool]
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ Public API
 - ``make_sequence_scorer(adapter, train_records, anchor_record, fast=True, query_split="train")``: binds the
   anchor's query and scores sequences with ``adapter.score`` (fast) or ``adapter.score_naive`` (reference).
 - ``search_anchor(adapter, examples, anchor_id, candidate_ids, cfg, queries=None) -> AnchorBeams``: the above for one
-  anchor, then ``adapter.clear_cache()``. ``queries``: the table ``anchor_id`` indexes when the query is not a train
-  anchor (the val records, for the imitation ceiling: ``lever_lm.ceiling``); None: a train anchor.
+  anchor, then ``adapter.clear_cache(vision=False)`` (its key/values go; its images' features stay for the next
+  anchor). ``queries``: the table ``anchor_id`` indexes when the query is not a train anchor (the val records, for
+  the imitation ceiling: ``lever_lm.ceiling``); None: a train anchor.
 
 Queries of another split: the scorer and the algorithm are the same (the query's label is its record's ``label``, as
 for anchors); only the pool check differs. A train anchor's id is an ICD id, so its pool must not hold it; a val
@@ -385,4 +386,5 @@ def search_anchor(
             query_split=query_table.split,
         )
     finally:
-        adapter.clear_cache()  # the KV/vision cache is scoped to one anchor, keeping memory bounded
+        # key/values belong to this query; images recur across queries, so their features stay (bounded)
+        adapter.clear_cache(vision=False)

@@ -51,3 +51,29 @@ def check_batch_past_copies_are_fixed(adapter, warm_prompts, prompts) -> None:
     finally:
         adapter.config = original
         adapter.clear_cache()
+
+
+def check_vision_cache_outlives_a_query(adapter, prompts) -> None:
+    """``clear_cache(vision=False)`` (beam search, between queries) keeps the images' features, so scoring the same
+    images again encodes none and gives the same scores; it keeps only the ``max_cached_images`` most recently used;
+    a plain ``clear_cache()`` drops them all."""
+    distinct = len({e.image_path for p in prompts for e in (*p.demos, p.query)})
+    original = adapter.config
+    try:
+        adapter.clear_cache()
+        reference = adapter.score(prompts)
+        for capacity, encoded in ((original.max_cached_images, 0), (2, distinct - 2)):
+            adapter.config = dataclasses.replace(original, max_cached_images=capacity)
+            adapter.clear_cache(vision=False)
+            before = adapter.counters.snapshot()
+            scores = adapter.score(prompts)
+            assert adapter.counters.since(before)["vision_images"] == encoded
+            for got, want in zip(scores, reference):
+                np.testing.assert_array_equal(got, want)
+        adapter.clear_cache()
+        before = adapter.counters.snapshot()
+        adapter.score(prompts)
+        assert adapter.counters.since(before)["vision_images"] == distinct
+    finally:
+        adapter.config = original
+        adapter.clear_cache()

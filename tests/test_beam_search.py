@@ -245,7 +245,7 @@ class MockAdapter(LVLMAdapter):
     def generate(self, prompts, max_new_tokens, num_beams):
         return ["" for _ in prompts]
 
-    def clear_cache(self):
+    def clear_cache(self, vision=True):
         self.clear_calls += 1
 
 

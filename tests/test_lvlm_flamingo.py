@@ -20,7 +20,11 @@ from lever_lm.lvlm.flamingo import (
 )
 from lever_lm.lvlm.tiny import FlamingoTinyDims
 from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary, split_words
-from tests.adapter_checks import check_batch_past_copies_are_fixed, check_vision_budget_regroups_only
+from tests.adapter_checks import (
+    check_batch_past_copies_are_fixed,
+    check_vision_budget_regroups_only,
+    check_vision_cache_outlives_a_query,
+)
 
 
 def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
@@ -489,3 +493,7 @@ def test_a_batch_past_costs_a_fixed_number_of_copies(adapter, examples):
     """Key/value reuse copies per forward, not per (row, layer): each batch's past is one gather from the pool."""
     steps = _left_order_steps(examples)
     check_batch_past_copies_are_fixed(adapter, steps[0], steps[1])
+
+
+def test_vision_features_outlive_a_query_up_to_max_cached_images(adapter, examples):
+    check_vision_cache_outlives_a_query(adapter, _left_order_steps(examples)[0])

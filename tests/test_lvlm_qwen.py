@@ -19,7 +19,11 @@ from lever_lm.lvlm.qwen import (  # noqa: E402
 )
 from lever_lm.lvlm.tiny import QwenTinyDims  # noqa: E402
 from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary  # noqa: E402
-from tests.adapter_checks import check_batch_past_copies_are_fixed, check_vision_budget_regroups_only  # noqa: E402
+from tests.adapter_checks import (  # noqa: E402
+    check_batch_past_copies_are_fixed,
+    check_vision_budget_regroups_only,
+    check_vision_cache_outlives_a_query,
+)
 
 
 def build_tiny_model_dir(out_dir, words, dims=None, seed=0):
@@ -501,3 +505,7 @@ def test_fast_path_vision_runs_one_attention_call_per_chunk_length(adapter, imag
     assert counts["vision_forward_calls"] == 1
     assert counts["vision_attention_calls"] == blocks < counts["vision_attention_chunks"]
     adapter.clear_cache()
+
+
+def test_vision_features_outlive_a_query_up_to_max_cached_images(adapter, images):
+    check_vision_cache_outlives_a_query(adapter, _left_and_right_prompts(images)[0])

@@ -9,7 +9,7 @@ the model's answer text for queries without an answer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -149,8 +149,10 @@ class LVLMAdapter(ABC):
         without running the model: ICL inference plans its token-budget batches from them."""
         raise NotImplementedError(f"{type(self).__name__} does not count prompt tokens")
 
-    def clear_cache(self) -> None:  # noqa: B027  (optional hook: adapters without caches need not override it)
-        """Drop cached vision features and key/value blocks (beam search calls this per anchor)."""
+    def clear_cache(self, vision: bool = True) -> None:  # noqa: B027  (optional hook for adapters with caches)
+        """Drop cached key/value blocks, and the cached vision features unless ``vision`` is False: then only those
+        beyond the config's ``max_cached_images``, least recently used first (beam search, per query: an image's
+        features depend on the image alone, and the anchors of a job share most of their candidates' images)."""
 
 
 #: image patch tokens per vision-tower forward when the config leaves it unset, per device: on a GPU a whole beam
@@ -212,6 +214,27 @@ def plan_image_batches(patch_counts: Sequence[int], token_budget: int) -> list[l
             batches.append([index])
             total = count
     return batches
+
+
+#: vision features an adapter keeps from one beam-search query to the next (``max_cached_images``): the toy's every
+#: image; for OK-VQA with the 3B models ~128 MB (Flamingo latents) to ~1 GB (Qwen's merged patches at 448 px)
+DEFAULT_MAX_CACHED_IMAGES = 1024
+
+
+class VisionFeatureCache(OrderedDict):
+    """Vision features by image path, in order of last use. Entries are only dropped by ``keep``, between queries,
+    so a call never loses an image it is using."""
+
+    def touch(self, paths: Sequence[str]) -> None:
+        """Mark these (cached) images as the most recently used."""
+        for path in paths:
+            if path in self:
+                self.move_to_end(path)
+
+    def keep(self, capacity: int) -> None:
+        """Drop the least recently used entries beyond ``capacity``."""
+        while len(self) > capacity:
+            self.popitem(last=False)
 
 
 def select_device_dtype(precision: str):

@@ -39,10 +39,12 @@ import numpy as np
 
 from lever_lm.data import load_image
 from lever_lm.lvlm.base import (
+    DEFAULT_MAX_CACHED_IMAGES,
     Example,
     LVLMAdapter,
     LVLMConfigError,
     Prompt,
+    VisionFeatureCache,
     WorkCounters,
     answer_token_span,
     build_config,
@@ -83,6 +85,7 @@ class FlamingoConfig:
     #: image patch tokens per vision-encoder forward (the fast path packs a whole beam step's new images into few)
     vision_token_budget: int | None = None  # None: the device's default (base.DEFAULT_VISION_TOKEN_BUDGET)
     max_cached_prefixes: int = 1024  # key/value blocks kept until clear_cache (least recently used dropped first)
+    max_cached_images: int = DEFAULT_MAX_CACHED_IMAGES  # perceiver latents kept across beam-search queries
     seed: int = 0
     model_dir: str | None = None  # tiny: a tiny model dir (lever_lm.lvlm.tiny); every path derives from it
 
@@ -442,7 +445,7 @@ class FlamingoAdapter(LVLMAdapter):
         self.eoc_token_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
         self.pad_token_id = tokenizer.pad_token_id
         self._text_ids: dict[str, tuple[int, ...]] = {}
-        self._vision_cache: dict[str, Any] = {}  # image_path -> perceiver output (latents, dim)
+        self._vision_cache = VisionFeatureCache()  # image_path -> perceiver output (latents, dim)
         self._prefix_cache = KVPool(self.counters, config.max_cached_prefixes)
         self._kv_seq_dim: int | None = None  # sequence axis of the language model's key/value tensors
 
@@ -478,6 +481,7 @@ class FlamingoAdapter(LVLMAdapter):
                 latents = self._encode_images(torch.stack([self._pixels(p) for p in chunk]))
             for path, feats in zip(chunk, latents):
                 self._vision_cache[path] = feats
+        self._vision_cache.touch(image_paths)
         return {p: self._vision_cache[p] for p in image_paths}
 
     def _vision_tokens_per_image(self) -> int:
@@ -485,8 +489,8 @@ class FlamingoAdapter(LVLMAdapter):
         grid = getattr(self.model.vision_encoder, "grid_size", None)
         return int(grid[0] * grid[1]) if grid is not None else 0
 
-    def clear_cache(self) -> None:
-        self._vision_cache.clear()
+    def clear_cache(self, vision: bool = True) -> None:
+        self._vision_cache.keep(0 if vision else self.config.max_cached_images)
         self._prefix_cache.clear()
 
     # -- scoring
@@ -602,21 +606,7 @@ class FlamingoAdapter(LVLMAdapter):
             attention_mask[row, max_len - len(ids) :] = 1
         input_ids, attention_mask = (self.counters.to_device(t, self.device) for t in (input_ids, attention_mask))
         base, _, _, native_cache = model_parts(lang)
-        attns = [layer.attn for layer in getattr(lang, "gated_cross_attn_layers", []) if layer is not None]
-        fast = bool(attns) and all(getattr(a, "only_attend_immediate_media", False) for a in attns)
-        if fast:  # distinct images once; rows index them
-            paths = list(dict.fromkeys(p for a in batch for p in a.image_paths))
-            features = self.vision_features(paths)
-            media = torch.stack([features[p] for p in paths])  # (U, n, d)
-            slot = {p: u for u, p in enumerate(paths)}
-            index = torch.full((len(batch), max(len(a.image_paths) for a in batch)), -1, dtype=torch.long)
-            for row, item in enumerate(batch):
-                index[row, : len(item.image_paths)] = torch.tensor([slot[p] for p in item.image_paths])
-            vision = media
-            context = generation_cross_attention(attns, media, self.counters.to_device(index, media.device))
-        else:
-            vision = self.stack_vision([a.image_paths for a in batch])
-            context = contextlib.nullcontext()
+        vision, context, per_row = self.batch_media([a.image_paths for a in batch])
         kwargs: dict[str, Any] = {}
         try:
             with torch.inference_mode(), context:
@@ -638,7 +628,7 @@ class FlamingoAdapter(LVLMAdapter):
                     media_locations = media_locations.repeat_interleave(num_beams, dim=0)
                     for layer in lang._get_decoder_layers():
                         layer.condition_media_locations(media_locations)
-                if not fast:
+                if per_row:  # open_flamingo's own cross-attention reads a vision row per beam
                     for layer in lang._get_decoder_layers():
                         layer.condition_vis_x(vision.repeat_interleave(num_beams, dim=0))
                 generated = lang.generate(
@@ -659,6 +649,26 @@ class FlamingoAdapter(LVLMAdapter):
             self.counters.device_read(generated[:, max_len:].cpu()), skip_special_tokens=True
         )
         return [t.strip() for t in texts]
+
+    def batch_media(self, image_lists: Sequence[Sequence[str]]):
+        """(vision, context, per_row) for one language-model forward over rows with these images: with open_flamingo's
+        ``only_attend_immediate_media`` (its models' setting), the batch's distinct images (U, n, d) and a
+        ``generation_cross_attention`` context in which each text token attends to its own image only; else every
+        row's padded image slots (``stack_vision``, per_row True) for open_flamingo's own cross-attention."""
+        import torch
+
+        lang = self.model.lang_encoder
+        attns = [layer.attn for layer in getattr(lang, "gated_cross_attn_layers", []) if layer is not None]
+        if not attns or not all(getattr(a, "only_attend_immediate_media", False) for a in attns):
+            return self.stack_vision(image_lists), contextlib.nullcontext(), True
+        paths = list(dict.fromkeys(p for images in image_lists for p in images))
+        features = self.vision_features(paths)
+        media = torch.stack([features[p] for p in paths])  # (U, n, d)
+        slot = {p: u for u, p in enumerate(paths)}
+        index = torch.full((len(image_lists), max(len(images) for images in image_lists)), -1, dtype=torch.long)
+        for row, images in enumerate(image_lists):
+            index[row, : len(images)] = torch.tensor([slot[p] for p in images], dtype=torch.long)
+        return media, generation_cross_attention(attns, media, self.counters.to_device(index, media.device)), False
 
     def stack_vision(self, image_lists: Sequence[Sequence[str]]):
         """(B, T_max, n, d) cached latents, zero-padded; a row never attends past its own media count."""
@@ -686,15 +696,17 @@ class _GenerationCrossAttention:
     table of the batch's DISTINCT images (U, n, d) and ``index`` (B, T) names each prompt's images in order (-1:
     none); rows beyond B are beams (row r belongs to prompt r // (rows / B)). Keys/values are projected once per
     image; a prompt token is scored only against its own image (tokens grouped by image into a padded
-    (row, image, token) layout); a token in cached-media mode only against its row's last image. Masked scores are
+    (row, image, token) layout, moved there and back as rows of flat views); a token in cached-media mode only
+    against its row's last image. Masked scores are
     exactly 0 after open_flamingo's softmax, so the results agree up to float summation order (tests compare
     ``generate`` with open_flamingo's own path).
     """
 
-    def __init__(self, attn, media, index):
+    def __init__(self, attn, media, index, layout: list):
         self.attn, self.media, self.index = attn, media, index
         self._kv = None
         self._last: dict = {}
+        self._layout = layout  # [(media_locations, groups)] of the last call, shared by the layers of one forward
 
     def _media_kv(self):
         """(k, v) of the distinct images, each (U, heads, n, d_head), projected once."""
@@ -714,9 +726,9 @@ class _GenerationCrossAttention:
         rows, n_txt = x.shape[:2]
         heads = attn.heads
         index = self.index.repeat_interleave(rows // self.index.shape[0], dim=0)  # prompt rows -> beam rows
-        q = attn.to_q(attn.norm(x)).reshape(rows, n_txt, heads, -1).transpose(1, 2) * attn.scale  # (B, h, L, d)
-        out = torch.zeros_like(q)
         if use_cached_media:  # every token comes after its row's last image
+            q = attn.to_q(attn.norm(x)).reshape(rows, n_txt, heads, -1).transpose(1, 2) * attn.scale  # (B, h, L, d)
+            out = torch.zeros_like(q)
             if rows not in self._last:  # fixed for the batch: beam search only reorders beams of one prompt
                 count = torch.count_nonzero(media_locations, dim=1)
                 has = torch.nonzero(count > 0).flatten()
@@ -727,31 +739,56 @@ class _GenerationCrossAttention:
                 sim = q[has] @ k_last.transpose(-1, -2)  # (b, h, L, n)
                 sim = sim - sim.amax(dim=-1, keepdim=True)
                 out[has] = sim.softmax(dim=-1) @ v_last
-        else:
-            # group the tokens by the (row, image) pair they attend to: one group per <image> token, in order
-            text_time = media_locations.cumsum(dim=-1)  # the image (1-based) each token attends to; 0: none
-            row_idx, pos_idx = torch.nonzero(text_time > 0, as_tuple=True)
-            if row_idx.numel():
-                m_row, m_pos = torch.nonzero(media_locations, as_tuple=True)  # the pairs, row-major
-                counts = media_locations.sum(dim=-1)
-                first_pair = torch.cumsum(counts, dim=0) - counts
-                pair = first_pair[row_idx] + text_time[row_idx, pos_idx] - 1
-                rank = pos_idx - m_pos[pair]  # position inside the pair's token group
-                grouped = q.new_zeros((len(m_row), heads, int(rank.max()) + 1, q.shape[-1]))
-                grouped[pair, :, rank] = q[row_idx, :, pos_idx]
-                images = index[m_row, text_time[m_row, m_pos] - 1]
-                sim = grouped @ k.index_select(0, images).transpose(-1, -2)  # (pairs, h, group, n)
-                sim = sim - sim.amax(dim=-1, keepdim=True)
-                out[row_idx, :, pos_idx] = (sim.softmax(dim=-1) @ v.index_select(0, images))[pair, :, rank]
-        return attn.to_out(out.transpose(1, 2).reshape(rows, n_txt, -1))
+            return attn.to_out(out.transpose(1, 2).reshape(rows, n_txt, -1))
+        q = attn.to_q(attn.norm(x)) * attn.scale  # (B, L, h * d)
+        width = q.shape[-1]
+        out = q.new_zeros((rows * n_txt, width))
+        groups = self._groups(media_locations, index)
+        if groups is not None:
+            tokens, slots, images, pairs, group = groups
+            # rows of the flat (B * L, h * d) view in and out: contiguous row copies, cheap both ways under autograd
+            picked = q.reshape(-1, width).index_select(0, tokens)
+            grouped = q.new_zeros((pairs * group, width)).index_copy(0, slots, picked)
+            grouped = grouped.reshape(pairs, group, heads, -1).transpose(1, 2).contiguous()  # (pairs, h, group, d)
+            sim = grouped @ k.index_select(0, images).transpose(-1, -2)  # (pairs, h, group, n)
+            sim = sim - sim.amax(dim=-1, keepdim=True)
+            attended = (sim.softmax(dim=-1) @ v.index_select(0, images)).transpose(1, 2).reshape(-1, width)
+            out = out.index_copy(0, tokens, attended.index_select(0, slots))
+        return attn.to_out(out.reshape(rows, n_txt, width))
+
+    def _groups(self, media_locations, index):
+        """The tokens grouped by the (row, image) pair they attend to, one group per ``<image>`` token in order:
+        (flat token positions, their slots in the padded (pair, rank) layout, each pair's image, pairs, group size);
+        None when no token follows an image. Computed once per media locations: every layer of a forward shares it."""
+        import torch
+
+        if self._layout and self._layout[0][0] is media_locations:
+            return self._layout[0][1]
+        n_txt = media_locations.shape[1]
+        text_time = media_locations.cumsum(dim=-1)  # the image (1-based) each token attends to; 0: none
+        row_idx, pos_idx = torch.nonzero(text_time > 0, as_tuple=True)
+        groups = None
+        if row_idx.numel():
+            m_row, m_pos = torch.nonzero(media_locations, as_tuple=True)  # the pairs, row-major
+            counts = media_locations.sum(dim=-1)
+            first_pair = torch.cumsum(counts, dim=0) - counts
+            pair = first_pair[row_idx] + text_time[row_idx, pos_idx] - 1
+            rank = pos_idx - m_pos[pair]  # position inside the pair's token group
+            group = int(rank.max()) + 1
+            images = index[m_row, text_time[m_row, m_pos] - 1]
+            groups = (row_idx * n_txt + pos_idx, pair * group + rank, images, len(m_row), group)
+        self._layout[:] = [(media_locations, groups)]
+        return groups
 
 
 @contextlib.contextmanager
 def generation_cross_attention(attns, media, index):
     """Route the given cross-attention modules through ``_GenerationCrossAttention`` for the block, then restore."""
+    layout: list = []  # the token grouping of a forward, computed by its first cross-attention layer
     try:
         for attn in attns:
-            object.__setattr__(attn, "forward", _GenerationCrossAttention(attn, media, index))  # instance attribute
+            routed = _GenerationCrossAttention(attn, media, index, layout)
+            object.__setattr__(attn, "forward", routed)  # instance attribute
         yield
     finally:
         for attn in attns:

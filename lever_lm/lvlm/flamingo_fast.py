@@ -169,7 +169,7 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
         pool.past_into(kv, slots, prefix_max)
         past = [(kv[layer, 0], kv[layer, 1]) for layer in range(kv.shape[0])]
 
-    vision = adapter.stack_vision([item.images for item in batch])
+    vision, cross_attention, _ = adapter.batch_media([item.images for item in batch])
     media_locations = input_ids == adapter.media_token_id
     kwargs: dict[str, Any] = dict(
         input_ids=input_ids, attention_mask=mask, past_key_values=past, use_cache=store or past is not None
@@ -177,7 +177,7 @@ def _forward_batch(adapter, batch: list[_Item], store: bool) -> list:
     if takes_positions:
         kwargs["position_ids"] = positions
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), cross_attention:
             for layer in lang._get_decoder_layers():
                 layer.condition_vis_x(vision)
                 layer.condition_media_locations(media_locations)

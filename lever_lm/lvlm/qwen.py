@@ -35,6 +35,7 @@ import numpy as np
 
 from lever_lm.data import image_size, load_image
 from lever_lm.lvlm.base import (
+    DEFAULT_MAX_CACHED_IMAGES,
     Example,
     LVLMAdapter,
     LVLMConfigError,
@@ -106,6 +107,7 @@ class QwenVLConfig:
     score_token_budget: int | None = None
     #: image patch tokens per vision-tower forward (the fast path packs a whole beam step's new images into few)
     vision_token_budget: int | None = None  # None: the device's default (base.DEFAULT_VISION_TOKEN_BUDGET)
+    max_cached_images: int = DEFAULT_MAX_CACHED_IMAGES  # merged patch embeddings kept across beam-search queries
     seed: int = 0
 
     def key(self, field_name: str) -> str:
@@ -628,8 +630,8 @@ class QwenVLAdapter(LVLMAdapter):
         new_tokens = generated[:, input_ids.shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def clear_cache(self) -> None:
-        self._fast.clear()
+    def clear_cache(self, vision: bool = True) -> None:
+        self._fast.clear(keep_images=0 if vision else self.config.max_cached_images)
 
     # -- helpers ------------------------------------------------------------------------------------------
 

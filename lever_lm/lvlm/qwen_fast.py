@@ -27,6 +27,7 @@ import numpy as np
 
 from lever_lm.lvlm.base import (
     Prompt,
+    VisionFeatureCache,
     choose_prefix_depths,
     plan_batches,
     plan_image_batches,
@@ -69,12 +70,13 @@ class _Task:
 class FastScorer:
     def __init__(self, adapter: QwenVLAdapter):
         self.adapter = adapter
-        self.features: dict[str, tuple] = {}  # image path -> (merged embeds (n, hidden), grid_thw (3,) on CPU)
+        self.features = VisionFeatureCache()  # image path -> (merged embeds (n, hidden), grid_thw (3,) on CPU)
         self.prefixes = KVPool(adapter.counters)  # prefix key -> key/values of tokens [0, end of its last demo)
         self.tokens_run = 0  # tokens pushed through the language model (not reset by clear; for benchmarks)
 
-    def clear(self) -> None:
-        self.features.clear()
+    def clear(self, keep_images: int = 0) -> None:
+        """Drop the prefixes and all cached image features but the ``keep_images`` most recently used."""
+        self.features.keep(keep_images)
         self.prefixes.clear()
 
     # -- vision ---------------------------------------------------------------------------------------------
@@ -121,7 +123,9 @@ class FastScorer:
         import torch
 
         with torch.inference_mode():
-            self.encode_images([e.image_path for p in prompts for e in (*p.demos, p.query)])
+            paths = [e.image_path for p in prompts for e in (*p.demos, p.query)]
+            self.encode_images(paths)
+            self.features.touch(paths)
             counts = {path: embeds.shape[0] for path, (embeds, _) in self.features.items()}
             sequences = [self._sequence(p, counts) for p in prompts]
             depths = choose_prefix_depths(

@@ -45,6 +45,8 @@ if TINY_BEAM_MODELS:
             "benchmarks/tiny_lvlm/{dataset}_{beam_model}{replicate}.tsv"
         wildcard_constraints:
             beam_model=_one_of(TINY_BEAM_MODELS),
+        # the longest jobs, and every LVLM stage waits for them: start them first, the embeddings beside them later
+        priority: 10
         conda:
             CONDA_ENV
         # one thread: deterministic, and the two tiny LVLMs pretrain side by side on a 2-core machine

@@ -17,7 +17,8 @@ Public API
 - ``trainable_tensor_aliases(model)``: the Flamingo-trainable tensors and their state-dict names (what
   ``checkpoint.pt`` holds; the tiny builders write the same set).
 - ``generation_cross_attention(attns, media, index)``: a context in which the gated cross-attention runs each token
-  against its own image's latents only (generation here, the tiny model's pretraining too).
+  against its own image's latents only (scoring's fast path and generation here, the tiny model's pretraining too);
+  ``distinct_images(image_lists)`` builds its media table's paths and index.
 
 Prompt (docs/stages.md stage 4): each ICD ``<image>Question:{q} Short answer:{a}<|endofchunk|>``, then the query
 ``<image>Question:{q} Short answer:`` followed, when scoring, by ``{a}<|endofchunk|>``; no BOS; texts stripped.
@@ -661,13 +662,9 @@ class FlamingoAdapter(LVLMAdapter):
         attns = [layer.attn for layer in getattr(lang, "gated_cross_attn_layers", []) if layer is not None]
         if not attns or not all(getattr(a, "only_attend_immediate_media", False) for a in attns):
             return self.stack_vision(image_lists), contextlib.nullcontext(), True
-        paths = list(dict.fromkeys(p for images in image_lists for p in images))
+        paths, index = distinct_images(image_lists)
         features = self.vision_features(paths)
         media = torch.stack([features[p] for p in paths])  # (U, n, d)
-        slot = {p: u for u, p in enumerate(paths)}
-        index = torch.full((len(image_lists), max(len(images) for images in image_lists)), -1, dtype=torch.long)
-        for row, images in enumerate(image_lists):
-            index[row, : len(images)] = torch.tensor([slot[p] for p in images], dtype=torch.long)
         return media, generation_cross_attention(attns, media, self.counters.to_device(index, media.device)), False
 
     def stack_vision(self, image_lists: Sequence[Sequence[str]]):
@@ -685,6 +682,19 @@ class FlamingoAdapter(LVLMAdapter):
             index[row, : len(paths)] = torch.tensor([slot_of[p] for p in paths], dtype=torch.long)
         # one gather, not a copy per (row, image)
         return table[self.counters.to_device(index, table.device)]
+
+
+def distinct_images(image_lists: Sequence[Sequence[str]]):
+    """(the distinct images in first-seen order, (B, T) long tensor of each row's images as indices into them, -1
+    where a row has fewer): the media table and index of ``generation_cross_attention``."""
+    import torch
+
+    paths = list(dict.fromkeys(p for images in image_lists for p in images))
+    slot = {p: u for u, p in enumerate(paths)}
+    index = torch.full((len(image_lists), max(len(images) for images in image_lists)), -1, dtype=torch.long)
+    for row, images in enumerate(image_lists):
+        index[row, : len(images)] = torch.tensor([slot[p] for p in images], dtype=torch.long)
+    return paths, index
 
 
 class _GenerationCrossAttention:

@@ -203,19 +203,16 @@ class _FlamingoTrainer:
     def loss(self, prompts: Sequence[Prompt], as_reply: Sequence[bool]):
         import torch
 
-        from lever_lm.lvlm.flamingo import assemble_prompt
+        from lever_lm.lvlm.flamingo import assemble_prompt, distinct_images
 
         assembled = [assemble_prompt(p, self.tokenizer, with_answer=True, cache=self._blocks) for p in prompts]
         length = max(len(a.input_ids) for a in assembled)
         input_ids = torch.full((len(prompts), length), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        paths = list(dict.fromkeys(p for a in assembled for p in a.image_paths))
-        slot = {p: u for u, p in enumerate(paths)}
-        index = torch.full((len(prompts), max(len(a.image_paths) for a in assembled)), -1, dtype=torch.long)
         for row, item in enumerate(assembled):
             input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
             attention_mask[row, : len(item.input_ids)] = 1
-            index[row, : len(item.image_paths)] = torch.tensor([slot[p] for p in item.image_paths])
+        paths, index = distinct_images([a.image_paths for a in assembled])
         media = torch.stack([self.latents[p] for p in paths])  # (U, n, d): each distinct image once
         return _span_loss(
             self._logits(input_ids, attention_mask, media, index), None, input_ids, [a.answer_spans for a in assembled]

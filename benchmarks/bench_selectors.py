@@ -49,7 +49,7 @@ PRESETS = {
 JOB = """
 import time
 t0 = time.perf_counter()
-import torch, pytorch_lightning
+import torch
 if {version!r} == "v0":
     import transformers.models.gpt2
 t1 = time.perf_counter()
@@ -121,7 +121,7 @@ def bench(preset: str, versions, epochs: int | None, k: int, threads: int, workd
 
 
 def job_wall_time(task, cfg, workdir: Path) -> dict[str, float]:
-    """Wall time of one training job per version in a fresh interpreter (imports and Lightning start-up in)."""
+    """Wall time of one training job per version in a fresh interpreter (imports in)."""
     times = {}
     for version in VERSIONS:
         out = workdir / f"job_{version}"
@@ -175,8 +175,8 @@ def main(argv=None) -> None:
             for version, (total, imports, training) in job_wall_time(task, cfg, workdir).items():
                 print(
                     f"  {version}: {total:.1f} s wall = {total - imports - training:.1f} s interpreter start + "
-                    f"{imports:.1f} s importing torch/Lightning{'/transformers' if version == 'v0' else ''} + "
-                    f"{training:.1f} s train() (inputs, Trainer, epochs, outputs)"
+                    f"{imports:.1f} s importing torch{'/transformers' if version == 'v0' else ''} + "
+                    f"{training:.1f} s train() (inputs, epochs, outputs)"
                 )
         if args.learning:
             print("\nlearning test (synthetic hidden function, held-out queries):")

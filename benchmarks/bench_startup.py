@@ -121,8 +121,6 @@ def _train(version: str) -> tuple[str, ...]:  # lever_lm.selectors.training.trai
         "import lever_lm.beam_shards",
         "import lever_lm.sampling",
         *_selector(version),
-        "import pytorch_lightning",
-        "import fsspec.implementations.chained",
     )
 
 

@@ -390,18 +390,14 @@ def test_select_errors(trained, tiny_task):
 # ---------------------------------------------------------------- resume
 
 
-class KillAtEpoch:
-    """A Lightning callback that raises when epoch ``n`` (0-based) starts: a job killed between epochs."""
+def kill_at_epoch(n):
+    """An ``on_epoch_start`` hook that raises when epoch ``n`` (0-based) starts: a job killed between epochs."""
 
-    def __new__(cls, n):
-        import pytorch_lightning as pl
+    def hook(epoch):
+        if epoch == n:
+            raise RuntimeError("killed")
 
-        class Kill(pl.Callback):
-            def on_train_epoch_start(self, trainer, module):
-                if trainer.current_epoch == n:
-                    raise RuntimeError("killed")
-
-        return Kill()
+    return hook
 
 
 def _comparable(metrics):
@@ -415,7 +411,7 @@ def test_killed_run_resumes_to_the_same_metrics(trained, tiny_task, tmp_path, ve
     full = train(cfg, tiny_task.identity(version), tiny_task.paths(tmp_path / "full", init))
     killed = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="killed"):
-        train(cfg, tiny_task.identity(version), tiny_task.paths(killed, init), callbacks=[KillAtEpoch(kill_at)])
+        train(cfg, tiny_task.identity(version), tiny_task.paths(killed, init), on_epoch_start=kill_at_epoch(kill_at))
     assert_no_outputs(killed)
     assert (killed / "resume" / "state.ckpt").is_file()
     resumed = train(cfg, tiny_task.identity(version), tiny_task.paths(killed, init))
@@ -436,7 +432,7 @@ def test_killed_run_resumes_to_the_same_metrics(trained, tiny_task, tmp_path, ve
 def test_resume_state_from_other_inputs_is_discarded(tiny_task, tmp_path):
     cfg = tiny_cfg(epochs=2)
     with pytest.raises(RuntimeError, match="killed"):
-        train(cfg, tiny_task.identity("v1"), tiny_task.paths(tmp_path), callbacks=[KillAtEpoch(1)])
+        train(cfg, tiny_task.identity("v1"), tiny_task.paths(tmp_path), on_epoch_start=kill_at_epoch(1))
     metrics = train(replace(cfg, seed=1), tiny_task.identity("v1"), tiny_task.paths(tmp_path))  # config changed
     assert metrics["resumed_after_epoch"] is None
 

@@ -128,7 +128,7 @@ import yaml
 from lever_lm.selectors import FeatureTable, SelectorConfig, load_selector, select
 from lever_lm.selectors import checkpoint as ckpt
 from lever_lm.selectors.features import parse_feature_choice
-from lever_lm.selectors.training import LRSchedule  # the training module itself, without running Lightning
+from lever_lm.selectors.training import LRSchedule  # the training module itself
 import numpy as np
 
 out = Path(sys.argv[1])
@@ -154,8 +154,8 @@ print(json.dumps(seen))
 
 def test_selectors_v1_to_v4_need_neither_transformers_nor_lightning(tmp_path):
     """Building, saving, loading and decoding with v1-v4 (what inference does, and training's networks) imports
-    neither transformers (only v0's GPT-2 needs it) nor Lightning (training's trainer only); v0 does import
-    transformers, which shows the check works."""
+    neither transformers (only v0's GPT-2 needs it) nor Lightning; v0 does import transformers, which shows the
+    check works."""
     run = subprocess.run(
         [sys.executable, "-c", SELECTOR_NETWORKS, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600
     )
@@ -176,3 +176,33 @@ def test_selectors_v1_to_v4_need_neither_transformers_nor_lightning(tmp_path):
         assert not unexpected, f"{version} selector imports {sorted(unexpected)}"
     assert "transformers" in seen["v0"]
     assert "pytorch_lightning" not in seen["v0"]
+
+
+SELECTOR_TRAINING = """
+import json, sys
+from pathlib import Path
+from lever_lm.selectors import SelectorConfig
+from lever_lm.selectors.synthetic import make_task
+from lever_lm.selectors.training import train
+
+root = Path(sys.argv[1])
+task = make_task(root / "inputs", n_train=40, dim=8, n_anchors=12, pool_size=10, beam_size=3, n_heldout=4)
+cfg = SelectorConfig.from_config({"epochs": 2, "batch_size": 8, "rl": {"rce_epochs": 1, "grpo_epochs": 1}})
+train(cfg, task.identity("v3"), task.paths(root / "v3"))
+train(cfg, task.identity("v4"), task.paths(root / "v4", root / "v3" / "best.ckpt"))
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def test_selector_training_imports_no_lightning_nor_transformers(tmp_path):
+    """Training v3 and v4 (v4 from v3's checkpoint) imports torch and no Lightning, torchmetrics or transformers:
+    importing Lightning cost ~3.5 s of an ~8 s train_selector job (through torchmetrics: torchvision's models and
+    transformers)."""
+    run = subprocess.run(
+        [sys.executable, "-c", SELECTOR_TRAINING, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = set(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert "torch" in loaded and (tmp_path / "v4" / "metrics.json").is_file()
+    unexpected = loaded & {"pytorch_lightning", "lightning_fabric", "torchmetrics", "transformers", "torchvision"}
+    assert not unexpected, f"selector training imports {sorted(unexpected)}"

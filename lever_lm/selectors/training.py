@@ -1,10 +1,10 @@
-"""Training of every selector version with PyTorch Lightning: ``train(cfg, identity, paths, threads)``.
+"""Training of every selector version in a plain PyTorch loop: ``train(cfg, identity, paths, threads)``.
 
 Each beam is one example; batches hold whole anchors (``batch_size`` counts beams), so v3/v4 see an anchor's
 beams together. Seeded 90/10 split by anchor; AdamW with a cosine schedule after a linear warm-up (v4: one
 warm-up + cosine per phase, the GRPO phase at ``rl.grpo_lr``); gradient norm clipped at 1.
 
-Resume: after every epoch the full Lightning state (weights, optimiser, schedule, history, best weights so
+Resume: after every epoch the full training state (weights, optimiser, schedule, history, best weights so
 far) is written to ``out_dir/resume/state.ckpt``; a restarted job with the same inputs and config continues
 from there. Shuffling depends only on (seed, epoch) and the RNG is reseeded at each epoch start, so a
 resumed run ends with exactly the metrics of an uninterrupted one. On success: best.ckpt, last.ckpt, then
@@ -19,11 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("best.ckpt", "last.ckpt", "metrics.json")
 RESUME_STATE = "state.ckpt"
 RESUME_FINGERPRINT = "fingerprint.json"
+RESUME_FORMAT = 2  # 2: the plain loop's state (1, the Lightning trainer's, is started over)
 GRADIENT_CLIP = 1.0
 
 
@@ -57,7 +56,7 @@ GRADIENT_CLIP = 1.0
 class LRSchedule:
     """Multiplier of the base lr at an optimiser step: linear warm-up, then cosine to 0, per phase.
 
-    A plain callable object, so LambdaLR can save and restore it with the Lightning state.
+    A plain callable object, so LambdaLR saves and restores its fields with the resume state.
     """
 
     steps_per_epoch: int
@@ -107,7 +106,13 @@ def _fingerprint(cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths
             "init_checkpoint",
         )
     }
-    return json.loads(json.dumps({"config": cfg.to_dict(), "identity": identity.to_dict(), "inputs": files}))
+    fingerprint = {
+        "state_format": RESUME_FORMAT,
+        "config": cfg.to_dict(),
+        "identity": identity.to_dict(),
+        "inputs": files,
+    }
+    return json.loads(json.dumps(fingerprint))
 
 
 def _remove(paths: Sequence[Path]) -> None:
@@ -150,29 +155,38 @@ def _load_init(
 
 
 def train(
-    cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, threads: int = 1, *, callbacks: Sequence[Any] = ()
+    cfg: SelectorConfig,
+    identity: TrainIdentity,
+    paths: TrainPaths,
+    threads: int = 1,
+    *,
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train one selector; returns the metrics written to ``out_dir/metrics.json`` plus how the run went
     (``train_examples_per_s``, ``wall_time_s``, ``resumed_after_epoch``, per-epoch ``timing``; not in the file).
 
-    ``callbacks``: extra Lightning callbacks (tests use one to kill a run between epochs).
+    ``on_epoch_start(epoch)``: called as each epoch (0-based) starts (tests raise from it: a job killed between
+    epochs).
     """
     import torch
 
     if not isinstance(cfg, SelectorConfig):
         raise ValueError(f"cfg must be a SelectorConfig, got {type(cfg).__name__}")
     out_dir = Path(paths.out_dir)
-    if _launching_process():
-        _remove([out_dir / name for name in OUTPUTS])
+    _remove([out_dir / name for name in OUTPUTS])
     from lever_lm.determinism import deterministic
 
     # threads and deterministic kernels pinned for the run; the caller's RNG stream is left as it was
     with deterministic(threads), torch.random.fork_rng(devices=[]):
-        return _train(cfg, identity, paths, out_dir, list(callbacks))
+        return _train(cfg, identity, paths, out_dir, on_epoch_start)
 
 
 def _train(
-    cfg: SelectorConfig, identity: TrainIdentity, paths: TrainPaths, out_dir: Path, callbacks: list[Any]
+    cfg: SelectorConfig,
+    identity: TrainIdentity,
+    paths: TrainPaths,
+    out_dir: Path,
+    on_epoch_start: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     import torch
 
@@ -220,44 +234,22 @@ def _train(
     }
     meta = json.loads(json.dumps(meta))  # plain str/int/float/list/dict only
 
-    module = _lightning_module(version, model, frozen, cfg, data, train_idx, val_idx, features.matrix(choice.query))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the job's one GPU (resources: gpu=1)
+    run = _SelectorRun(version, model, frozen, cfg, data, train_idx, val_idx, features.matrix(choice.query), device)
     resume_dir = out_dir / "resume"
-    fingerprint = _fingerprint(cfg, identity, paths)
-    resume_from = _resume_state(resume_dir, fingerprint)
-    module.resume_path = resume_dir / RESUME_STATE
-
-    lightning_info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    level = lightning_info.level
-    lightning_info.setLevel(logging.WARNING)  # its start-up chatter (accelerator, tips) is noise in job logs
-    try:
-        trainer = _trainer(cfg.total_epochs(version), resume_dir, val_idx.size > 0, callbacks)
-        logger.info(
-            "training %s (%s) on %s x%d: %d train / %d val anchors, %d epochs%s",
-            version,
-            identity.lever_lm,
-            type(trainer.accelerator).__name__,
-            trainer.num_devices,
-            train_idx.size,
-            val_idx.size,
-            cfg.total_epochs(version),
-            f", resuming from {resume_from}" if resume_from else "",
-        )
-        with warnings.catch_warnings():
-            for noise in ("does not have many workers", "num_workers", "log_every_n_steps", "LeafSpec"):
-                warnings.filterwarnings("ignore", message=f".*{noise}.*")
-            # weights_only: the resume state holds tensors, numbers and lists only, so a planted pickle is refused
-            trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
-    finally:
-        lightning_info.setLevel(level)
-    if not trainer.is_global_zero:
-        return {}
-    return _write_outputs(module, meta, data, train_idx, val_idx, out_dir, started, resume_from is not None)
-
-
-def _launching_process() -> bool:
-    """False in the extra processes Lightning's DDP launcher starts (they re-run the script: only the first
-    process may delete or create files before training)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    resume_from = _resume_state(resume_dir, _fingerprint(cfg, identity, paths))
+    logger.info(
+        "training %s (%s) on %s: %d train / %d val anchors, %d epochs%s",
+        version,
+        identity.lever_lm,
+        device,
+        train_idx.size,
+        val_idx.size,
+        cfg.total_epochs(version),
+        f", resuming from {resume_from}" if resume_from else "",
+    )
+    run.fit(cfg.total_epochs(version), resume_dir / RESUME_STATE, resume_from, on_epoch_start)
+    return _write_outputs(run, meta, data, train_idx, val_idx, out_dir, started, resume_from is not None)
 
 
 def _resume_state(resume_dir: Path, fingerprint: dict[str, Any]) -> Path | None:
@@ -271,225 +263,230 @@ def _resume_state(resume_dir: Path, fingerprint: dict[str, Any]) -> Path | None:
         except ValueError:
             pass
         logger.warning("%s was made from other inputs or config: starting over", resume_dir)
-    if not _launching_process():
-        return None
     if resume_dir.exists():
         shutil.rmtree(resume_dir)
     write_json(stamp, fingerprint)
     return None
 
 
-def _trainer(max_epochs: int, resume_dir: Path, has_val: bool, callbacks: list[Any]) -> Any:
-    import pytorch_lightning as pl
-    import torch
+class _SelectorRun:
+    """One selector's training: the model, its optimiser and schedule, the per-epoch history and the best weights so
+    far. ``fit`` runs the epochs, each: reseed, training batches (forward, backward, gradient clipping, AdamW step,
+    schedule step), validation in eval mode, the history entry, the resume state.
 
-    n_gpus = torch.cuda.device_count()
-    if n_gpus > 1:
-        hardware = {"accelerator": "gpu", "devices": n_gpus, "strategy": "ddp"}
-    elif n_gpus == 1:
-        hardware = {"accelerator": "gpu", "devices": 1}
-    else:
-        hardware = {"accelerator": "cpu", "devices": 1}
-    return pl.Trainer(
-        **hardware,
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(resume_dir),
-        limit_val_batches=1.0 if has_val else 0,
-        use_distributed_sampler=False,
-        gradient_clip_val=GRADIENT_CLIP,
-        callbacks=callbacks,
-    )
+    A plain loop on the job's one device: a PyTorch Lightning trainer did the same, but importing Lightning (through
+    torchmetrics: torchvision's models, transformers) cost ~3.5 s of a ~8 s job, 40 times in the toy matrix.
+    """
 
+    def __init__(
+        self,
+        version: str,
+        model: Any,
+        frozen: dict[str, Any],
+        cfg: SelectorConfig,
+        data: BeamData,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        query_features: np.ndarray,
+        device: Any,
+    ) -> None:
+        self.version, self.cfg, self.data = version, cfg, data
+        self.version_mod = ckpt.version_module(version)
+        self.device = device
+        self.model = model.to(device)
+        # v4: the frozen v3 policy and the epoch-start (old) policy; neither is saved (but "old" in the resume
+        # state) nor optimised
+        self.frozen = {name: net.to(device).eval().requires_grad_(False) for name, net in frozen.items()}
+        self.train_idx, self.val_idx, self.query_features = train_idx, val_idx, query_features
+        self.history: list[dict[str, Any]] = []
+        self.timing: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.random: dict[str, Any] | None = None
+        self.resumed_after: int | None = None
+        self.optimizer, self.scheduler = self._optimiser()
 
-def _lightning_module(
-    version: str,
-    model: Any,
-    frozen: dict[str, Any],
-    cfg: SelectorConfig,
-    data: BeamData,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    query_features: np.ndarray,
-) -> Any:
-    import pytorch_lightning as pl
-    import torch
+    # ---- data
+    def _loader(self, items: np.ndarray, shuffle: bool) -> Any:
+        import torch
 
-    version_mod = ckpt.version_module(version)
+        size = anchors_per_batch(self.data.examples, self.cfg.batch_size)
+        # the epoch = completed epochs in the history, read when an epoch's iteration starts (fresh or resumed)
+        batches = EpochBatches(items, size, self.cfg.seed, shuffle, lambda: len(self.history))
+        return torch.utils.data.DataLoader(
+            self.data.examples,
+            batch_sampler=batches,
+            num_workers=0,
+            collate_fn=lambda batch: collate(batch, self.query_features),
+            generator=torch.Generator(),  # its own seed draw, so the global RNG (dropout) is left alone
+        )
 
-    class SelectorModule(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            # v4: the frozen v3 policy and the epoch-start (old) policy; a plain dict, so neither is saved
-            # nor optimised
-            self.frozen = {name: net.eval().requires_grad_(False) for name, net in frozen.items()}
-            self.history: list[dict[str, Any]] = []
-            self.timing: list[dict[str, Any]] = []
-            self.best: dict[str, Any] | None = None
-            self.resume_path: Path | None = None
+    # ---- optimisation
+    def _optimiser(self) -> tuple[Any, Any]:
+        import torch
 
-        # ---- data
-        def _batches(self, items: np.ndarray, shuffle: bool) -> EpochBatches:
-            size = anchors_per_batch(data.examples, cfg.batch_size)
-            rank, world = (self.global_rank, self.trainer.world_size) if shuffle else (0, 1)
-            # the epoch = completed epochs in our history, which is right whenever Lightning builds the
-            # iterator (before or after on_train_epoch_start, fresh or resumed)
-            return EpochBatches(items, size, cfg.seed, shuffle, lambda: len(self.history), rank, world)
+        cfg, version = self.cfg, self.version
+        lr = cfg.rl.rce_lr if version == "v4" else cfg.lr
+        # the similarity prior's few scalars (logit scale ~10) are not decayed, and may get a rate of their own
+        prior = getattr(self.model, "prior", None)
+        prior_ids = {id(p) for p in prior.parameters()} if prior is not None else set()
+        groups = [{"params": [p for p in self.model.parameters() if id(p) not in prior_ids]}]
+        if prior is not None:
+            own_rate = {} if cfg.similarity_prior.lr is None else {"lr": cfg.similarity_prior.lr}
+            groups.append({"params": list(prior.parameters()), "weight_decay": 0.0, **own_rate})
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = len(self._loader(self.train_idx, shuffle=True))
+        schedule = LRSchedule(steps_per_epoch, cfg.total_epochs(version), cfg.warmup_ratio)
+        if version == "v4":
+            schedule.rce_epochs, schedule.grpo_scale = cfg.rl.rce_epochs, cfg.rl.grpo_lr / lr
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-        def _loader(self, items: np.ndarray, shuffle: bool) -> Any:
-            return torch.utils.data.DataLoader(
-                data.examples,
-                batch_sampler=self._batches(items, shuffle),
-                num_workers=0,
-                collate_fn=lambda batch: collate(batch, query_features),
-                generator=torch.Generator(),  # its own seed draw, so the global RNG (dropout) is left alone
-            )
+    def _loss(self, batch: dict[str, Any], epoch: int, training: bool) -> Any:
+        if self.version != "v4":
+            return self.version_mod.loss(self.model, batch, self.cfg)
+        if not training:
+            return self.version_mod.validation_loss(self.model, batch, self.cfg)
+        return self.version_mod.loss(self.model, batch, self.cfg, epoch, **self.frozen)
 
-        def train_dataloader(self) -> Any:
-            return self._loader(train_idx, shuffle=True)
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {key: value.to(self.device) for key, value in batch.items()}
 
-        def val_dataloader(self) -> Any:
-            return self._loader(val_idx, shuffle=False) if val_idx.size else []
+    # ---- the loop
+    def fit(
+        self,
+        epochs: int,
+        state_path: Path,
+        resume_from: Path | None,
+        on_epoch_start: Callable[[int], None] | None = None,
+    ) -> None:
+        import torch
 
-        # ---- optimisation
-        def configure_optimizers(self) -> Any:
-            lr = cfg.rl.rce_lr if version == "v4" else cfg.lr
-            # the similarity prior's few scalars (logit scale ~10) are not decayed, and may get a rate of their own
-            prior = getattr(self.model, "prior", None)
-            prior_ids = {id(p) for p in prior.parameters()} if prior is not None else set()
-            groups = [{"params": [p for p in self.model.parameters() if id(p) not in prior_ids]}]
-            if prior is not None:
-                own_rate = {} if cfg.similarity_prior.lr is None else {"lr": cfg.similarity_prior.lr}
-                groups.append({"params": list(prior.parameters()), "weight_decay": 0.0, **own_rate})
-            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
-            steps_per_epoch = len(self._batches(train_idx, shuffle=True))  # per rank
-            schedule = LRSchedule(steps_per_epoch, cfg.total_epochs(version), cfg.warmup_ratio)
-            if version == "v4":
-                schedule.rce_epochs, schedule.grpo_scale = cfg.rl.rce_epochs, cfg.rl.grpo_lr / lr
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-        def _loss(self, batch: dict[str, Any], training: bool) -> Any:
-            if version != "v4":
-                return version_mod.loss(self.model, batch, cfg)
-            if not training:
-                return version_mod.validation_loss(self.model, batch, cfg)
-            return version_mod.loss(self.model, batch, cfg, self.current_epoch, **self.frozen)
-
-        # ---- hooks, in the order Lightning calls them within an epoch
-        def on_fit_start(self) -> None:
-            for net in self.frozen.values():
-                net.to(self.device)
-
-        def on_train_epoch_start(self) -> None:
-            torch.manual_seed(epoch_seed(cfg.seed, self.current_epoch))  # dropout depends on (seed, epoch) only
-            if self.frozen and self.current_epoch == cfg.rl.rce_epochs:  # the GRPO phase starts
+        if resume_from is not None:
+            self._load_state(resume_from)
+        train_loader = self._loader(self.train_idx, shuffle=True)
+        val_loader = self._loader(self.val_idx, shuffle=False) if self.val_idx.size else None
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for epoch in range(len(self.history), epochs):
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            torch.manual_seed(epoch_seed(self.cfg.seed, epoch))  # dropout depends on (seed, epoch) only
+            if self.frozen and epoch == self.cfg.rl.rce_epochs:  # the GRPO phase starts
                 self.frozen["old"].load_state_dict(self.model.state_dict())
-            self._train_sum, self._train_n, self._train_seconds = 0.0, 0, 0.0
-            self._val_sum, self._val_n, self._val_rows = 0.0, 0, []
+            self.model.train()
+            train_sum, train_n, train_seconds = 0.0, 0, 0.0
+            for batch in train_loader:
+                batch_started = time.perf_counter()
+                batch = self._on_device(batch)
+                loss = self._loss(batch, epoch, training=True)
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, GRADIENT_CLIP)
+                self.optimizer.step()
+                self.scheduler.step()
+                n = int(batch["beam_mask"].sum())
+                train_sum += float(loss.detach()) * n
+                train_n += n
+                train_seconds += time.perf_counter() - batch_started
+            val_sum, val_n, val_rows = 0.0, 0, []
+            if val_loader is not None:
+                self.model.eval()
+                with torch.inference_mode():
+                    for batch in val_loader:
+                        batch = self._on_device(batch)
+                        n = int(batch["beam_mask"].sum())
+                        val_sum += float(self._loss(batch, epoch, training=False)) * n
+                        val_n += n
+                        val_rows.extend(batch_metrics(self.model, batch, self.cfg.top_k))
+            self._end_epoch(epoch, train_sum / max(1, train_n), train_n, train_seconds, val_sum, val_n, val_rows)
+            self._save_state(state_path)
 
-        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-            self._batch_started = time.perf_counter()
-
-        def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
-            loss = self._loss(batch, training=True)
-            n = int(batch["beam_mask"].sum())
-            self._train_sum += float(loss.detach()) * n
-            self._train_n += n
-            return loss
-
-        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self._train_seconds += time.perf_counter() - self._batch_started
-
-        def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-            n = int(batch["beam_mask"].sum())
-            self._val_sum += float(self._loss(batch, training=False)) * n
-            self._val_n += n
-            self._val_rows.extend(batch_metrics(self.model, batch, cfg.top_k))
-
-        def on_train_epoch_end(self) -> None:
-            epoch = self.current_epoch
-            if epoch != len(self.history):
-                raise RuntimeError(f"epoch {epoch} but {len(self.history)} epochs recorded: resume state out of sync")
-            train_loss = self.trainer.strategy.reduce(
-                torch.tensor(self._train_sum / max(1, self._train_n), device=self.device), reduce_op="mean"
-            )
-            entry: dict[str, Any] = {
+    def _end_epoch(
+        self,
+        epoch: int,
+        train_loss: float,
+        train_n: int,
+        train_seconds: float,
+        val_sum: float,
+        val_n: int,
+        val_rows: list[Any],
+    ) -> None:
+        if epoch != len(self.history):
+            raise RuntimeError(f"epoch {epoch} but {len(self.history)} epochs recorded: resume state out of sync")
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+        }
+        if self.version == "v4":
+            entry["phase"] = self.version_mod.phase(epoch, self.cfg.rl)
+        val_loss = None
+        if val_n:
+            val_loss = val_sum / val_n
+            summary = summarize(val_rows)
+            entry["val_loss"] = val_loss
+            entry.update({f"val_{k}": v for k, v in summary.items() if not k.startswith("random_")})
+            self.random = {k.removeprefix("random_"): v for k, v in summary.items() if k.startswith("random_")}
+        self.history.append(entry)
+        logger.info(
+            "epoch %d/%d %s",
+            epoch + 1,
+            self.cfg.total_epochs(self.version),
+            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items() if k != "epoch"),
+        )
+        self.timing.append(
+            {
                 "epoch": epoch + 1,
-                "train_loss": float(train_loss),
-                "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+                "train_seconds": train_seconds,
+                "train_examples": train_n,
+                "train_examples_per_s": train_n / max(train_seconds, 1e-9),
             }
-            if version == "v4":
-                entry["phase"] = version_mod.phase(epoch, cfg.rl)
-            val_loss = None
-            if self._val_n:
-                val_loss = self._val_sum / self._val_n
-                summary = summarize(self._val_rows)
-                entry["val_loss"] = val_loss
-                entry.update({f"val_{k}": v for k, v in summary.items() if not k.startswith("random_")})
-                self.random = {k.removeprefix("random_"): v for k, v in summary.items() if k.startswith("random_")}
-            self.history.append(entry)
-            logger.info(
-                "epoch %d/%d %s",
-                epoch + 1,
-                cfg.total_epochs(version),
-                " ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items() if k != "epoch"
-                ),
-            )
-            self.timing.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_seconds": self._train_seconds,
-                    "train_examples": self._train_n,
-                    "train_examples_per_s": self._train_n / max(self._train_seconds, 1e-9),
-                }
-            )
-            if self.best is None or val_loss is None or val_loss < self.best["val_loss"]:
-                self.best = {
-                    "epoch": epoch + 1,
-                    "val_loss": val_loss,
-                    "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                }
-            self._save_resume_state()
-
-        def _save_resume_state(self) -> None:
-            from lever_lm.io_utils import atomic_path
-
-            if self.trainer.is_global_zero:
-                with atomic_path(self.resume_path, suffix=".ckpt") as tmp:
-                    self.trainer.save_checkpoint(tmp, weights_only=False)
-            else:
-                self.trainer.save_checkpoint(self.resume_path, weights_only=False)  # collective; rank 0 writes
-
-        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            checkpoint["lever_selector"] = {
-                "history": self.history,
-                "timing": self.timing,
-                "best": self.best,
-                "random": getattr(self, "random", None),
+        )
+        if self.best is None or val_loss is None or val_loss < self.best["val_loss"]:
+            self.best = {
+                "epoch": epoch + 1,
+                "val_loss": val_loss,
+                "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             }
-            if self.frozen:  # v4: the GRPO phase's old policy (a resumed run cannot rebuild it otherwise)
-                checkpoint["lever_selector"]["old"] = self.frozen["old"].state_dict()
 
-        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            saved = checkpoint["lever_selector"]
-            self.history, self.timing, self.best = saved["history"], saved["timing"], saved["best"]
-            self.random = saved["random"]
-            if self.frozen:
-                self.frozen["old"].load_state_dict(saved["old"])
-            self.resumed_after = len(self.history)
+    # ---- resume state: tensors, numbers, strings and lists only, loaded with weights_only (no planted pickle)
+    def _save_state(self, path: Path) -> None:
+        import torch
 
-    return SelectorModule()
+        from lever_lm.io_utils import atomic_path
+
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "timing": self.timing,
+            "best": self.best,
+            "random": self.random,
+        }
+        if self.frozen:  # v4: the GRPO phase's old policy (a resumed run cannot rebuild it otherwise)
+            state["old"] = self.frozen["old"].state_dict()
+        with atomic_path(path, suffix=".ckpt") as tmp:
+            torch.save(state, tmp)
+
+    def _load_state(self, path: Path) -> None:
+        import torch
+
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history, self.timing, self.best, self.random = (
+            state["history"],
+            state["timing"],
+            state["best"],
+            state["random"],
+        )
+        if self.frozen:
+            self.frozen["old"].load_state_dict(state["old"])
+        self.resumed_after = len(self.history)
 
 
 def _write_outputs(
-    module: Any,
+    run: _SelectorRun,
     meta: dict[str, Any],
     data: BeamData,
     train_idx: np.ndarray,
@@ -498,8 +495,8 @@ def _write_outputs(
     started: float,
     resumed: bool,
 ) -> dict[str, Any]:
-    history, best = module.history, module.best
-    last_state = {k: v.detach().cpu() for k, v in module.model.state_dict().items()}
+    history, best = run.history, run.best
+    last_state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
     final_epoch = history[-1]["epoch"]
     ckpt.save_checkpoint(
         out_dir / "best.ckpt",
@@ -515,7 +512,7 @@ def _write_outputs(
     def n_examples(positions: np.ndarray) -> int:
         return int(sum(len(data.examples[i].choices) for i in positions))
 
-    timing = module.timing
+    timing = run.timing
     train_seconds = sum(t["train_seconds"] for t in timing)
     metrics = {
         "identity": {k: meta[k] for k in ("dataset", "beam_model", "sampler", "ex_name", "version", "lever_lm")},
@@ -529,14 +526,14 @@ def _write_outputs(
         "epochs": history,
         "best": {"epoch": best["epoch"], "val_loss": best["val_loss"]},
         "final": history[-1],
-        "random": getattr(module, "random", None),
+        "random": run.random,
     }
     # how this run went (durations, a resume) is not a result: it goes to the log and the return value, so that
     # metrics.json is byte-identical across clean runs and resumed ones
     run = {
         "train_examples_per_s": sum(t["train_examples"] for t in timing) / max(train_seconds, 1e-9),
         "wall_time_s": time.perf_counter() - started,
-        "resumed_after_epoch": getattr(module, "resumed_after", None) if resumed else None,
+        "resumed_after_epoch": run.resumed_after if resumed else None,
         "timing": timing,
     }
     write_json(out_dir / "metrics.json", metrics)  # last: its presence means the outputs are complete

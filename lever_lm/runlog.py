@@ -8,6 +8,7 @@ with status 1; any other exception is a bug, and Python prints its traceback onc
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -17,6 +18,10 @@ from pathlib import Path
 from lever_lm.errors import InputError, one_line
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+#: allocations between young-generation collections in a job (CPython's default: 700). Importing torch with
+#: transformers or open_flamingo makes ~400k long-lived objects, and at the default the collector ran over them again
+#: and again: 1.1 s of a 4.4 s import (measured, one core); at this threshold 0.2 s, and cycles are still collected
+JOB_GC_THRESHOLD = 100_000
 
 
 def _not_file_only(record: logging.LogRecord) -> bool:
@@ -35,6 +40,11 @@ def script_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
 
     On failure the traceback goes to ``log_path``; an ``InputError`` then prints one line to stderr and exits
     with status 1 (``SystemExit``), anything else is re-raised (Python prints the traceback once).
+
+    Garbage collection is tuned for a short-lived job process: rarer young collections during the job
+    (``JOB_GC_THRESHOLD``), and at its end every object is frozen (``gc.freeze``), so the interpreter's exit does not
+    collect the modules' objects one more time (1.4 s -> 0.2 s after torch and open_flamingo, measured). The job's
+    outputs are written and closed by then; the log handlers are closed here.
     """
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -50,6 +60,8 @@ def script_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
         root.addHandler(handler)
     logger = logging.getLogger(job)
     started = time.monotonic()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(JOB_GC_THRESHOLD, *thresholds[1:])
     try:
         yield logger
         logger.info("done in %.1f s", time.monotonic() - started)
@@ -64,3 +76,5 @@ def script_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
+        gc.set_threshold(*thresholds)
+        gc.freeze()

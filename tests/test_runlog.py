@@ -53,3 +53,26 @@ def test_a_bug_keeps_its_traceback_once(tmp_path):
     assert result.returncode == 1
     assert result.stderr.count("Traceback") == 1 and "ZeroDivisionError: a bug" in result.stderr
     assert "Traceback" in log and "ZeroDivisionError: a bug" in log
+
+
+def test_a_job_collects_garbage_rarely_and_freezes_its_objects_at_the_end(tmp_path):
+    """Inside the job the young-generation threshold is JOB_GC_THRESHOLD (cycles are still collected); after it,
+    the threshold is back and every object is frozen, so the interpreter's exit does not traverse them again."""
+    script = "\n".join(
+        [
+            "import gc",
+            "from lever_lm.runlog import JOB_GC_THRESHOLD, script_logging",
+            "default = gc.get_threshold()",
+            f"with script_logging({str(tmp_path / 'job.log')!r}, 'records'):",
+            "    assert gc.get_threshold()[0] == JOB_GC_THRESHOLD > default[0]",
+            "    class Cycle: pass",
+            "    a = Cycle(); a.me = a; del a",
+            "    assert gc.collect() > 0  # a cycle made in the job is still collected",
+            "    assert gc.get_freeze_count() == 0",
+            "assert gc.get_threshold() == default and gc.get_freeze_count() > 1000",
+            "print('ok')",
+        ]
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -351,6 +351,7 @@ def test_fast_path_beams_equal_naive_path_beams_on_tiny_models(tmp_path, family)
     records, adapter, anchor, candidates, distinct_images = tiny_adapter_case(tmp_path, family)
     for order in ("left", "right"):
         base = dict(construct_order=order, beam_size=3, shot_num=2, cand_num=len(candidates))
+        adapter.clear_cache(vision=True)  # features kept from the previous order's search would be reused
         adapter.vision_encoder_calls = 0
         fast = search_anchor(adapter, records, anchor, candidates, BeamSearchConfig(**base, use_fast_path=True))
         assert adapter.vision_encoder_calls == distinct_images

@@ -56,6 +56,7 @@ def reduced_config(directory: Path) -> Path:
     config["sampler_encoder"] = encoder
     config["samplers"] = ["rand_sampler"]
     config["anchors"] = {"sample_num": 8, "seed": 42}
+    config["beam_search"] = {**config["beam_search"], "shards": 2}
     model = "qwen2.5_vl_tiny"
     entry = dict(config["beam_models"][model])
     entry.pop("pretrain")  # random init: built in seconds instead of pretrained for minutes

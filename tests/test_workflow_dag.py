@@ -156,7 +156,7 @@ def test_default_config_plans_toy_matrix(tmp_path):
     jobs = planned_jobs(snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml")))
     assert jobs["toy_dataset"] == 1
     assert jobs["tiny_lvlm"] == 2
-    assert jobs["beam_shard"] == 2 * 4 * 2
+    assert jobs["beam_shard"] == 2 * 4 * 1  # beam models x samplers x beam_search.shards
     assert jobs["beam_gather"] == 8
     assert jobs["train_selector"] == jobs["icl_inference"] == 5 * 2 * 4
     assert jobs["baseline_inference"] == 2 * 5
@@ -167,7 +167,7 @@ def test_imitation_ceiling_is_planned_by_default_and_not_when_disabled(tmp_path)
     args = ("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"))
     result = snakemake(*args)
     jobs = planned_jobs(result)
-    assert jobs["ceiling_shard"] == 2 * 4 * 2  # beam models x samplers x ceiling.shards
+    assert jobs["ceiling_shard"] == 2 * 4 * 1  # beam models x samplers x ceiling.shards
     assert jobs["ceiling_gather"] == jobs["ceiling_inference"] == 2 * 4
     ceiling = "ceiling/qwen2.5_vl_tiny/mix_sampler/infoscore_left_beam5_shot2_cand64_sample64/metrics.json"
     assert ceiling in result.stdout

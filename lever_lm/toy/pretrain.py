@@ -139,6 +139,8 @@ class _QwenTrainer:
     def loss(self, prompts: Sequence[Prompt], as_reply: Sequence[bool]):
         import torch
 
+        from lever_lm.lvlm.qwen_vision import grouped_attention
+
         assembled = [
             self.adapter.assemble(p, self.counts, for_generation=False, answer_as_reply=reply)
             for p, reply in zip(prompts, as_reply)
@@ -147,13 +149,15 @@ class _QwenTrainer:
         paths = [path for a in assembled for path in a.image_paths]
         pixel_values = torch.cat([self.pixels[p][0] for p in paths])
         grid_thw = torch.stack([self.pixels[p][1] for p in paths])
-        hidden = self.model.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            image_grid_thw=grid_thw,
-            use_cache=False,
-        ).last_hidden_state
+        # the vision tower's attention in one call per chunk length, not one per image (what scoring runs too)
+        with grouped_attention(self.model.model.visual):
+            hidden = self.model.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                image_grid_thw=grid_thw,
+                use_cache=False,
+            ).last_hidden_state
         return _span_loss(hidden, self.model.lm_head, input_ids, [a.answer_spans for a in assembled])
 
     def save(self, out_dir: str, extra: dict) -> None:

@@ -200,3 +200,55 @@ def test_pretrained_flamingo_dir_holds_exactly_the_trained_model(toy_records, tm
 
 def test_conventions_constant_is_what_the_sequences_use():
     assert set(CONVENTIONS) == {"word", "code"}
+
+
+def test_flamingo_pretraining_forward_and_gradients_equal_open_flamingos_own(toy_records):
+    """The trainer's grouped cross-attention, which skips the right padding, gives open_flamingo's own logits at
+    every real token and the same gradients, on a batch of unequal lengths (same image count: its forward needs it)."""
+    from lever_lm.data import load_image
+    from lever_lm.lvlm.flamingo import assemble_prompt, distinct_images
+    from lever_lm.toy.pretrain import _FlamingoTrainer
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    train = toy_records["train"]
+    trainer = _FlamingoTrainer(list(train["question"]) + toy_vocabulary(), SMALL_FLAMINGO, 0, list(train["image_path"]))
+    with torch.no_grad():
+        for layer in trainer.model.lang_encoder.gated_cross_attn_layers:
+            if layer is not None:  # open the tanh gates: at init (0) the cross-attention would not show
+                layer.attn_gate.fill_(0.7)
+                layer.ff_gate.fill_(0.7)
+    cfg = PretrainConfig(steps=1, batch_size=64, max_demos=2)
+    prompts = [p for p in pretraining_prompts(toy_items(train), cfg, np.random.default_rng(3)) if len(p.demos) == 2]
+    prompts = prompts[:4]
+    assembled = [assemble_prompt(p, trainer.tokenizer, with_answer=True) for p in prompts]
+    lengths = [len(a.input_ids) for a in assembled]
+    assert len(prompts) == 4 and len(set(lengths)) > 1  # unequal lengths: right padding to skip
+    input_ids = torch.full((4, max(lengths)), trainer.tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, item in enumerate(assembled):
+        input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+        attention_mask[row, : len(item.input_ids)] = 1
+    real = attention_mask.bool()
+    weights = torch.randn(int(real.sum()), trainer.model.lang_encoder.config.vocab_size)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def logits_and_grads(logits):
+        (logits[real] * weights).sum().backward()
+        grads = [p.grad.clone() for p in params]
+        trainer.model.zero_grad(set_to_none=True)
+        return logits[real].detach(), grads
+
+    paths, index = distinct_images([a.image_paths for a in assembled])
+    media = torch.stack([trainer.latents[p] for p in paths])
+    ours, our_grads = logits_and_grads(trainer._logits(input_ids, attention_mask, media, index))
+    pixels = torch.stack(
+        [torch.stack([trainer.tiny.image_processor(load_image(p)) for p in a.image_paths]) for a in assembled]
+    )
+    theirs, their_grads = logits_and_grads(
+        trainer.model(vision_x=pixels[:, :, None], lang_x=input_ids, attention_mask=attention_mask).logits
+    )
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert sum(g.abs().sum() for g in their_grads) > 0
+    for ours_grad, theirs_grad in zip(our_grads, their_grads):
+        torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-5, rtol=1e-4)

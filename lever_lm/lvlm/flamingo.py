@@ -712,8 +712,8 @@ class _GenerationCrossAttention:
     ``generate`` with open_flamingo's own path).
     """
 
-    def __init__(self, attn, media, index, layout: list):
-        self.attn, self.media, self.index = attn, media, index
+    def __init__(self, attn, media, index, layout: list, token_mask=None):
+        self.attn, self.media, self.index, self.token_mask = attn, media, index, token_mask
         self._kv = None
         self._last: dict = {}
         self._layout = layout  # [(media_locations, groups)] of the last call, shared by the layers of one forward
@@ -753,7 +753,7 @@ class _GenerationCrossAttention:
         q = attn.to_q(attn.norm(x)) * attn.scale  # (B, L, h * d)
         width = q.shape[-1]
         out = q.new_zeros((rows * n_txt, width))
-        groups = self._groups(media_locations, index)
+        groups = self._groups(media_locations, index, rows // self.index.shape[0])
         if groups is not None:
             tokens, slots, images, pairs, group = groups
             # rows of the flat (B * L, h * d) view in and out: contiguous row copies, cheap both ways under autograd
@@ -766,17 +766,21 @@ class _GenerationCrossAttention:
             out = out.index_copy(0, tokens, attended.index_select(0, slots))
         return attn.to_out(out.reshape(rows, n_txt, width))
 
-    def _groups(self, media_locations, index):
+    def _groups(self, media_locations, index, beams: int):
         """The tokens grouped by the (row, image) pair they attend to, one group per ``<image>`` token in order:
         (flat token positions, their slots in the padded (pair, rank) layout, each pair's image, pairs, group size);
-        None when no token follows an image. Computed once per media locations: every layer of a forward shares it."""
+        None when no token follows an image. Computed once per media locations: every layer of a forward shares it.
+        Tokens outside ``token_mask`` (right padding) are left out: their output is 0, read by no real token."""
         import torch
 
         if self._layout and self._layout[0][0] is media_locations:
             return self._layout[0][1]
         n_txt = media_locations.shape[1]
         text_time = media_locations.cumsum(dim=-1)  # the image (1-based) each token attends to; 0: none
-        row_idx, pos_idx = torch.nonzero(text_time > 0, as_tuple=True)
+        attends = text_time > 0
+        if self.token_mask is not None:
+            attends &= self.token_mask.repeat_interleave(beams, dim=0).bool()
+        row_idx, pos_idx = torch.nonzero(attends, as_tuple=True)
         groups = None
         if row_idx.numel():
             m_row, m_pos = torch.nonzero(media_locations, as_tuple=True)  # the pairs, row-major
@@ -792,12 +796,13 @@ class _GenerationCrossAttention:
 
 
 @contextlib.contextmanager
-def generation_cross_attention(attns, media, index):
-    """Route the given cross-attention modules through ``_GenerationCrossAttention`` for the block, then restore."""
+def generation_cross_attention(attns, media, index, token_mask=None):
+    """Route the given cross-attention modules through ``_GenerationCrossAttention`` for the block, then restore.
+    ``token_mask`` (B, L): the real tokens of a right-padded batch, if the padding's outputs are never read."""
     layout: list = []  # the token grouping of a forward, computed by its first cross-attention layer
     try:
         for attn in attns:
-            routed = _GenerationCrossAttention(attn, media, index, layout)
+            routed = _GenerationCrossAttention(attn, media, index, layout, token_mask)
             object.__setattr__(attn, "forward", routed)  # instance attribute
         yield
     finally:

@@ -232,7 +232,8 @@ class _FlamingoTrainer:
         lang = self.model.lang_encoder
         attns = [layer.attn for layer in lang.gated_cross_attn_layers if layer is not None]
         try:
-            with generation_cross_attention(attns, media, index):
+            # right padding: its tokens feed no loss and no real token (causal), so they skip the cross-attention
+            with generation_cross_attention(attns, media, index, token_mask=attention_mask):
                 for layer in lang._get_decoder_layers():
                     layer.condition_vis_x(media)  # read by nothing but the layer's "is conditioned" check
                 return lang(input_ids=input_ids, attention_mask=attention_mask).logits  # conditions media locations

@@ -497,3 +497,29 @@ def test_a_batch_past_costs_a_fixed_number_of_copies(adapter, examples):
 
 def test_vision_features_outlive_a_query_up_to_max_cached_images(adapter, examples):
     check_vision_cache_outlives_a_query(adapter, _left_order_steps(examples)[0])
+
+
+@pytest.mark.parametrize("ratio", [1, 10**6], ids=["by_image", "by_pair"])
+def test_grouped_cross_attention_equals_open_flamingos_masked_cross_attention(ratio, monkeypatch):
+    """Both token layouts of ``generation_cross_attention`` (tokens run image by image when rows share images, else
+    padded per (row, image) pair) give open_flamingo's own masked cross-attention at every token after an image."""
+    from open_flamingo.src.helpers import MaskedCrossAttention
+
+    from lever_lm.lvlm import flamingo
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(flamingo, "SHARED_IMAGE_RATIO", ratio)
+    attn = MaskedCrossAttention(dim=32, dim_visual=24, dim_head=8, heads=4)
+    media = torch.randn(3, 5, 24)  # 3 distinct images, 5 latents each
+    index = torch.tensor([[0, 2], [2, -1], [1, 2], [2, 0]])  # rows' images in order; image 2 is shared
+    media_locations = torch.zeros(4, 9, dtype=torch.bool)
+    media_locations[0, [1, 5]] = media_locations[1, 3] = media_locations[2, [0, 4]] = media_locations[3, [2, 3]] = True
+    x = torch.randn(4, 9, 32)
+    layout: list = []
+    with torch.no_grad():
+        theirs = attn(x, media[index.clamp(min=0)], media_locations=media_locations)
+        ours = flamingo._GenerationCrossAttention(attn, media, index, layout)(x, media, media_locations)
+    assert layout[0][1][0] == ("by_image" if ratio == 1 else "by_pair")
+    after_image = media_locations.cumsum(dim=-1) > 0
+    torch.testing.assert_close(ours[after_image], theirs[after_image], atol=1e-6, rtol=1e-5)
+    assert torch.count_nonzero(ours[~after_image]) == 0

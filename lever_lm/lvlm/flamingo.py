@@ -697,6 +697,10 @@ def distinct_images(image_lists: Sequence[Sequence[str]]):
     return paths, index
 
 
+#: lay the tokens out by image once the (row, image) pairs are this many times the distinct images among them
+SHARED_IMAGE_RATIO = 4
+
+
 class _GenerationCrossAttention:
     """Exact stand-in for open_flamingo's ``MaskedCrossAttention.forward`` (``only_attend_immediate_media``) during
     ``generate``, doing only the work its mask keeps.
@@ -706,8 +710,9 @@ class _GenerationCrossAttention:
     table of the batch's DISTINCT images (U, n, d) and ``index`` (B, T) names each prompt's images in order (-1:
     none); rows beyond B are beams (row r belongs to prompt r // (rows / B)). Keys/values are projected once per
     image; a prompt token is scored only against its own image (tokens grouped by image into a padded
-    (row, image, token) layout, moved there and back as rows of flat views); a token in cached-media mode only
-    against its row's last image. Masked scores are
+    (row, image, token) layout, moved there and back as rows of flat views; when many rows share few images, the
+    tokens of one image in one run against its keys/values, not a copy of them per row); a token in cached-media
+    mode only against its row's last image. Masked scores are
     exactly 0 after open_flamingo's softmax, so the results agree up to float summation order (tests compare
     ``generate`` with open_flamingo's own path).
     """
@@ -754,8 +759,15 @@ class _GenerationCrossAttention:
         width = q.shape[-1]
         out = q.new_zeros((rows * n_txt, width))
         groups = self._groups(media_locations, index, rows // self.index.shape[0])
-        if groups is not None:
-            tokens, slots, images, pairs, group = groups
+        if groups is not None and groups[0] == "by_image":
+            _, tokens, runs = groups
+            picked = q.reshape(-1, width).index_select(0, tokens)  # the tokens, image by image
+            attended = torch.cat(
+                [self._attend_one_image(picked[start:end], k[image], v[image]) for image, start, end in runs]
+            )
+            out = out.index_copy(0, tokens, attended)
+        elif groups is not None:
+            _, tokens, slots, images, pairs, group = groups
             # rows of the flat (B * L, h * d) view in and out: contiguous row copies, cheap both ways under autograd
             picked = q.reshape(-1, width).index_select(0, tokens)
             grouped = q.new_zeros((pairs * group, width)).index_copy(0, slots, picked)
@@ -765,6 +777,14 @@ class _GenerationCrossAttention:
             attended = (sim.softmax(dim=-1) @ v.index_select(0, images)).transpose(1, 2).reshape(-1, width)
             out = out.index_copy(0, tokens, attended.index_select(0, slots))
         return attn.to_out(out.reshape(rows, n_txt, width))
+
+    def _attend_one_image(self, q, k, v):
+        """(tokens, h * d) queries against one image's keys/values (h, n, d), no copy of them per row."""
+        heads = self.attn.heads
+        q = q.reshape(q.shape[0], heads, -1).transpose(0, 1)  # (h, tokens, d)
+        sim = q @ k.transpose(-1, -2)
+        sim = sim - sim.amax(dim=-1, keepdim=True)
+        return (sim.softmax(dim=-1) @ v).transpose(0, 1).reshape(q.shape[1], -1)
 
     def _groups(self, media_locations, index, beams: int):
         """The tokens grouped by the (row, image) pair they attend to, one group per ``<image>`` token in order:
@@ -790,7 +810,18 @@ class _GenerationCrossAttention:
             rank = pos_idx - m_pos[pair]  # position inside the pair's token group
             group = int(rank.max()) + 1
             images = index[m_row, text_time[m_row, m_pos] - 1]
-            groups = (row_idx * n_txt + pos_idx, pair * group + rank, images, len(m_row), group)
+            tokens = row_idx * n_txt + pos_idx
+            distinct = torch.unique(images)
+            if len(distinct) * SHARED_IMAGE_RATIO <= len(m_row):
+                # many rows attend the same few images (scoring candidates after one shared query or demo): the
+                # tokens of each image in one run, instead of that image's keys/values copied for every row
+                by_image = torch.argsort(images[pair], stable=True)
+                counts = torch.bincount(images[pair], minlength=int(distinct.max()) + 1)[distinct].tolist()
+                ends = np.cumsum(counts).tolist()
+                runs = [(int(u), end - n, end) for u, n, end in zip(distinct.tolist(), counts, ends)]
+                groups = ("by_image", tokens[by_image], runs)
+            else:
+                groups = ("by_pair", tokens, pair * group + rank, images, len(m_row), group)
         self._layout[:] = [(media_locations, groups)]
         return groups
 

@@ -465,6 +465,16 @@ class QwenVLAdapter(LVLMAdapter):
         self._check_scorable(prompts)
         return self._fast.score(prompts)
 
+    def hidden_states(self, input_ids, attention_mask, pixel_values, grid_thw):
+        """The language model's last hidden states of a whole batch, images encoded in the same forward (no cache)."""
+        return self.model.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=grid_thw,
+            use_cache=False,
+        ).last_hidden_state
+
     def score_naive(self, prompts: Sequence[Prompt], batch_size: int = 32) -> list[np.ndarray]:
         """Reference: per batch, preprocess every image of every sequence and run the whole model."""
         import torch
@@ -479,13 +489,7 @@ class QwenVLAdapter(LVLMAdapter):
                 counts = dict(zip(paths, self.tokens_per_image(grid_thw)))
                 assembled = [self.assemble(p, counts, for_generation=False) for p in batch]
                 input_ids, attention_mask = self.pad_batch([a.input_ids for a in assembled], left=False)
-                hidden = self.model.model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    pixel_values=pixel_values,
-                    image_grid_thw=grid_thw,
-                    use_cache=False,
-                ).last_hidden_state
+                hidden = self.hidden_states(input_ids, attention_mask, pixel_values, grid_thw)
                 self.vision_encoder_calls += len(paths)
                 counters = self.counters
                 counters["lm_forward_calls"] += 1

@@ -151,13 +151,7 @@ class _QwenTrainer:
         grid_thw = torch.stack([self.pixels[p][1] for p in paths])
         # the vision tower's attention in one call per chunk length, not one per image (what scoring runs too)
         with grouped_attention(self.model.model.visual):
-            hidden = self.model.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                pixel_values=pixel_values,
-                image_grid_thw=grid_thw,
-                use_cache=False,
-            ).last_hidden_state
+            hidden = self.adapter.hidden_states(input_ids, attention_mask, pixel_values, grid_thw)
         return _span_loss(hidden, self.model.lm_head, input_ids, [a.answer_spans for a in assembled])
 
     def save(self, out_dir: str, extra: dict) -> None:

@@ -161,8 +161,7 @@ def test_split_and_epoch_batches_are_seeded():
     assert list(batches) == first and sorted(sum(first, [])) == list(range(10))
     epoch["n"] = 1
     assert list(batches) != first
-    ranks = [list(EpochBatches(range(10), 3, 0, True, lambda: 1, rank=r, world=2)) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 2 and sorted(sum(sum(ranks, []), [])) == list(range(10))
+    assert len(batches) == 4 and [len(b) for b in first] == [3, 3, 3, 1]
 
 
 def test_lr_schedule_warmup_cosine_and_v4_phases():

@@ -178,40 +178,27 @@ class EpochBatches:
     """Batches of anchor positions; the shuffle depends only on (seed, epoch), so a resumed run repeats it.
 
     ``epoch`` is a callable read when an epoch's iteration starts (the trainer counts completed epochs).
-    Under DDP each rank takes every world-th batch (the list padded by wrapping around so all ranks step
-    equally often).
     """
 
     def __init__(
-        self,
-        items: Sequence[int],
-        anchors_per_batch: int,
-        seed: int,
-        shuffle: bool,
-        epoch: Any = lambda: 0,
-        rank: int = 0,
-        world: int = 1,
+        self, items: Sequence[int], anchors_per_batch: int, seed: int, shuffle: bool, epoch: Any = lambda: 0
     ) -> None:
         self.items = np.asarray(items, dtype=np.int64)
         self.anchors_per_batch = max(1, int(anchors_per_batch))
-        self.seed, self.shuffle, self.epoch, self.rank, self.world = seed, shuffle, epoch, rank, world
+        self.seed, self.shuffle, self.epoch = seed, shuffle, epoch
 
     def batches(self, epoch: int) -> list[list[int]]:
         items = self.items
         if self.shuffle:
             items = items[np.random.default_rng([self.seed, epoch]).permutation(len(items))]
         size = self.anchors_per_batch
-        batches = [items[i : i + size].tolist() for i in range(0, len(items), size)]
-        per_rank = len(self)
-        padded = (batches * self.world)[: per_rank * self.world] if batches else []
-        return padded[self.rank :: self.world]
+        return [items[i : i + size].tolist() for i in range(0, len(items), size)]
 
     def __iter__(self):
         return iter(self.batches(int(self.epoch())))
 
     def __len__(self) -> int:
-        n_batches = -(-len(self.items) // self.anchors_per_batch)
-        return -(-n_batches // self.world)
+        return -(-len(self.items) // self.anchors_per_batch)
 
 
 def anchors_per_batch(examples: Sequence[AnchorExample], batch_size: int) -> int:

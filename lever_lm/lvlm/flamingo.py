@@ -787,10 +787,12 @@ class _GenerationCrossAttention:
         return (sim.softmax(dim=-1) @ v).transpose(0, 1).reshape(q.shape[1], -1)
 
     def _groups(self, media_locations, index, beams: int):
-        """The tokens grouped by the (row, image) pair they attend to, one group per ``<image>`` token in order:
-        (flat token positions, their slots in the padded (pair, rank) layout, each pair's image, pairs, group size);
-        None when no token follows an image. Computed once per media locations: every layer of a forward shares it.
-        Tokens outside ``token_mask`` (right padding) are left out: their output is 0, read by no real token."""
+        """The tokens that attend an image, laid out for it; None when no token follows an image. Either
+        ("by_pair", flat token positions, their slots in the padded (pair, rank) layout, each pair's image, pairs,
+        group size), one group per ``<image>`` token in order, or, when the pairs share few images, ("by_image",
+        flat token positions sorted by image, [(image, start, end)] runs of them). Computed once per media
+        locations: every layer of a forward shares it. Tokens outside ``token_mask`` (right padding) are left out:
+        their output is 0, read by no real token."""
         import torch
 
         if self._layout and self._layout[0][0] is media_locations:

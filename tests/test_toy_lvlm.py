@@ -224,11 +224,7 @@ def test_flamingo_pretraining_forward_and_gradients_equal_open_flamingos_own(toy
     assembled = [assemble_prompt(p, trainer.tokenizer, with_answer=True) for p in prompts]
     lengths = [len(a.input_ids) for a in assembled]
     assert len(prompts) == 4 and len(set(lengths)) > 1  # unequal lengths: right padding to skip
-    input_ids = torch.full((4, max(lengths)), trainer.tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, item in enumerate(assembled):
-        input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-        attention_mask[row, : len(item.input_ids)] = 1
+    input_ids, attention_mask = trainer.pad_right(assembled)
     real = attention_mask.bool()
     weights = torch.randn(int(real.sum()), trainer.model.lang_encoder.config.vocab_size)
     params = [p for p in trainer.model.parameters() if p.requires_grad]

@@ -813,15 +813,14 @@ class _GenerationCrossAttention:
             group = int(rank.max()) + 1
             images = index[m_row, text_time[m_row, m_pos] - 1]
             tokens = row_idx * n_txt + pos_idx
-            distinct = torch.unique(images)
+            token_image = images[pair]
+            distinct, counts = torch.unique(token_image, return_counts=True)
             if len(distinct) * SHARED_IMAGE_RATIO <= len(m_row):
                 # many rows attend the same few images (scoring candidates after one shared query or demo): the
                 # tokens of each image in one run, instead of that image's keys/values copied for every row
-                by_image = torch.argsort(images[pair], stable=True)
-                counts = torch.bincount(images[pair], minlength=int(distinct.max()) + 1)[distinct].tolist()
-                ends = np.cumsum(counts).tolist()
-                runs = [(int(u), end - n, end) for u, n, end in zip(distinct.tolist(), counts, ends)]
-                groups = ("by_image", tokens[by_image], runs)
+                ends = counts.cumsum(0).tolist()
+                runs = [(u, end - n, end) for u, n, end in zip(distinct.tolist(), counts.tolist(), ends)]
+                groups = ("by_image", tokens[torch.argsort(token_image, stable=True)], runs)
             else:
                 groups = ("by_pair", tokens, pair * group + rank, images, len(m_row), group)
         self._layout[:] = [(media_locations, groups)]

@@ -204,17 +204,24 @@ class _FlamingoTrainer:
         from lever_lm.lvlm.flamingo import assemble_prompt, distinct_images
 
         assembled = [assemble_prompt(p, self.tokenizer, with_answer=True, cache=self._blocks) for p in prompts]
-        length = max(len(a.input_ids) for a in assembled)
-        input_ids = torch.full((len(prompts), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for row, item in enumerate(assembled):
-            input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-            attention_mask[row, : len(item.input_ids)] = 1
+        input_ids, attention_mask = self.pad_right(assembled)
         paths, index = distinct_images([a.image_paths for a in assembled])
         media = torch.stack([self.latents[p] for p in paths])  # (U, n, d): each distinct image once
         return _span_loss(
             self._logits(input_ids, attention_mask, media, index), None, input_ids, [a.answer_spans for a in assembled]
         )
+
+    def pad_right(self, assembled):
+        """(input_ids, attention_mask) of assembled prompts, right-padded to the longest."""
+        import torch
+
+        length = max(len(a.input_ids) for a in assembled)
+        input_ids = torch.full((len(assembled), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(assembled), length), dtype=torch.long)
+        for row, item in enumerate(assembled):
+            input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+            attention_mask[row, : len(item.input_ids)] = 1
+        return input_ids, attention_mask
 
     def _logits(self, input_ids, attention_mask, media, index):
         """Language-model logits with each text token cross-attending only to the latents of its own (most recent)

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from lever_lm.data import build_records  # noqa: E402
 from lever_lm.lvlm.factory import is_pretrained, load_adapter, parse_config, tiny_spec  # noqa: E402
-from lever_lm.lvlm.tiny import FlamingoTinyDims, PretrainConfig, QwenTinyDims  # noqa: E402
+from lever_lm.lvlm.tiny import FlamingoTinyDims, PretrainConfig, QwenTinyDims, load_tiny_dir  # noqa: E402
 from lever_lm.toy.data import (  # noqa: E402
     CONVENTIONS,
     ToyDatasetConfig,
@@ -98,6 +98,9 @@ def test_pretrain_config_errors_name_the_key():
     with pytest.raises(ValueError, match=r"config key beam_models\.<model>\.pretrain\.lr: 'fast' is not of type"):
         PretrainConfig.from_config({"lr": "fast"})
     assert PretrainConfig.from_config({"lr": 1}).lr == 1
+    with pytest.raises(ValueError, match=r"config key beam_models\.m\.pretrain\.precision: 'fp16' is not one of"):
+        PretrainConfig.from_config({"precision": "fp16"}, "beam_models.m.pretrain")
+    assert PretrainConfig.from_config({"precision": "bf16"}).precision == "bf16"
 
 
 def test_factory_strips_and_checks_the_tiny_only_fields():
@@ -179,10 +182,44 @@ def test_pretrained_dir_loads_through_the_local_loader_and_is_deterministic(toy_
     assert all(s.size >= 2 and np.isfinite(s).all() for s in scores)
 
 
+def test_bf16_pretraining_autocasts_the_forward_and_keeps_fp32_weights(toy_records, tmp_path, monkeypatch):
+    """``precision: bf16`` trains under bf16 autocast (the language model's matmuls run in bf16, the weights and
+    the loss stay fp32), so its weights differ from an fp32 run's; fp32 runs no autocast."""
+    import dataclasses
+
+    from lever_lm.toy.pretrain import _FlamingoTrainer
+
+    torch.set_num_threads(1)
+    train = toy_records["train"]
+    seen = []
+    original = _FlamingoTrainer.loss
+
+    def loss(self, prompts, as_reply):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        out = original(self, prompts, as_reply)
+        assert out.dtype == torch.float32
+        return out
+
+    monkeypatch.setattr(_FlamingoTrainer, "loss", loss)
+    bf16 = dataclasses.replace(QUICK, precision="bf16")
+    summary = pretrain_tiny_lvlm("flamingo", SMALL_FLAMINGO, bf16, train, str(tmp_path / "bf16"), seed=0)
+    assert seen == [True] * QUICK.steps and np.isfinite(summary["final_loss"])
+    assert summary["pretrain"]["precision"] == "bf16"
+    seen.clear()
+    pretrain_tiny_lvlm("flamingo", SMALL_FLAMINGO, QUICK, train, str(tmp_path / "fp32"), seed=0)
+    assert seen == [False] * QUICK.steps
+    weights = [
+        load_tiny_dir("flamingo", tmp_path / name, precision="fp32").model.lang_encoder.state_dict()
+        for name in ("bf16", "fp32")
+    ]
+    assert all(w.dtype == torch.float32 for w in weights[0].values() if w.is_floating_point())
+    assert [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+
+
 def test_pretrained_flamingo_dir_holds_exactly_the_trained_model(toy_records, tmp_path):
     """Every tensor of the in-memory model (vision, perceiver, cross-attention, language model) survives the
     open_flamingo layout: vision weights file, lang_encoder dir, checkpoint.pt."""
-    from lever_lm.lvlm.tiny import load_tiny_dir, save_flamingo_dir
+    from lever_lm.lvlm.tiny import save_flamingo_dir
     from lever_lm.toy.pretrain import _FlamingoTrainer
 
     torch.set_num_threads(1)

@@ -126,6 +126,7 @@ class PretrainConfig:
     reply_p: float = 0.5
     seed: int = 0
     log_every: int = 50
+    precision: str = "fp32"  # or "bf16": autocast of the forward, see pretrain_tiny_lvlm
 
     @classmethod
     def from_config(

@@ -23,7 +23,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 open_clip_torch==3.3.0 open-flamingo==2.0.1
-        ftfy==6.3.1 wcwidth==0.9.4 einops-exts==0.0.4)  # the versions of the project's .venv (README), pure-Python or manylinux cp312
+        ftfy==6.3.1 wcwidth==0.9.4 einops-exts==0.0.4 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
+        referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0)  # the .venv's versions (README); manylinux cp312 where binary
 if [[ "${1:-}" == "--prepare" ]]; then
   mkdir -p .whl  # git-ignored
   PIP=(python3 -m pip); [[ -x .venv/bin/python ]] && PIP=(.venv/bin/python -m pip)

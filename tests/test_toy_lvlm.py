@@ -285,3 +285,48 @@ def test_flamingo_pretraining_forward_and_gradients_equal_open_flamingos_own(toy
     assert sum(g.abs().sum() for g in their_grads) > 0
     for ours_grad, theirs_grad in zip(our_grads, their_grads):
         torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_qwen_frozen_vision_pretraining_gives_the_models_own_forward_and_leaves_the_tower_at_init(toy_records, tmp_path):
+    """``vision: frozen``: the cached features in the image-token slots and the host's 3-D rope positions give the
+    hidden states of the model's own forward over the pixels (right-padded rows of unequal image counts); the loss
+    reaches no vision weight, so the saved tower is the seeded init while the language model moved."""
+    import dataclasses
+
+    from lever_lm.toy.pretrain import _QwenTrainer
+
+    torch.set_num_threads(1)
+    train = toy_records["train"]
+    words, paths = list(train["question"]) + toy_vocabulary(), list(train["image_path"])
+    trainer = _QwenTrainer(words, SMALL_QWEN, 0, paths, frozen_vision=True)
+    reference = _QwenTrainer(words, SMALL_QWEN, 0, paths)  # same seed: the same weights, vision trained
+    prompts = pretraining_prompts(toy_items(train), QUICK, np.random.default_rng(7), count=6)
+    assert len({len(p.demos) for p in prompts}) > 1
+    assembled = [trainer.adapter.assemble(p, trainer.counts, for_generation=False) for p in prompts]
+    input_ids, attention_mask = trainer.adapter.pad_batch([a.input_ids for a in assembled], left=False)
+    with torch.no_grad():
+        ours = trainer._hidden_from_features(assembled, input_ids, attention_mask)
+        image_paths = [p for a in assembled for p in a.image_paths]
+        pixel_values, grid_thw = reference.adapter.preprocess_images(image_paths)
+        theirs = reference.adapter.hidden_states(input_ids, attention_mask, pixel_values, grid_thw)
+    real = attention_mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=1e-4)
+
+    frozen = dataclasses.replace(QUICK, vision="frozen")
+    pretrain_tiny_lvlm("qwen2_5_vl", SMALL_QWEN, frozen, train, str(tmp_path / "frozen"), seed=0)
+    saved = load_tiny_dir("qwen2_5_vl", tmp_path / "frozen", precision="fp32").model.state_dict()
+    init = reference.model.state_dict()
+    vision = [k for k in init if ".visual." in f".{k}"]
+    assert vision and all(torch.equal(saved[k], init[k]) for k in vision)
+    assert [k for k in init if k not in vision and not torch.equal(saved[k], init[k])]
+
+
+def test_pretraining_vision_key_is_checked_per_family():
+    assert PretrainConfig.from_config({"vision": "frozen"}).vision_frozen("qwen2_5_vl")
+    assert not PretrainConfig.from_config({}).vision_frozen("qwen2_5_vl")
+    assert PretrainConfig.from_config({}).vision_frozen("flamingo")
+    with pytest.raises(ValueError, match=r"config key beam_models\.m\.pretrain\.vision: 'thawed' is not one of"):
+        PretrainConfig.from_config({"vision": "thawed"}, "beam_models.m.pretrain")
+    entry = {"family": "flamingo", "variant": "tiny", "pretrain": {"steps": 5, "warmup_steps": 1, "vision": "trained"}}
+    with pytest.raises(ValueError, match=r"beam_models\.f\.pretrain\.vision: Flamingo's pretraining keeps"):
+        parse_config("f", entry)

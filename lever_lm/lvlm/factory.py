@@ -71,6 +71,8 @@ def tiny_spec(name: str, entry: dict):
     dims = tiny_dims(name, entry["family"], entry.get("tiny"))
     section = entry.get("pretrain")
     pretrain = None if section is None else PretrainConfig.from_config(section, f"beam_models.{name}.pretrain")
+    if pretrain is not None:
+        pretrain.vision_frozen(entry["family"], f"beam_models.{name}.pretrain")  # a family that cannot: named error
     return entry["family"], dims, pretrain, int(entry.get("seed", 0))
 
 

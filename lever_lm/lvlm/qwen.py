@@ -421,6 +421,13 @@ class QwenVLAdapter(LVLMAdapter):
         )
         return inputs["pixel_values"], inputs["image_grid_thw"]
 
+    def image_features(self, paths: Sequence[str]) -> dict[str, tuple]:
+        """path -> (merged image embeddings, (t, h, w) grid) of ``paths``, through the scoring path's vision encoder
+        (budgeted batches, grouped attention), outside its cache; autograd as the caller sets it."""
+        features: dict[str, tuple] = {}
+        self._fast.encode_images(paths, into=features)
+        return features
+
     def tokens_per_image(self, grid_thw) -> list[int]:
         return self.counters.device_read((grid_thw.prod(-1) // self.merge_size**2).tolist())
 

@@ -127,6 +127,7 @@ class PretrainConfig:
     seed: int = 0
     log_every: int = 50
     precision: str = "fp32"  # or "bf16": autocast of the forward, see pretrain_tiny_lvlm
+    vision: str | None = None  # None: the family's own ("trained" for Qwen, "frozen" for Flamingo)
 
     @classmethod
     def from_config(
@@ -145,6 +146,18 @@ class PretrainConfig:
         if cfg.warmup_steps >= cfg.steps:
             raise ValueError(f"{where}.warmup_steps: must be in [0, steps), got {cfg.warmup_steps!r}")
         return cfg
+
+    def vision_frozen(self, family: str, where: str = "beam_models.<model>.pretrain") -> bool:
+        """Whether pretraining keeps the vision side at its seeded init: always for Flamingo (its trainer caches the
+        perceiver's output), for Qwen with ``vision: frozen``."""
+        if family == "flamingo":
+            if self.vision == "trained":
+                raise ValueError(
+                    f"{where}.vision: Flamingo's pretraining keeps its vision encoder and perceiver frozen; "
+                    "use frozen or leave the key out"
+                )
+            return True
+        return self.vision == "frozen"
 
 
 _DIMS = {"qwen2_5_vl": QwenTinyDims, "flamingo": FlamingoTinyDims}

@@ -21,8 +21,9 @@ What is trained (``../shared/toy-benchmark.md``):
 - Qwen only: scoring puts the query's answer right after ``Short answer:`` inside the user message, generation
   lets the model answer in the assistant turn (docs/stages.md stage 4, the seed's format); a share ``reply_p`` of the
   sequences has its query answer as that reply, so the model learns both (Flamingo's two formats are one);
-- Qwen trains all its parameters; Flamingo keeps its vision encoder and perceiver frozen at their seeded random
-  init (see ``_FlamingoTrainer``) and trains the language model, its embeddings and the gated cross-attention;
+- Qwen trains all its parameters, or with ``vision: frozen`` all but its vision tower (see ``_QwenTrainer``);
+  Flamingo keeps its vision encoder and perceiver frozen at their seeded random init (see ``_FlamingoTrainer``) and
+  trains the language model, its embeddings and the gated cross-attention;
   AdamW, linear warm-up then cosine decay to 0, gradients clipped. The run is deterministic in the seeds (one
   process, fixed thread count);
 - ``precision: bf16`` runs the forward under CPU bf16 autocast (matmuls in bf16; weights, AdamW state and the
@@ -112,9 +113,16 @@ def learning_rate(step: int, cfg: PretrainConfig) -> float:
 
 
 class _QwenTrainer:
-    """Tiny Qwen2.5-VL: the real model class, its vision tower and rope index; prompts from ``qwen.assemble_prompt``."""
+    """Tiny Qwen2.5-VL: the real model class, its vision tower and rope index; prompts from ``qwen.assemble_prompt``.
 
-    def __init__(self, words, dims, seed: int, image_paths: Sequence[str]):
+    With ``frozen_vision`` the vision tower (patch embedding, blocks and merger) stays at its seeded init, as
+    Flamingo's vision side does: every train image is encoded once, and a step runs the language model on the
+    embeddings with those features in the image-token slots and the 3-D rope positions computed on the host (the
+    model's own forward with the same images gives the same hidden states; tests compare them). A step then costs
+    ~25% less, and pretraining seeds 0-2 all left the loss plateau (README, Replicates).
+    """
+
+    def __init__(self, words, dims, seed: int, image_paths: Sequence[str], frozen_vision: bool = False):
         import torch
 
         from lever_lm.lvlm.qwen import QwenVLAdapter, config_from_dict
@@ -126,6 +134,13 @@ class _QwenTrainer:
         self.adapter = QwenVLAdapter(
             config_from_dict("pretrain", {"variant": "tiny", "precision": "fp32"}), self.model, self.processor
         )
+        self.features: dict[str, tuple] | None = None
+        if frozen_vision:
+            self.model.model.visual.requires_grad_(False)
+            with torch.no_grad():
+                self.features = self.adapter.image_features(list(dict.fromkeys(image_paths)))
+            self.counts = {path: embeds.shape[0] for path, (embeds, _) in self.features.items()}
+            return
         self.pixels: dict[str, tuple] = {}
         paths = list(dict.fromkeys(image_paths))
         for first in range(0, len(paths), 64):
@@ -150,12 +165,39 @@ class _QwenTrainer:
         ]
         input_ids, attention_mask = self.adapter.pad_batch([a.input_ids for a in assembled], left=False)
         paths = [path for a in assembled for path in a.image_paths]
+        if self.features is not None:
+            hidden = self._hidden_from_features(assembled, input_ids, attention_mask)
+            return _span_loss(hidden, self.model.lm_head, input_ids, [a.answer_spans for a in assembled])
         pixel_values = torch.cat([self.pixels[p][0] for p in paths])
         grid_thw = torch.stack([self.pixels[p][1] for p in paths])
         # the vision tower's attention in one call per chunk length, not one per image (what scoring runs too)
         with grouped_attention(self.model.model.visual):
             hidden = self.adapter.hidden_states(input_ids, attention_mask, pixel_values, grid_thw)
         return _span_loss(hidden, self.model.lm_head, input_ids, [a.answer_spans for a in assembled])
+
+    def _hidden_from_features(self, assembled, input_ids, attention_mask):
+        """Last hidden states of right-padded rows, their images' cached features scattered into the image-token
+        slots and each row's 3-D rope positions from its own tokens (``mrope_positions``, = ``get_rope_index``)."""
+        import torch
+
+        from lever_lm.lvlm.qwen_positions import mrope_positions
+
+        model, image_token_id = self.model, self.model.config.image_token_id
+        embeds = model.model.get_input_embeddings()(input_ids)
+        image_embeds = torch.cat([self.features[path][0] for a in assembled for path in a.image_paths])
+        embeds = embeds.masked_scatter((input_ids == image_token_id).unsqueeze(-1).expand_as(embeds), image_embeds)
+        positions = np.ones((3, *input_ids.shape), dtype=np.int64)  # padding: read by no real token (causal)
+        for row, item in enumerate(assembled):
+            grids = [self.features[path][1].tolist() for path in item.image_paths]
+            own = mrope_positions(item.input_ids, image_token_id, grids, self.adapter.merge_size)
+            positions[:, row, : len(item.input_ids)] = own
+        return model.model(
+            input_ids=input_ids,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=torch.from_numpy(positions),
+            use_cache=False,
+        ).last_hidden_state
 
     def save(self, out_dir: str, extra: dict) -> None:
         from lever_lm.lvlm.tiny import save_qwen_dir
@@ -175,10 +217,13 @@ class _FlamingoTrainer:
     cross-attention layers learn to read it.
     """
 
-    def __init__(self, words, dims, seed: int, image_paths: Sequence[str]):
+    def __init__(self, words, dims, seed: int, image_paths: Sequence[str], frozen_vision: bool = True):
         import torch
 
         from lever_lm.data import load_image
+
+        if not frozen_vision:
+            raise ValueError("Flamingo's pretraining keeps its vision encoder and perceiver frozen")
         from lever_lm.lvlm.tiny import new_tiny_flamingo
 
         self.tiny = new_tiny_flamingo(words, dims, seed)
@@ -302,7 +347,9 @@ def pretrain_tiny_lvlm(
         *(a for answers in train_records["answers"] for a in answers),
         *toy_vocabulary(),
     ]
-    trainer = _TRAINERS[family](texts, dims, seed, [item.image_path for item in items])
+    trainer = _TRAINERS[family](
+        texts, dims, seed, [item.image_path for item in items], frozen_vision=cfg.vision_frozen(family)
+    )
     parameters = [p for p in trainer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)

@@ -287,7 +287,7 @@ def test_flamingo_pretraining_forward_and_gradients_equal_open_flamingos_own(toy
         torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-5, rtol=1e-4)
 
 
-def test_qwen_frozen_vision_pretraining_gives_the_models_own_forward_and_leaves_the_tower_at_init(toy_records, tmp_path):
+def test_qwen_frozen_vision_gives_the_models_own_forward_and_keeps_the_tower_at_init(toy_records, tmp_path):
     """``vision: frozen``: the cached features in the image-token slots and the host's 3-D rope positions give the
     hidden states of the model's own forward over the pixels (right-padded rows of unequal image counts); the loss
     reaches no vision weight, so the saved tower is the seeded init while the language model moved."""

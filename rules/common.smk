@@ -3,6 +3,8 @@ import re
 import sys
 from pathlib import Path
 
+import snakemake.benchmark
+
 from lever_lm import paths
 from lever_lm import replicates
 from lever_lm.beam_search import WORKFLOW_KEYS
@@ -34,6 +36,11 @@ try:
     check_output_dirs(config)
 except ValueError as err:
     sys.exit(f"Cannot write outputs: {err}")
+
+# Snakemake samples a running job's /proc (psutil, smaps_rollup) every 0.5 s for its first 30 samples, then every
+# 30 s: here, where most jobs last 5-15 s, that cost the Snakemake process about 10% of a core, beside the jobs. Every
+# 3 s still finds a job's peak memory (it plateaus once its imports are done); the wall time `s` is timed apart.
+snakemake.benchmark.BENCHMARK_INTERVAL_SHORT = 3
 
 DATASET = config["dataset"]["name"]
 TINY_BEAM_MODELS = [

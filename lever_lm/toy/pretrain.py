@@ -130,19 +130,19 @@ class _QwenTrainer:
 
         self.model, self.processor = new_tiny_qwen(words, dims, seed)
         self.model.train()
-        # the adapter only lends its prompt assembly and image preprocessing (the same code scoring uses)
+        # the adapter lends its prompt assembly and image preprocessing or encoding (the code scoring uses)
         self.adapter = QwenVLAdapter(
             config_from_dict("pretrain", {"variant": "tiny", "precision": "fp32"}), self.model, self.processor
         )
-        self.features: dict[str, tuple] | None = None
+        paths = list(dict.fromkeys(image_paths))
+        self.features: dict[str, tuple] | None = None  # frozen tower: path -> (its image embeddings, grid)
+        self.pixels: dict[str, tuple] = {}  # trained tower: path -> (its pixel patches, grid)
         if frozen_vision:
             self.model.model.visual.requires_grad_(False)
             with torch.no_grad():
-                self.features = self.adapter.image_features(list(dict.fromkeys(image_paths)))
+                self.features = self.adapter.image_features(paths)
             self.counts = {path: embeds.shape[0] for path, (embeds, _) in self.features.items()}
             return
-        self.pixels: dict[str, tuple] = {}
-        paths = list(dict.fromkeys(image_paths))
         for first in range(0, len(paths), 64):
             chunk = paths[first : first + 64]
             pixel_values, grid_thw = self.adapter.preprocess_images(chunk)
@@ -164,10 +164,10 @@ class _QwenTrainer:
             for p, reply in zip(prompts, as_reply)
         ]
         input_ids, attention_mask = self.adapter.pad_batch([a.input_ids for a in assembled], left=False)
-        paths = [path for a in assembled for path in a.image_paths]
         if self.features is not None:
             hidden = self._hidden_from_features(assembled, input_ids, attention_mask)
             return _span_loss(hidden, self.model.lm_head, input_ids, [a.answer_spans for a in assembled])
+        paths = [path for a in assembled for path in a.image_paths]
         pixel_values = torch.cat([self.pixels[p][0] for p in paths])
         grid_thw = torch.stack([self.pixels[p][1] for p in paths])
         # the vision tower's attention in one call per chunk length, not one per image (what scoring runs too)
@@ -221,10 +221,10 @@ class _FlamingoTrainer:
         import torch
 
         from lever_lm.data import load_image
+        from lever_lm.lvlm.tiny import new_tiny_flamingo
 
         if not frozen_vision:
             raise ValueError("Flamingo's pretraining keeps its vision encoder and perceiver frozen")
-        from lever_lm.lvlm.tiny import new_tiny_flamingo
 
         self.tiny = new_tiny_flamingo(words, dims, seed)
         model = self.model = self.tiny.model

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def main() -> None:
             pool_picks = prior_lists(scores, json.loads(pool_file.read_text())["candidates"], shots)
             rows = []
             for path in sorted(root.glob(f"icl_inference/v*/{model}/{sampler}/*/*/predictions.parquet")):
+                if re.search(r"_rep\d+$", path.parts[-3]):
+                    continue  # a replicate's cell: its own anchors, and maybe its own LVLM, not the prior's
                 version = path.relative_to(root / "icl_inference").parts[0]
                 # v0 decodes over the whole train set, the others over the sampler's test pool
                 pool, picks = ("whole train set", whole_train_picks) if version == "v0" else (sampler, pool_picks)

@@ -77,3 +77,18 @@ def check_vision_cache_outlives_a_query(adapter, prompts) -> None:
     finally:
         adapter.config = original
         adapter.clear_cache()
+
+
+def default_flamingo_dims():
+    """The embedded default's Flamingo-tiny sizes (config.yaml: its resized perceiver and cross-attention blocks),
+    at the random-init tests' ``init_std`` so that answers and scores depend visibly on the prompt."""
+    from pathlib import Path
+
+    import yaml
+
+    from lever_lm.lvlm.factory import tiny_spec
+    from lever_lm.lvlm.tiny import FlamingoTinyDims
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text(encoding="utf-8"))
+    dims = tiny_spec("flamingo_tiny", config["beam_models"]["flamingo_tiny"])[1]
+    return dataclasses.replace(dims, init_std=FlamingoTinyDims.init_std)

@@ -59,6 +59,16 @@ def flamingo():
 
 
 @pytest.fixture(scope="module")
+def flamingo_default_blocks():
+    """The embedded default's sizes: perceiver and cross-attention blocks resized (fewer heads and latents)."""
+    from lever_lm.lvlm.tiny import make_tiny_adapter
+    from tests.adapter_checks import default_flamingo_dims
+
+    torch.set_num_threads(1)
+    return make_tiny_adapter("flamingo", WORDS, default_flamingo_dims(), seed=0, score_batch_size=16, precision="fp32")
+
+
+@pytest.fixture(scope="module")
 def qwen():
     from lever_lm.lvlm.tiny import make_tiny_adapter, sharpen_weights
 
@@ -67,11 +77,11 @@ def qwen():
     return sharpen_weights(adapter)
 
 
-@pytest.mark.parametrize("family", ["flamingo", "qwen"])
+@pytest.mark.parametrize("family", ["flamingo", "flamingo_default_blocks", "qwen"])
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_batched_generation_equals_batch_one_and_the_reference(request, prompts, family, num_beams):
     adapter = request.getfixturevalue(family)
-    reference = flamingo_reference if family == "flamingo" else qwen_reference
+    reference = flamingo_reference if family.startswith("flamingo") else qwen_reference
     batched = adapter.generate(prompts, max_new_tokens=5, num_beams=num_beams)  # one batch of 12, 1-5 images
     single = [adapter.generate([p], max_new_tokens=5, num_beams=num_beams)[0] for p in prompts]
     assert len({len(p.demos) for p in prompts}) == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,11 @@ from lever_lm.lvlm import tiny as tiny_lvlm
 from lever_lm.lvlm.base import Example, LVLMConfigError, Prompt
 from lever_lm.lvlm.flamingo import (
     END_OF_CHUNK_TOKEN,
+    FlamingoBlockSizes,
     assemble_prompt,
     config_from_dict,
     load_flamingo_adapter,
+    resize_flamingo_blocks,
 )
 from lever_lm.lvlm.tiny import FlamingoTinyDims
 from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary, split_words
@@ -24,6 +27,7 @@ from tests.adapter_checks import (
     check_batch_past_copies_are_fixed,
     check_vision_budget_regroups_only,
     check_vision_cache_outlives_a_query,
+    default_flamingo_dims,
 )
 
 
@@ -338,6 +342,63 @@ def test_tiny_dir_round_trips_through_local_loader(tiny_dir, adapter, examples):
     assert all(torch.equal(local_state[k], own[k]) for k in own)
     for a, b in zip(local.score(prompts[:2]), adapter.score(prompts[:2])):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)  # batch composition differs: float rounding only
+
+
+@pytest.fixture(scope="module")
+def resized(words):
+    """The embedded default's sizes: perceiver and cross-attention blocks smaller than open_flamingo's."""
+    torch.set_num_threads(1)
+    return make_tiny_adapter(words, default_flamingo_dims(), seed=0, score_batch_size=4)
+
+
+def test_default_block_sizes_keep_open_flamingos_own_modules(adapter):
+    model = adapter.model
+    perceiver, blocks = model.perceiver, list(model.lang_encoder.gated_cross_attn_layers)
+    resize_flamingo_blocks(model, FlamingoBlockSizes())
+    assert model.perceiver is perceiver and all(
+        a is b for a, b in zip(model.lang_encoder.gated_cross_attn_layers, blocks)
+    )
+    assert perceiver.latents.shape[0] == 64 and len(perceiver.layers) == 6
+    assert {block.attn.heads for block in blocks} == {8}
+
+
+def test_resized_blocks_keep_fast_scoring_exact(resized, examples):
+    sizes = default_flamingo_dims().block_sizes()
+    assert sizes != FlamingoBlockSizes()
+    perceiver = resized.model.perceiver
+    assert perceiver.latents.shape[0] == sizes.perceiver_latents and len(perceiver.layers) == sizes.perceiver_depth
+    attns = [block.attn for block in resized.model.lang_encoder.gated_cross_attn_layers]
+    assert len(attns) == 3 and all(
+        a.heads == sizes.cross_attn_heads and a.to_q.out_features == sizes.cross_attn_heads * sizes.cross_attn_dim_head
+        for a in attns
+    )
+    resized.clear_cache()
+    for prompts in _left_order_steps(examples):
+        _assert_close(resized.score(prompts), resized.score_naive(prompts, batch_size=5))
+    e = examples
+    image_swapped = [Prompt((e[1],), e[0]), Prompt((e[1],), Example(e[2].image_path, e[0].question, e[0].answer))]
+    first, second = resized.score(image_swapped)
+    assert not np.allclose(first, second)  # the resized blocks carry the image
+
+
+def test_resized_blocks_round_trip_and_a_dir_without_their_sizes_is_refused(resized, words, examples, tmp_path):
+    out = tmp_path / "flamingo_tiny"
+    build_tiny_model_dir(out, words, default_flamingo_dims(), seed=0)
+    entry = {"variant": "tiny", "model_dir": str(out), "score_batch_size": 4}
+    loaded = load_flamingo_adapter(config_from_dict("flamingo_tiny", entry))
+    own, other = loaded.model.state_dict(), resized.model.state_dict()
+    assert own.keys() == other.keys() and all(torch.equal(own[k], other[k]) for k in own)
+    prompts = _left_order_steps(examples)[1][:5]
+    resized.clear_cache()
+    for a, b in zip(loaded.score(prompts), resized.score(prompts)):
+        np.testing.assert_array_equal(a, b)
+    info_path = out / "flamingo_tiny.json"
+    info = json.loads(info_path.read_text())
+    for field in dataclasses.fields(FlamingoBlockSizes):
+        del info["dims"][field.name]  # a dir that does not say its sizes gets open_flamingo's: the checkpoint disagrees
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(LVLMConfigError, match=r"model_dir \(checkpoint_path\): .*shape mismatch"):
+        load_flamingo_adapter(config_from_dict("flamingo_tiny", entry))
 
 
 def test_checkpoint_missing_trainable_tensor(tiny_dir, tmp_path):

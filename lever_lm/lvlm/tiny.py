@@ -87,7 +87,8 @@ class QwenTinyDims:
 class FlamingoTinyDims:
     """Sizes of the tiny OpenFlamingo. Defaults keep a forward of a small batch well under 1 s on one CPU core.
 
-    The perceiver and gated cross-attention inner sizes are fixed by open_flamingo (8 heads x 64, 64 latents).
+    The perceiver's and the gated cross-attention blocks' sizes default to open_flamingo's (``FlamingoBlockSizes``:
+    8 heads x 64, 64 latents, 6 perceiver layers); ``resize_flamingo_blocks`` builds smaller ones.
     """
 
     lang_width: int = 32
@@ -101,6 +102,18 @@ class FlamingoTinyDims:
     patch_size: int = 14
     clip_embed_dim: int = 16
     init_std: float = 0.3  # random init: large enough that scores depend visibly on the context (tests need that)
+    perceiver_depth: int = 6
+    perceiver_heads: int = 8
+    perceiver_dim_head: int = 64
+    perceiver_latents: int = 64
+    cross_attn_heads: int = 8
+    cross_attn_dim_head: int = 64
+    cross_attn_ff_mult: int = 4
+
+    def block_sizes(self):
+        from lever_lm.lvlm.flamingo import FlamingoBlockSizes
+
+        return FlamingoBlockSizes.from_mapping(dataclasses.asdict(self))
 
     def validate(self, where: str = "dims") -> None:
         if self.lang_width % self.lang_heads:
@@ -380,6 +393,7 @@ def new_tiny_flamingo(words: Sequence[str], dims: FlamingoTinyDims | None = None
         END_OF_CHUNK_TOKEN,
         TINY_OPEN_CLIP_CONFIG_DIR,
         TINY_VISION_NAME,
+        resize_flamingo_blocks,
         trainable_tensor_aliases,
     )
 
@@ -424,6 +438,7 @@ def new_tiny_flamingo(words: Sequence[str], dims: FlamingoTinyDims | None = None
                     cross_attn_every_n_layers=1,
                     use_local_files=True,
                 )
+            resize_flamingo_blocks(model, dims.block_sizes())
             for layer in model.lang_encoder.gated_cross_attn_layers:
                 # open_flamingo starts the gates at 0 (images ignored); non-zero gates make images matter
                 layer.attn_gate.data.uniform_(0.5, 1.0)

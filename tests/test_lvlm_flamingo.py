@@ -362,7 +362,7 @@ def test_default_block_sizes_keep_open_flamingos_own_modules(adapter):
     assert {block.attn.heads for block in blocks} == {8}
 
 
-def test_resized_blocks_keep_fast_scoring_exact(resized, examples):
+def test_resized_blocks_fast_equals_naive(resized, examples):
     sizes = default_flamingo_dims().block_sizes()
     assert sizes != FlamingoBlockSizes()
     perceiver = resized.model.perceiver

@@ -15,12 +15,11 @@ from lever_lm.lvlm import tiny as tiny_lvlm
 from lever_lm.lvlm.base import Example, LVLMConfigError, Prompt
 from lever_lm.lvlm.flamingo import (
     END_OF_CHUNK_TOKEN,
-    FlamingoBlockSizes,
     assemble_prompt,
     config_from_dict,
     load_flamingo_adapter,
-    resize_flamingo_blocks,
 )
+from lever_lm.lvlm.flamingo_blocks import FlamingoBlockSizes, resize_flamingo_blocks
 from lever_lm.lvlm.tiny import FlamingoTinyDims
 from lever_lm.lvlm.tiny_tokenizer import collect_vocabulary, split_words
 from tests.adapter_checks import (

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lever_lm.io_utils import atomic_dir
+from lever_lm.lvlm.flamingo_blocks import FlamingoBlockSizes, resize_flamingo_blocks
 
 FAMILIES = ("flamingo", "qwen2_5_vl")
 PRETRAINING_FILE = "pretraining.json"  # the training summary, in a pretrained model's dir
@@ -84,11 +85,12 @@ class QwenTinyDims:
 
 
 @dataclass(frozen=True)
-class FlamingoTinyDims:
+class FlamingoTinyDims(FlamingoBlockSizes):
     """Sizes of the tiny OpenFlamingo. Defaults keep a forward of a small batch well under 1 s on one CPU core.
 
-    The perceiver's and the gated cross-attention blocks' sizes default to open_flamingo's (``FlamingoBlockSizes``:
-    8 heads x 64, 64 latents, 6 perceiver layers); ``resize_flamingo_blocks`` builds smaller ones.
+    The perceiver's and the gated cross-attention blocks' sizes are the inherited ``FlamingoBlockSizes`` fields,
+    open_flamingo's by default (8 heads x 64, 64 latents, 6 perceiver layers); ``resize_flamingo_blocks`` builds
+    others.
     """
 
     lang_width: int = 32
@@ -102,17 +104,8 @@ class FlamingoTinyDims:
     patch_size: int = 14
     clip_embed_dim: int = 16
     init_std: float = 0.3  # random init: large enough that scores depend visibly on the context (tests need that)
-    perceiver_depth: int = 6
-    perceiver_heads: int = 8
-    perceiver_dim_head: int = 64
-    perceiver_latents: int = 64
-    cross_attn_heads: int = 8
-    cross_attn_dim_head: int = 64
-    cross_attn_ff_mult: int = 4
 
-    def block_sizes(self):
-        from lever_lm.lvlm.flamingo import FlamingoBlockSizes
-
+    def block_sizes(self) -> FlamingoBlockSizes:
         return FlamingoBlockSizes.from_mapping(dataclasses.asdict(self))
 
     def validate(self, where: str = "dims") -> None:
@@ -393,7 +386,6 @@ def new_tiny_flamingo(words: Sequence[str], dims: FlamingoTinyDims | None = None
         END_OF_CHUNK_TOKEN,
         TINY_OPEN_CLIP_CONFIG_DIR,
         TINY_VISION_NAME,
-        resize_flamingo_blocks,
         trainable_tensor_aliases,
     )
 

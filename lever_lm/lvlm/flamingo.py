@@ -8,7 +8,8 @@ Public API
 - ``load_flamingo_adapter(config) -> FlamingoAdapter``: loads through ``open_flamingo.create_model_and_transforms``
   from local paths only, then ``checkpoint.pt`` (every Flamingo-trainable tensor must be in it). ``variant: tiny``
   reads the same four paths from a tiny model dir (``model_dir``, built by ``lever_lm.lvlm.tiny``), whose
-  ``flamingo_tiny.json`` names them and whose ``open_clip_config/`` holds the tiny ViT's architecture.
+  ``flamingo_tiny.json`` names them and whose ``open_clip_config/`` holds the tiny ViT's architecture; its recorded
+  perceiver and cross-attention sizes are rebuilt before ``checkpoint.pt`` loads (``flamingo_blocks``).
 - ``assemble_prompt(prompt, tokenizer, with_answer)``: the ONE prompt assembly, used by score, score_naive, generate
   and the tiny model's pretraining.
 - ``FlamingoAdapter``: ``score`` (fast path: vision cache, batching, prefix key/value reuse, see ``flamingo_fast``),

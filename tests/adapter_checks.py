@@ -84,11 +84,10 @@ def default_flamingo_dims():
     at the random-init tests' ``init_std`` so that answers and scores depend visibly on the prompt."""
     from pathlib import Path
 
-    import yaml
-
+    from lever_lm.config import load_config
     from lever_lm.lvlm.factory import tiny_spec
     from lever_lm.lvlm.tiny import FlamingoTinyDims
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text(encoding="utf-8"))
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
     dims = tiny_spec("flamingo_tiny", config["beam_models"]["flamingo_tiny"])[1]
     return dataclasses.replace(dims, init_std=FlamingoTinyDims.init_std)
